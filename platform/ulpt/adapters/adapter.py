@@ -1,0 +1,246 @@
+"""`Adapter`: learned prompt parameters plus everything needed to check and rebuild them.
+
+On disk an adapter is `adapter.safetensors` + `adapter_config.json` (no pickle anywhere). As a single
+blob (for the object store) it is the safetensors bytes with the config in the header's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from ulpt.adapters import methods, projection
+from ulpt.adapters.spec import AdapterSpec
+from ulpt.errors import AdapterFormatError, FingerprintMismatchError, SpecError
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+_SPEC_KEYS = ("method", "n_tokens", "rank", "seed", "init", "projection", "use_shift", "use_scale")
+
+
+class Adapter(nn.Module):
+    """One adapter: a few learned tensors whose `prompt_embeddings()` is the [n, d] prompt."""
+
+    def __init__(
+        self,
+        spec: AdapterSpec,
+        hidden_size: int,
+        params: dict[str, torch.Tensor],
+        base_model: str | None = None,
+    ) -> None:
+        super().__init__()
+        spec.check_hidden_size(hidden_size)
+        self.spec = spec
+        self.hidden_size = hidden_size
+        self.base_model = base_model
+        self.params = nn.ParameterDict({k: nn.Parameter(v.to(torch.float32)) for k, v in params.items()})
+        frozen = methods.frozen_tensors(spec, hidden_size)
+        self._frozen_names = list(frozen)
+        for name, tensor in frozen.items():  # buffers, so .to(device) moves them with the parameters
+            self.register_buffer(name, tensor, persistent=False)
+        self.projection_fingerprint = projection.fingerprint(frozen["proj"]) if "proj" in frozen else None
+
+    @classmethod
+    def create(
+        cls,
+        spec: AdapterSpec,
+        hidden_size: int,
+        *,
+        token_embeddings: torch.Tensor | None = None,
+        base_model: str | None = None,
+    ) -> Adapter:
+        """A fresh adapter, initialized deterministically from `spec.seed`."""
+        spec.check_hidden_size(hidden_size)
+        return cls(spec, hidden_size, methods.init_params(spec, hidden_size, token_embeddings), base_model)
+
+    @property
+    def frozen(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self._frozen_names}
+
+    @property
+    def num_trainable_params(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def prompt_embeddings(self) -> torch.Tensor:
+        """The materialized float32 [n_tokens, hidden_size] prompt (differentiable while training)."""
+        return methods.materialize(self.spec, dict(self.params), self.frozen)
+
+    # ---- file format -------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        proj = None
+        if self.projection_fingerprint is not None:
+            proj = {
+                "distribution": self.spec.projection,
+                "generator": projection.GENERATOR_NAME,
+                "generator_version": projection.GENERATOR_VERSION,
+                "fingerprint": self.projection_fingerprint,
+            }
+        spec = self.spec.to_dict()
+        spec["projection"] = proj
+        return {
+            "format_version": FORMAT_VERSION,
+            **spec,
+            "hidden_size": self.hidden_size,
+            "base_model": self.base_model,
+            "num_trainable_params": self.num_trainable_params,
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu").contiguous() for k, v in self.params.items()}
+
+    def to_bytes(self) -> bytes:
+        """One self-describing blob: safetensors bytes whose metadata holds the config."""
+        return save_safetensors_bytes(self.tensors(), metadata={"adapter_config": json.dumps(self.config())})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Adapter:
+        """Rebuild and check an adapter from `to_bytes()` output."""
+        metadata = _safetensors_metadata(data)
+        if "adapter_config" not in metadata:
+            raise AdapterFormatError("blob is not a ulpt adapter: no adapter_config in its metadata")
+        return cls.from_parts(_parse_config(metadata["adapter_config"]), _load_tensors(data))
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write adapter.safetensors and adapter_config.json; each file appears whole or not at all."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(folder / WEIGHTS_NAME, save_safetensors_bytes(self.tensors()))
+        _atomic_write(folder / CONFIG_NAME, (json.dumps(self.config(), indent=2) + "\n").encode())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> Adapter:
+        """Load and check a saved adapter; refuses files that do not match their config or seed."""
+        folder = Path(folder)
+        try:
+            config_text = (folder / CONFIG_NAME).read_text()
+            weights = (folder / WEIGHTS_NAME).read_bytes()
+        except FileNotFoundError as exc:
+            raise AdapterFormatError(f"not an adapter folder: {exc.filename} is missing") from None
+        return cls.from_parts(_parse_config(config_text), _load_tensors(weights))
+
+    @classmethod
+    def from_parts(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Adapter:
+        """Check tensors against the config and regenerate the projection; raise on any mismatch."""
+        version = config.get("format_version")
+        if version != FORMAT_VERSION:
+            raise AdapterFormatError(
+                f"unsupported adapter format_version {version!r} (this ulpt reads {FORMAT_VERSION})"
+            )
+        try:
+            spec_fields = {k: config[k] for k in _SPEC_KEYS}
+            proj = spec_fields.pop("projection")
+            spec_fields["projection"] = proj["distribution"] if proj else "xavier_uniform"
+            spec = AdapterSpec(**spec_fields)
+            hidden = config["hidden_size"]
+            spec.check_hidden_size(hidden)
+        except (KeyError, TypeError) as exc:
+            raise AdapterFormatError(f"adapter config is missing or has a malformed field: {exc}") from None
+        except SpecError as exc:
+            raise AdapterFormatError(f"adapter config is invalid: {exc}") from None
+        expected = methods.expected_shapes(spec, hidden)
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        if found != expected:
+            raise AdapterFormatError(
+                f"adapter tensors {found} do not match its config "
+                f"(method={spec.method}, n_tokens={spec.n_tokens}, rank={spec.rank}, hidden_size={hidden}): "
+                f"expected {expected}"
+            )
+        for name, tensor in tensors.items():
+            if tensor.dtype != torch.float32 or not torch.isfinite(tensor).all():
+                raise AdapterFormatError(f"adapter tensor {name} must be finite float32")
+        adapter = cls(spec, hidden, tensors, config.get("base_model"))
+        if proj is not None:
+            if proj.get("generator_version") != projection.GENERATOR_VERSION:
+                raise FingerprintMismatchError(
+                    f"adapter was made with projection generator version {proj.get('generator_version')}, "
+                    f"this ulpt has {projection.GENERATOR_VERSION}"
+                )
+            if proj.get("fingerprint") != adapter.projection_fingerprint:
+                raise FingerprintMismatchError(
+                    "projection fingerprint mismatch: the seed, rank, hidden size or distribution in the "
+                    "config do not regenerate the projection this adapter was trained with"
+                )
+        return adapter
+
+    # ---- interop -----------------------------------------------------------------------------
+
+    def export_peft(self, folder: str | os.PathLike[str], base_config: Any | None = None) -> Path:
+        """Write a PEFT PROMPT_TUNING adapter (the materialized prompt) that `PeftModel` loads as is.
+
+        `base_config` (the base model's transformers config) fills in the layer and head counts;
+        without it PEFT fills them itself when it loads the adapter onto a model.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        encoder_decoder = bool(getattr(base_config, "is_encoder_decoder", False))
+        config = {
+            "peft_type": "PROMPT_TUNING",
+            "task_type": "SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM",
+            "num_virtual_tokens": self.spec.n_tokens,
+            "token_dim": self.hidden_size,
+            "num_transformer_submodules": 1,
+            "num_attention_heads": getattr(base_config, "num_attention_heads", None),
+            "num_layers": getattr(base_config, "num_hidden_layers", None),
+            "prompt_tuning_init": "RANDOM",
+            "base_model_name_or_path": self.base_model,
+            "inference_mode": True,
+        }
+        with torch.no_grad():
+            prompt = self.prompt_embeddings().detach().contiguous()
+        _atomic_write(
+            folder / "adapter_model.safetensors", save_safetensors_bytes({"prompt_embeddings": prompt})
+        )
+        _atomic_write(folder / "adapter_config.json", (json.dumps(config, indent=2) + "\n").encode())
+        return folder
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"Adapter(method={s.method!r}, n_tokens={s.n_tokens}, rank={s.rank}, seed={s.seed}, "
+            f"hidden_size={self.hidden_size}, params={self.num_trainable_params})"
+        )
+
+
+def _parse_config(text: str) -> dict[str, Any]:
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AdapterFormatError(f"adapter config is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise AdapterFormatError("adapter config must be a JSON object")
+    return config
+
+
+def _load_tensors(data: bytes) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors_bytes(data)
+    except Exception as exc:  # safetensors raises its own error types for every malformed input
+        raise AdapterFormatError(f"adapter weights are not a valid safetensors file: {exc}") from None
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors header (8-byte little-endian length, then JSON)."""
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        metadata = header.get("__metadata__", {})
+    except (struct.error, ValueError, AttributeError):
+        raise AdapterFormatError("blob is not a valid safetensors file") from None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
