@@ -1,0 +1,345 @@
+"""`BaseModel`: one frozen base model that runs rows of many different adapters in one batch."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DynamicCache,
+    EncoderDecoderCache,
+)
+
+from ulpt.adapters import Adapter
+from ulpt.errors import ModelNotFoundError
+from ulpt.models.batch import pack_rows, pad_ids
+from ulpt.models.sampling import RowSampler, SamplingParams
+
+PromptSource = Adapter | torch.Tensor | None
+"""An adapter, an already materialized [n, d] prompt, or None for the bare base model."""
+Row = tuple[PromptSource, str]
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+
+class BaseModel:
+    """A frozen transformers model plus its tokenizer; decoder-only or encoder-decoder (T5-style)."""
+
+    def __init__(
+        self, hf_model: Any, tokenizer: Any, name: str, path: Path | None = None, pad_multiple: int = 8
+    ):
+        self.hf = hf_model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.path = path
+        self.pad_multiple = pad_multiple
+        self.is_encoder_decoder = bool(getattr(hf_model.config, "is_encoder_decoder", False))
+        self.family = "seq2seq" if self.is_encoder_decoder else "causal"
+        self.hidden_size = int(hf_model.get_input_embeddings().weight.shape[1])
+        self.eos_ids = _eos_ids(hf_model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids)
+
+    # ---- basics ------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf.get_input_embeddings().weight.device
+
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    @property
+    def token_embeddings(self) -> torch.Tensor:
+        """[vocab, d] input embedding matrix (for prompt initialisation from vocabulary rows)."""
+        return self.hf.get_input_embeddings().weight
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 over the weight files (or the in-memory weights) so adapters name the exact base."""
+        digest = hashlib.sha256()
+        files = sorted(self.path.glob("*.safetensors")) if self.path else []
+        if files:
+            for f in files:
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 22), b""):
+                        digest.update(chunk)
+        else:
+            for name, tensor in sorted(self.hf.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+        return "sha256:" + digest.hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of an input text, with the tokenizer's own special tokens."""
+        return list(self.tokenizer(text).input_ids)
+
+    def encode_target(self, input_text: str, target: str, eos: bool = True) -> list[int]:
+        """Token ids the model should produce after `input_text`, ending with EOS unless `eos=False`."""
+        if self.is_encoder_decoder:
+            ids = list(self.tokenizer(target, add_special_tokens=False).input_ids)
+        else:
+            sep = "" if not input_text or input_text[-1].isspace() else " "
+            ids = list(self.tokenizer(sep + target, add_special_tokens=False).input_ids)
+        return [*ids, min(self.eos_ids)] if eos or not ids else ids
+
+    def _prompt(self, source: PromptSource) -> torch.Tensor | None:
+        if source is None:
+            return None
+        prompt = source.prompt_embeddings() if isinstance(source, Adapter) else source
+        if prompt.shape[-1] != self.hidden_size:
+            raise ValueError(
+                f"prompt width {prompt.shape[-1]} does not match the model's hidden size {self.hidden_size}"
+            )
+        return prompt.to(device=self.device, dtype=self.token_embeddings.dtype)
+
+    def _embed(self, ids: Sequence[int]) -> torch.Tensor:
+        return self.hf.get_input_embeddings()(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+
+    def _pack(self, prompts: Sequence[PromptSource], input_ids: Sequence[Sequence[int]]) -> Any:
+        return pack_rows(
+            [self._prompt(p) for p in prompts],
+            [self._embed(ids) for ids in input_ids],
+            left_pad=not self.is_encoder_decoder,
+            pad_multiple=self.pad_multiple,
+        )
+
+    # ---- scoring and training ------------------------------------------------------------------
+
+    def target_logprobs(
+        self,
+        prompts: Sequence[PromptSource],
+        input_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of every target token, for a mixed batch; differentiable in the prompts.
+
+        Returns (logp [B, K], mask [B, K]) with K the longest target; only the K positions that predict
+        targets go through the LM head (`logits_to_keep`), which matters with a 50k vocabulary.
+        """
+        if any(len(t) == 0 for t in target_ids):
+            raise ValueError("every row needs at least one target token")
+        k = max(len(t) for t in target_ids)
+        if self.is_encoder_decoder:
+            packed = self._pack(prompts, input_ids)
+            start = self.hf.config.decoder_start_token_id
+            targets = pad_ids(target_ids, self.pad_id, left=False, device=self.device)
+            decoder_in = pad_ids(
+                [[start, *t[:-1]] for t in target_ids], self.pad_id, left=False, device=self.device
+            )
+            mask = pad_ids([[1] * len(t) for t in target_ids], 0, left=False, device=self.device)
+            logits = self.hf(
+                inputs_embeds=packed.inputs_embeds,
+                attention_mask=packed.attention_mask,
+                decoder_input_ids=decoder_in,
+                decoder_attention_mask=mask,
+                use_cache=False,
+            ).logits
+        else:
+            packed = self._pack(prompts, [[*i, *t] for i, t in zip(input_ids, target_ids)])
+            targets = pad_ids(target_ids, self.pad_id, left=True, device=self.device)
+            mask = pad_ids([[1] * len(t) for t in target_ids], 0, left=True, device=self.device)
+            logits = self.hf(
+                inputs_embeds=packed.inputs_embeds,
+                attention_mask=packed.attention_mask,
+                position_ids=packed.position_ids,
+                use_cache=False,
+                logits_to_keep=k + 1,
+            ).logits[:, :k]
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return logp * mask, mask
+
+    @torch.no_grad()
+    def score(self, rows: Sequence[Row]) -> torch.Tensor:
+        """Next-token logits [B, vocab] after each row's text, all rows in one forward pass."""
+        prompts = [p for p, _ in rows]
+        input_ids = [self.encode(text) for _, text in rows]
+        packed = self._pack(prompts, input_ids)
+        if self.is_encoder_decoder:
+            start = torch.full((len(rows), 1), self.hf.config.decoder_start_token_id, device=self.device)
+            out = self.hf(
+                inputs_embeds=packed.inputs_embeds,
+                attention_mask=packed.attention_mask,
+                decoder_input_ids=start,
+            )
+        else:
+            out = self.hf(
+                inputs_embeds=packed.inputs_embeds,
+                attention_mask=packed.attention_mask,
+                position_ids=packed.position_ids,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1].float()
+
+    # ---- generation --------------------------------------------------------------------------
+
+    def generate(
+        self,
+        rows: Sequence[Row],
+        max_new_tokens: int = 16,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> list[str]:
+        """Generated text for each row; rows of different adapters share every forward pass."""
+        params = SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop))
+        return [g.text for g in self.generate_batch(rows, [params] * len(rows))]
+
+    @torch.no_grad()
+    def generate_batch(self, rows: Sequence[Row], params: Sequence[SamplingParams]) -> list[Generation]:
+        """Like `generate`, with per-row sampling parameters (what a server batch carries)."""
+        results: list[list[int]] = [[] for _ in rows]
+        for step in self.iter_generate(rows, params):
+            for i, token in step.items():
+                results[i].append(token)
+        return [self._finish(ids, p) for ids, p in zip(results, params)]
+
+    def _finish(self, ids: list[int], params: SamplingParams) -> Generation:
+        ended = bool(ids) and ids[-1] in self.eos_ids
+        text = self.tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=True)
+        cut = _cut_at_stop(text, params.stop)
+        if cut is not None:
+            return Generation(text[:cut], ids, "stop")
+        return Generation(text, ids, "stop" if ended else "length")
+
+    @torch.no_grad()
+    def iter_generate(
+        self, rows: Sequence[Row], params: Sequence[SamplingParams]
+    ) -> Iterator[dict[int, int]]:
+        """Yield, at every decoding step, {row index: new token id} for the rows still running.
+
+        One KV cache for the whole batch; each row stops on its own (EOS, a stop string or its
+        max_new_tokens); the loop ends when every row has stopped.
+        """
+        if len(rows) != len(params):
+            raise ValueError("one SamplingParams per row")
+        if not rows:
+            return
+        sampler = RowSampler(list(params))
+        input_ids = [self.encode(text) for _, text in rows]
+        packed = self._pack([p for p, _ in rows], input_ids)
+        mask = packed.attention_mask
+        batch = len(rows)
+        if self.is_encoder_decoder:
+            encoder_out = self.hf.get_encoder()(inputs_embeds=packed.inputs_embeds, attention_mask=mask)
+            cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            next_in = torch.full((batch, 1), self.hf.config.decoder_start_token_id, device=self.device)
+            step = lambda ids: self.hf(  # noqa: E731
+                encoder_outputs=encoder_out,
+                attention_mask=mask,
+                decoder_input_ids=ids,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+            logits = step(next_in)
+        else:
+            cache = DynamicCache()
+            positions = packed.position_ids[:, -1:]
+            logits = self.hf(
+                inputs_embeds=packed.inputs_embeds,
+                attention_mask=mask,
+                position_ids=packed.position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+        running = [p.max_new_tokens > 0 for p in params]
+        texts = [""] * batch
+        generated: list[list[int]] = [[] for _ in range(batch)]
+        while any(running):
+            chosen = sampler.choose(logits)
+            emitted: dict[int, int] = {}
+            for i in range(batch):
+                if not running[i]:
+                    continue
+                token = int(chosen[i])
+                generated[i].append(token)
+                emitted[i] = token
+                if token in self.eos_ids or len(generated[i]) >= params[i].max_new_tokens:
+                    running[i] = False
+                elif params[i].stop:
+                    texts[i] = self.tokenizer.decode(generated[i], skip_special_tokens=True)
+                    if _cut_at_stop(texts[i], params[i].stop) is not None:
+                        running[i] = False
+            yield emitted
+            if not any(running):
+                break
+            feed = torch.tensor(
+                [[int(chosen[i]) if running[i] else self.pad_id] for i in range(batch)], device=self.device
+            )
+            if self.is_encoder_decoder:
+                logits = step(feed)
+            else:
+                mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+                positions = positions + 1
+                logits = self.hf(
+                    input_ids=feed,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[:, -1]
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def _eos_ids(hf_model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(hf_model, "generation_config", None), hf_model.config):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if not ids:
+        raise ModelNotFoundError("the base model defines no end-of-sequence token")
+    return ids
+
+
+def load_base_model(
+    path_or_id: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    pad_multiple: int = 8,
+) -> BaseModel:
+    """Load any `from_pretrained` folder (or a named model such as 'smollm2-135m'), frozen.
+
+    Decoder-only models load as `AutoModelForCausalLM`, encoder-decoder ones (T5) as
+    `AutoModelForSeq2SeqLM` with the prompt on the encoder side.
+    """
+    from ulpt.models.registry import resolve_model_path
+
+    name = str(path_or_id)
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"{name}: not a loadable model folder ({exc})") from None
+    auto: Any = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    hf_model = auto.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return BaseModel(hf_model, tokenizer, name=name, path=Path(path), pad_multiple=pad_multiple)

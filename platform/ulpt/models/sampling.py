@@ -1,0 +1,65 @@
+"""Per-row decoding parameters and next-token choice, so rows of one batch sample independently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ulpt.errors import SpecError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one row is decoded; every row of a mixed batch has its own."""
+
+    max_new_tokens: int = 16
+    """Upper bound on generated tokens."""
+    temperature: float = 0.0
+    """0 means greedy; otherwise logits are divided by it before sampling."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    seed: int | None = None
+    """Seeds this row's sampler, so its output does not depend on the other rows of the batch."""
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    """Generation ends before the first occurrence of any of these strings."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise SpecError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        if not 0 <= self.max_new_tokens <= 100_000:
+            raise SpecError(f"max_new_tokens must be in [0, 100000], got {self.max_new_tokens}")
+        if not 0.0 <= float(self.temperature) <= 100.0:
+            raise SpecError(f"temperature must be in [0, 100], got {self.temperature}")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise SpecError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class RowSampler:
+    """Chooses each row's next token with its own parameters and generator."""
+
+    def __init__(self, params: list[SamplingParams]) -> None:
+        self.params = params
+        self.generators = [
+            torch.Generator().manual_seed(p.seed if p.seed is not None else torch.seed())
+            if p.temperature > 0
+            else None
+            for p in params
+        ]
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, V] -> next token ids [B]."""
+        greedy = logits.argmax(dim=-1)
+        if all(g is None for g in self.generators):
+            return greedy
+        out = greedy.clone()
+        for i, (p, gen) in enumerate(zip(self.params, self.generators)):
+            if gen is None:
+                continue
+            probs = torch.softmax(logits[i].float().cpu() / p.temperature, dim=-1)
+            if p.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p  # always keeps the top token
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+            out[i] = torch.multinomial(probs, 1, generator=gen).item()
+        return out
