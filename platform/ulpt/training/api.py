@@ -1,0 +1,127 @@
+"""`train_adapter` and `train_adapters`: the in-process training API (one fit, or many packed)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ulpt.adapters import Adapter, AdapterSpec
+from ulpt.errors import UlptError
+from ulpt.models.base import BaseModel
+from ulpt.training.config import TrainConfig
+from ulpt.training.examples import check_rows, label_set, tokenize
+from ulpt.training.packed import FitState, PackedTrainer
+
+
+@dataclass
+class FitRequest:
+    """One adapter to train: its spec, its rows and its hyperparameters."""
+
+    key: str
+    spec: AdapterSpec
+    train_rows: Sequence[Mapping[str, Any]]
+    eval_rows: Sequence[Mapping[str, Any]] = ()
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+
+class TrainingFailed(UlptError):
+    """A fit that could not be trained (its rows, or a loss that diverged)."""
+
+
+def prepare_fit(model: BaseModel, request: FitRequest) -> FitState:
+    """Validate and tokenize a fit's rows and create its adapter; raises UlptError on bad input."""
+    request.spec.check_hidden_size(model.hidden_size)
+    train = check_rows(request.train_rows, "train")
+    if not train:
+        raise TrainingFailed(f"fit {request.key}: no training rows")
+    evals = check_rows(request.eval_rows, "eval")
+    adapter = Adapter.create(
+        request.spec,
+        model.hidden_size,
+        token_embeddings=model.token_embeddings if request.spec.init == "vocab" else None,
+        base_model=model.name,
+    )
+    return FitState(
+        key=request.key,
+        adapter=adapter,
+        config=request.config,
+        train=tokenize(model, train, request.spec.n_tokens),
+        eval=tokenize(model, evals, request.spec.n_tokens),
+        labels=label_set(train + evals),
+    )
+
+
+def fit_metrics(fit: FitState) -> dict[str, Any]:
+    """What a finished fit reports: the best checkpoint's held-out metrics and its curve."""
+    train_losses = fit.train_losses
+    metrics: dict[str, Any] = {
+        "steps": fit.step,
+        "train_loss": sum(train_losses[-10:]) / max(1, len(train_losses[-10:])) if train_losses else None,
+        "train_seconds": round((fit.finished or time.monotonic()) - fit.started, 3),
+        "train_curve": [round(x, 5) for x in train_losses],
+        "eval_history": fit.history,
+    }
+    if fit.best is not None:
+        metrics.update({k: v for k, v in fit.best.items() if k != "step"}, best_step=int(fit.best["step"]))
+    return metrics
+
+
+def train_adapters(
+    model: BaseModel,
+    requests: Sequence[FitRequest],
+    *,
+    max_rows_per_forward: int = 64,
+    progress: bool = False,
+) -> dict[str, tuple[Adapter | None, dict[str, Any]]]:
+    """Train many adapters packed into shared forward passes; a failed fit fails alone.
+
+    Returns {key: (adapter, metrics)}; a failed fit has adapter None and metrics {"error": reason}.
+    """
+    fits = [prepare_fit(model, r) for r in requests]
+    trainer = PackedTrainer(model, max_rows_per_forward=max_rows_per_forward)
+    total = sum(f.config.steps for f in fits)
+    with _progress(progress) as bar:
+        task = bar.add_task("training", total=total)
+
+        def on_step(active: Sequence[FitState]) -> None:
+            bar.update(task, completed=sum(f.step if f.status == "running" else f.config.steps for f in fits))
+
+        trainer.run(fits, on_step=on_step)
+    return {
+        f.key: (f.adapter, fit_metrics(f))
+        if f.status == "done"
+        else (None, {"error": f.error, "steps": f.step})
+        for f in fits
+    }
+
+
+def train_adapter(
+    model: BaseModel,
+    spec: AdapterSpec,
+    train_rows: Sequence[Mapping[str, Any]],
+    eval_rows: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    progress: bool = False,
+    **hyperparams: Any,
+) -> tuple[Adapter, dict[str, Any]]:
+    """Train one adapter; `hyperparams` are TrainConfig fields (steps, lr, batch_size, ...)."""
+    request = FitRequest("adapter", spec, train_rows, eval_rows or (), TrainConfig.from_dict(hyperparams))
+    adapter, metrics = train_adapters(model, [request], progress=progress)["adapter"]
+    if adapter is None:
+        raise TrainingFailed(f"training failed: {metrics['error']}")
+    return adapter, metrics
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
