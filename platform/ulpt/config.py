@@ -1,0 +1,55 @@
+"""Process-wide settings read from the environment.
+
+Everything ulpt materializes locally (converted base models, downloaded data) lives under one
+folder, so a user can relocate or wipe it in one place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+DEFAULT_HOME = "./.ulpt"
+
+
+def ulpt_home() -> Path:
+    """The local cache root: `$ULPT_HOME`, or `./.ulpt` in the working directory.
+
+    Made absolute at call time, so paths derived from it stay valid when handed to a Ray worker
+    or a subprocess that runs elsewhere.
+    """
+    return Path(os.environ.get("ULPT_HOME") or DEFAULT_HOME).expanduser().absolute()
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if missing).
+
+    Several processes (Ray workers on one node, parallel tests) may fill the same cache at once;
+    the lock makes the first one do the work while the others wait and then reuse it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file beside `path` and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
