@@ -1,0 +1,99 @@
+"""Rows of different adapters and prompt lengths in ONE batch give what each row gives alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ulpt
+
+TEXTS = [
+    "the movie was good. A:",
+    "one plus two equals",
+    "i hate this food so very much",
+    "yes",
+    "the staff was",
+    "review: clean room, fast service",
+]
+
+
+def _adapters(hidden: int) -> list[ulpt.Adapter | None]:
+    """All three methods, several prompt lengths, and a row without adapter."""
+    specs = [("ulpt", 3), ("pt", 5), ("dpt", 7), ("ulpt", 10), ("pt", 1)]
+    adapters: list[ulpt.Adapter | None] = []
+    for seed, (method, n) in enumerate(specs):
+        adapter = ulpt.Adapter.create(ulpt.AdapterSpec(method=method, n_tokens=n, rank=4, seed=seed), hidden)
+        with torch.no_grad():  # move away from the init so that rows really differ
+            for p in adapter.parameters():
+                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+        adapters.append(adapter)
+    return [*adapters, None]
+
+
+def _rows(model: ulpt.BaseModel) -> list[tuple[ulpt.Adapter | None, str]]:
+    return list(zip(_adapters(model.hidden_size), TEXTS))
+
+
+def test_generation_in_a_mixed_batch_equals_each_row_alone(tiny_model: ulpt.BaseModel) -> None:
+    rows = _rows(tiny_model)
+    mixed = tiny_model.generate(rows, max_new_tokens=12)
+    alone = [tiny_model.generate([row], max_new_tokens=12)[0] for row in rows]
+    assert mixed == alone
+    assert len(set(mixed)) > 1, "different adapters should steer the model differently"
+
+
+def test_scores_in_a_mixed_batch_equal_each_row_alone(tiny_model: ulpt.BaseModel) -> None:
+    rows = _rows(tiny_model)
+    mixed = tiny_model.score(rows)
+    alone = torch.cat([tiny_model.score([row]) for row in rows])
+    assert mixed.shape == (len(rows), len(tiny_model.tokenizer))
+    torch.testing.assert_close(mixed, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_target_logprobs_in_a_mixed_batch_equal_each_row_alone(tiny_model: ulpt.BaseModel) -> None:
+    rows = _rows(tiny_model)
+    targets = ["positive", "three", "negative", "no", "great", "yes"]
+    inputs = [tiny_model.encode(t) for _, t in rows]
+    target_ids = [tiny_model.encode_target(t, y) for (_, t), y in zip(rows, targets)]
+    logp, mask = tiny_model.target_logprobs([a for a, _ in rows], inputs, target_ids)
+    assert mask.sum(1).tolist() == [len(t) for t in target_ids]
+    for i, (adapter, _) in enumerate(rows):
+        alone, _ = tiny_model.target_logprobs([adapter], [inputs[i]], [target_ids[i]])
+        torch.testing.assert_close(logp[i].sum(), alone.sum(), atol=1e-4, rtol=1e-5)
+
+
+def test_seeded_sampling_per_row_does_not_depend_on_the_batch(tiny_model: ulpt.BaseModel) -> None:
+    rows = _rows(tiny_model)
+    mixed = tiny_model.generate(rows, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=42)
+    alone = [
+        tiny_model.generate([row], max_new_tokens=8, temperature=1.0, top_p=0.9, seed=42)[0] for row in rows
+    ]
+    assert mixed == alone
+    other_seed = tiny_model.generate(rows, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=43)
+    assert other_seed != mixed
+
+
+def test_each_row_stops_on_its_own(tiny_model: ulpt.BaseModel) -> None:
+    rows = _rows(tiny_model)[:3]
+    params = [ulpt.SamplingParams(max_new_tokens=k) for k in (1, 4, 9)]
+    generations = tiny_model.generate_batch(rows, params)
+    assert [len(g.token_ids) for g in generations] == [1, 4, 9]
+    assert all(g.finish_reason == "length" for g in generations)
+    full = tiny_model.generate_batch(rows[:1], [ulpt.SamplingParams(max_new_tokens=12)])[0]
+    if len(full.text.strip()) > 2:
+        stop = full.text.strip()[1:3]
+        cut = tiny_model.generate(rows[:1], max_new_tokens=12, stop=[stop])[0]
+        assert stop not in cut and full.text.startswith(cut)
+
+
+def test_rows_with_a_prompt_of_the_wrong_width_are_refused(tiny_model: ulpt.BaseModel) -> None:
+    wrong = ulpt.Adapter.create(ulpt.AdapterSpec(), tiny_model.hidden_size * 2)
+    with pytest.raises(ValueError, match="hidden size"):
+        tiny_model.generate([(wrong, "hello")])
+
+
+def test_invalid_sampling_parameters_are_refused() -> None:
+    with pytest.raises(ulpt.UlptError, match="top_p"):
+        ulpt.SamplingParams(top_p=0)
+    with pytest.raises(ulpt.UlptError, match="max_new_tokens"):
+        ulpt.SamplingParams(max_new_tokens=-1)
