@@ -97,3 +97,28 @@ def test_invalid_sampling_parameters_are_refused() -> None:
         ulpt.SamplingParams(top_p=0)
     with pytest.raises(ulpt.UlptError, match="max_new_tokens"):
         ulpt.SamplingParams(max_new_tokens=-1)
+
+
+def test_continuations_sharing_a_prefix_equal_full_target_scoring(tiny_model: ulpt.BaseModel) -> None:
+    rows = _rows(tiny_model)
+    labels = ["positive", "negative", "one two three", "yes"]
+    inputs = [tiny_model.encode(t) for _, t in rows]
+    continuations = [
+        [tiny_model.encode_target(t, y, eos=eos) for y in labels for eos in (True, False)] for _, t in rows
+    ]
+    shared = tiny_model.continuation_logprobs([a for a, _ in rows], inputs, continuations)
+    for i, (adapter, _) in enumerate(rows):
+        for j, seq in enumerate(continuations[i]):
+            full, _ = tiny_model.target_logprobs([adapter], [inputs[i]], [seq])
+            torch.testing.assert_close(shared[i][j], full[0], atol=1e-4, rtol=1e-4)
+
+
+def test_chunk_plan_groups_similar_lengths_within_budgets() -> None:
+    from ulpt.models.batch import plan_chunks
+
+    lengths = [5, 100, 6, 98, 7, 3, 50]
+    chunks = plan_chunks(lengths, max_rows=3, max_tokens=200)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    assert all(len(c) <= 3 and len(c) * max(lengths[i] for i in c) <= 200 for c in chunks)
+    assert chunks[0] == [5, 0, 2]  # the three shortest rows share a pass
+    assert plan_chunks([500], max_rows=4, max_tokens=10) == [[0]]  # an oversized row still runs, alone

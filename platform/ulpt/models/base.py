@@ -23,10 +23,12 @@ from transformers import (
 from ulpt.adapters import Adapter
 from ulpt.errors import ModelNotFoundError
 from ulpt.models.batch import pack_rows, pad_ids
+from ulpt.models.prefix import CachedPrompt, compute_prefixes, prefix_batch, supports_prefix_cache
 from ulpt.models.sampling import RowSampler, SamplingParams
 
-PromptSource = Adapter | torch.Tensor | None
-"""An adapter, an already materialized [n, d] prompt, or None for the bare base model."""
+PromptSource = Adapter | torch.Tensor | CachedPrompt | None
+"""An adapter, an already materialized [n, d] prompt, a prompt with its cached keys and values
+(`cache_prompts`), or None for the bare base model."""
 Row = tuple[PromptSource, str]
 
 
@@ -102,12 +104,31 @@ class BaseModel:
     def _prompt(self, source: PromptSource) -> torch.Tensor | None:
         if source is None:
             return None
+        if isinstance(source, CachedPrompt):
+            return source.prompt
         prompt = source.prompt_embeddings() if isinstance(source, Adapter) else source
         if prompt.shape[-1] != self.hidden_size:
             raise ValueError(
                 f"prompt width {prompt.shape[-1]} does not match the model's hidden size {self.hidden_size}"
             )
         return prompt.to(device=self.device, dtype=self.token_embeddings.dtype)
+
+    @cached_property
+    def supports_prefix_cache(self) -> bool:
+        """Whether `cache_prompts` applies: decoder-only models without sliding-window layers."""
+        return supports_prefix_cache(self.hf)
+
+    @torch.no_grad()
+    def cache_prompts(self, sources: Sequence[PromptSource]) -> list[CachedPrompt]:
+        """Each prompt with its per-layer keys and values, to reuse across requests (see `models.prefix`)."""
+        if not self.supports_prefix_cache:
+            raise ValueError(
+                f"{self.name}: prefix caching needs a decoder-only model without sliding windows"
+            )
+        prompts = [self._prompt(s) for s in sources]
+        if any(p is None for p in prompts):
+            raise ValueError("cache_prompts needs a prompt for every source")
+        return compute_prefixes(self.hf, [p for p in prompts if p is not None])
 
     def _embed(self, ids: Sequence[int]) -> torch.Tensor:
         return self.hf.get_input_embeddings()(torch.tensor(list(ids), dtype=torch.long, device=self.device))
@@ -164,6 +185,86 @@ class BaseModel:
             ).logits[:, :k]
         logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return logp * mask, mask
+
+    @torch.no_grad()
+    def continuation_logprobs(
+        self,
+        prompts: Sequence[PromptSource],
+        input_ids: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+    ) -> list[list[torch.Tensor]]:
+        """Per-token log-probabilities of several continuations of each row, sharing the row's prefix.
+
+        The prompt + input of each row goes through the model ONCE (with a KV cache); each of its
+        continuations (a target, or every candidate label) then costs only its own few tokens.
+        This is what makes multiple-choice evaluation affordable on CPU. Equals `target_logprobs`
+        of each (row, continuation) pair to float noise.
+        """
+        pairs = [(row, seq) for row, seqs in enumerate(continuations) for seq in seqs]
+        if any(len(seq) == 0 for _, seq in pairs):
+            raise ValueError("every continuation needs at least one token")
+        packed = self._pack(prompts, input_ids)
+        index = torch.tensor([row for row, _ in pairs], dtype=torch.long, device=self.device)
+        if self.is_encoder_decoder:
+            encoder_out = self.hf.get_encoder()(
+                inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask
+            )
+            start = self.hf.config.decoder_start_token_id
+            decoder_in = pad_ids(
+                [[start, *seq[:-1]] for _, seq in pairs], self.pad_id, left=False, device=self.device
+            )
+            hidden = encoder_out.last_hidden_state.index_select(0, index)
+            logits = self.hf(
+                encoder_outputs=(hidden,),
+                attention_mask=packed.attention_mask.index_select(0, index),
+                decoder_input_ids=decoder_in,
+                decoder_attention_mask=pad_ids(
+                    [[1] * len(s) for _, s in pairs], 0, left=False, device=self.device
+                ),
+            ).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            scores = [logp[i, torch.arange(len(seq)), torch.tensor(seq)] for i, (_, seq) in enumerate(pairs)]
+        else:
+            cache = DynamicCache()
+            first = self.hf(
+                inputs_embeds=packed.inputs_embeds,
+                attention_mask=packed.attention_mask,
+                position_ids=packed.position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+            first_logp = torch.log_softmax(first.float(), dim=-1).index_select(0, index)
+            rest = [list(seq[:-1]) for _, seq in pairs]
+            width = max(len(r) for r in rest)
+            rest_logp = None
+            if width:
+                cache.batch_select_indices(index)
+                feed = pad_ids(
+                    [r or [self.pad_id] for r in rest], self.pad_id, left=False, device=self.device
+                )
+                feed_mask = pad_ids([[1] * max(1, len(r)) for r in rest], 0, left=False, device=self.device)
+                mask = torch.cat([packed.attention_mask.index_select(0, index), feed_mask], dim=1)
+                start_pos = packed.position_ids[:, -1:].index_select(0, index) + 1
+                positions = start_pos + torch.arange(feed.shape[1], device=self.device)
+                logits = self.hf(
+                    input_ids=feed,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                ).logits
+                rest_logp = torch.log_softmax(logits.float(), dim=-1)
+            scores = []
+            for i, (_, seq) in enumerate(pairs):
+                token_logps = [first_logp[i, seq[0]]]
+                if len(seq) > 1 and rest_logp is not None:
+                    token_logps += list(rest_logp[i, torch.arange(len(seq) - 1), torch.tensor(seq[1:])])
+                scores.append(torch.stack(token_logps))
+        out: list[list[torch.Tensor]] = [[] for _ in continuations]
+        for (row, _), score in zip(pairs, scores):
+            out[row].append(score)
+        return out
 
     @torch.no_grad()
     def score(self, rows: Sequence[Row]) -> torch.Tensor:
@@ -234,12 +335,23 @@ class BaseModel:
             return
         sampler = RowSampler(list(params))
         input_ids = [self.encode(text) for _, text in rows]
-        packed = self._pack([p for p, _ in rows], input_ids)
+        # Rows with a cached prefix (and some text after it) skip their prompt's prefill; others go inline.
+        prefixes = [
+            p if isinstance(p, CachedPrompt) and ids and not self.is_encoder_decoder else None
+            for (p, _), ids in zip(rows, input_ids)
+        ]
+        packed = self._pack([None if c is not None else p for c, (p, _) in zip(prefixes, rows)], input_ids)
         mask = packed.attention_mask
+        position_ids = packed.position_ids
         batch = len(rows)
+        cache: Any = DynamicCache()
+        if any(c is not None for c in prefixes):
+            cache, prefix_mask, offsets = prefix_batch(self.hf, prefixes, self.pad_multiple)
+            mask = torch.cat([prefix_mask, mask], dim=1)
+            position_ids = position_ids + offsets[:, None]
         if self.is_encoder_decoder:
             encoder_out = self.hf.get_encoder()(inputs_embeds=packed.inputs_embeds, attention_mask=mask)
-            cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
             next_in = torch.full((batch, 1), self.hf.config.decoder_start_token_id, device=self.device)
             step = lambda ids: self.hf(  # noqa: E731
                 encoder_outputs=encoder_out,
@@ -250,12 +362,11 @@ class BaseModel:
             ).logits[:, -1]
             logits = step(next_in)
         else:
-            cache = DynamicCache()
-            positions = packed.position_ids[:, -1:]
+            positions = position_ids[:, -1:]
             logits = self.hf(
                 inputs_embeds=packed.inputs_embeds,
                 attention_mask=mask,
-                position_ids=packed.position_ids,
+                position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -339,7 +450,9 @@ def load_base_model(
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"{name}: not a loadable model folder ({exc})") from None
-    auto: Any = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    auto: Any = (
+        AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    )
     hf_model = auto.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return BaseModel(hf_model, tokenizer, name=name, path=Path(path), pad_multiple=pad_multiple)

@@ -71,3 +71,22 @@ def pad_ids(
             span = slice(width - len(s), width) if left else slice(0, len(s))
             out[i, span] = torch.tensor(list(s), dtype=torch.long)
     return out
+
+
+def plan_chunks(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Group row indices into forward passes of similar length.
+
+    Rows are sorted by length, then cut so that a chunk holds at most `max_rows` rows and at most
+    `max_tokens` padded positions: a long row no longer pads fifteen short ones to its length.
+    """
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        widest = max(lengths[index], *(lengths[i] for i in current)) if current else lengths[index]
+        if current and (len(current) + 1 > max_rows or (len(current) + 1) * widest > max_tokens):
+            chunks.append(current)
+            current = []
+        current.append(index)
+    if current:
+        chunks.append(current)
+    return chunks

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ulpt.adapters import Adapter
 from ulpt.models.base import BaseModel, PromptSource
+from ulpt.models.batch import plan_chunks
 from ulpt.training.examples import Example
 
 
@@ -28,53 +30,47 @@ class EvalItem:
 
 @torch.no_grad()
 def evaluate(
-    model: BaseModel, items: Sequence[EvalItem], max_rows_per_forward: int = 64
+    model: BaseModel,
+    items: Sequence[EvalItem],
+    max_rows_per_forward: int = 64,
+    max_tokens_per_forward: int = 4096,
 ) -> dict[str, dict[str, float]]:
-    """{key: {"eval_loss", "eval_accuracy" (when labels exist)}} for every item, in shared batches."""
-    jobs: list[tuple[EvalItem, int, str | None]] = []
-    for item in items:
-        for index, ex in enumerate(item.examples):
-            jobs.append((item, index, None))
-            jobs += [(item, index, label) for label in ex.choices or item.labels or ()]
+    """{key: {"eval_loss", "eval_accuracy" (when labels exist)}} for every item, in shared batches.
+
+    Each row's prompt + input runs once; its target and candidate labels are scored as
+    continuations of that shared prefix (`BaseModel.continuation_logprobs`).
+    """
+    rows = [(item, ex) for item in items for ex in item.examples]
     prompts = {item.key: _materialize(item.prompt) for item in items}
-    scores: list[float] = []
-    for start in range(0, len(jobs), max_rows_per_forward):
-        chunk = jobs[start : start + max_rows_per_forward]
-        examples = [item.examples[index] for item, index, _ in chunk]
-        targets = [
-            ex.target_ids if label is None else tuple(model.encode_target(ex.text, label, eos=False))
-            for ex, (_, _, label) in zip(examples, chunk)
-        ]
-        logp, mask = model.target_logprobs(
-            [prompts[item.key] for item, _, _ in chunk], [ex.input_ids for ex in examples], targets
-        )
-        for total, count, (_, _, label) in zip(logp.sum(1), mask.sum(1), chunk):
-            scores.append(float(-total / count) if label is None else float(total))
-    return _summarize(jobs, scores)
-
-
-def _materialize(prompt: PromptSource) -> torch.Tensor | None:
-    from ulpt.adapters import Adapter
-
-    return prompt.prompt_embeddings() if isinstance(prompt, Adapter) else prompt
-
-
-def _summarize(
-    jobs: Sequence[tuple[EvalItem, int, str | None]], scores: Sequence[float]
-) -> dict[str, dict[str, float]]:
     losses: dict[str, list[float]] = {}
-    by_row: dict[tuple[str, int], dict[str, float]] = {}
-    for (item, index, label), score in zip(jobs, scores):
-        if label is None:
-            losses.setdefault(item.key, []).append(score)
-        else:
-            by_row.setdefault((item.key, index), {})[label] = score
-    out = {key: {"eval_loss": sum(v) / len(v)} for key, v in losses.items()}
     hits: dict[str, list[bool]] = {}
-    items = {item.key: item for item, _, _ in jobs}
-    for (key, index), label_scores in by_row.items():
-        best = max(label_scores, key=label_scores.__getitem__)
-        hits.setdefault(key, []).append(best == items[key].examples[index].target)
+    lengths = [_prompt_length(item.prompt) + len(ex.input_ids) for item, ex in rows]
+    for indices in plan_chunks(lengths, max_rows_per_forward, max_tokens_per_forward):
+        chunk = [rows[i] for i in indices]
+        labels = [list(ex.choices or item.labels or ()) for item, ex in chunk]
+        continuations = [
+            [ex.target_ids, *(model.encode_target(ex.text, label, eos=False) for label in row_labels)]
+            for (_, ex), row_labels in zip(chunk, labels)
+        ]
+        scored = model.continuation_logprobs(
+            [prompts[item.key] for item, _ in chunk], [ex.input_ids for _, ex in chunk], continuations
+        )
+        for (item, ex), row_labels, (target, *label_scores) in zip(chunk, labels, scored):
+            losses.setdefault(item.key, []).append(float(-target.mean()))
+            if row_labels:
+                best = max(range(len(row_labels)), key=lambda k: float(label_scores[k].sum()))
+                hits.setdefault(item.key, []).append(row_labels[best] == ex.target)
+    out = {key: {"eval_loss": sum(v) / len(v)} for key, v in losses.items()}
     for key, h in hits.items():
         out[key]["eval_accuracy"] = sum(h) / len(h)
     return out
+
+
+def _prompt_length(prompt: PromptSource) -> int:
+    if isinstance(prompt, Adapter):
+        return prompt.spec.n_tokens
+    return 0 if prompt is None else int(prompt.shape[0])
+
+
+def _materialize(prompt: PromptSource) -> torch.Tensor | None:
+    return prompt.prompt_embeddings() if isinstance(prompt, Adapter) else prompt

@@ -13,13 +13,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from ulpt.adapters import Adapter
 from ulpt.adapters.projection import make_generator
 from ulpt.models.base import BaseModel
+from ulpt.models.batch import plan_chunks
 from ulpt.training.config import TrainConfig
 from ulpt.training.evaluate import EvalItem, evaluate
 from ulpt.training.examples import Example
@@ -97,16 +97,21 @@ class FitState:
 class PackedTrainer:
     """Steps a set of fits together on one frozen base model."""
 
-    def __init__(self, model: BaseModel, max_rows_per_forward: int = 64) -> None:
+    def __init__(
+        self, model: BaseModel, max_rows_per_forward: int = 64, max_tokens_per_forward: int = 4096
+    ) -> None:
         self.model = model
         self.max_rows = max_rows_per_forward
+        self.max_tokens = max_tokens_per_forward
 
     def train_step(self, fits: Sequence[FitState]) -> dict[str, float]:
         """One optimizer step for every running fit; returns each fit's training loss."""
         active = [f for f in fits if f.status == "running" and f.step < f.config.steps]
         rows: list[tuple[FitState, Example]] = [(f, ex) for f in active for ex in f.next_batch()]
         losses: dict[str, float] = {f.key: 0.0 for f in active}
-        for chunk in _chunks(rows, self.max_rows):
+        lengths = [f.adapter.spec.n_tokens + len(ex.input_ids) + len(ex.target_ids) for f, ex in rows]
+        for indices in plan_chunks(lengths, self.max_rows, self.max_tokens):
+            chunk = [rows[i] for i in indices]
             prompts = {f.key: f.adapter.prompt_embeddings() for f in {id(f): f for f, _ in chunk}.values()}
             row_loss = self._row_losses(chunk, prompts)
             weights = torch.tensor([1.0 / f.config.batch_size for f, _ in chunk])
@@ -142,7 +147,7 @@ class PackedTrainer:
     def evaluate(self, fits: Sequence[FitState]) -> dict[str, dict[str, float]]:
         """Held-out metrics of every fit, batched across fits."""
         items = [EvalItem(f.key, f.adapter, f.eval[: f.config.max_eval_rows or None], f.labels) for f in fits]
-        return evaluate(self.model, items, self.max_rows)
+        return evaluate(self.model, items, self.max_rows, self.max_tokens)
 
     def run(
         self,
@@ -153,32 +158,36 @@ class PackedTrainer:
         """Train every fit to its end (steps, early stop or failure), evaluating on schedule."""
         pending = list(fits)
         while pending:
-            self.train_step(pending)
-            due = [
-                f
-                for f in pending
-                if f.status == "running"
-                and f.eval
-                and (f.step % f.config.eval_every == 0 or f.step >= f.config.steps)
-            ]
-            if due:
-                results = self.evaluate(due)
-                for fit in due:
-                    fit.record_eval(results[fit.key])
-            for fit in pending:
-                stop_early = (
-                    fit.config.early_stopping_patience is not None
-                    and fit.evals_without_gain >= fit.config.early_stopping_patience
-                )
-                if fit.status == "running" and (fit.step >= fit.config.steps or stop_early):
-                    fit.finish()
+            ended = self.advance(pending)
             if on_step:
                 on_step(pending)
-            for fit in [f for f in pending if f.status != "running"]:
+            for fit in ended:
                 if on_fit_done:
                     on_fit_done(fit)
             pending = [f for f in pending if f.status == "running"]
 
+    def advance(self, fits: Sequence[FitState]) -> list[FitState]:
+        """One step of every running fit, its scheduled evaluations and stopping; returns the ended fits.
 
-def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+        `run` loops over it; a caller that keeps a pack full (the Ray worker) adds fits between calls.
+        """
+        self.train_step(fits)
+        due = [
+            f
+            for f in fits
+            if f.status == "running"
+            and f.eval
+            and (f.step % f.config.eval_every == 0 or f.step >= f.config.steps)
+        ]
+        if due:
+            results = self.evaluate(due)
+            for fit in due:
+                fit.record_eval(results[fit.key])
+        for fit in fits:
+            stop_early = (
+                fit.config.early_stopping_patience is not None
+                and fit.evals_without_gain >= fit.config.early_stopping_patience
+            )
+            if fit.status == "running" and (fit.step >= fit.config.steps or stop_early):
+                fit.finish()
+        return [f for f in fits if f.status != "running"]
