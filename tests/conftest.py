@@ -39,3 +39,6 @@ def ulpt_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("ULPT_HOME", str(home))
     return home
+
+
+from tests.ray_fixtures import ray_session  # noqa: E402, F401  (session fixture for Ray tests)
