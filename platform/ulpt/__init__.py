@@ -3,6 +3,7 @@
 from ulpt.adapters import METHODS, Adapter, AdapterSpec
 from ulpt.errors import UlptError
 from ulpt.models import BaseModel, SamplingParams, load_base_model
+from ulpt.sdk import Client
 from ulpt.training import FitRequest, TrainConfig, train_adapter, train_adapters
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ __all__ = [
     "Adapter",
     "AdapterSpec",
     "BaseModel",
+    "Client",
     "FitRequest",
     "SamplingParams",
     "TrainConfig",

@@ -1,0 +1,30 @@
+"""The SQL catalog: what adapters exist, who owns them, where their blobs are, and the jobs that made them.
+
+    catalog = open_catalog("postgresql+psycopg://ulpt@db/ulpt")     # or sqlite:///PATH
+    with catalog.session() as session:                             # one transaction
+        row = adapters.resolve(session, "default", "user-42:3")
+
+Query functions live in `adapters`, `find`, `jobs` and `tenants` and take a Session first.
+"""
+
+from ulpt.catalog.db import SCHEMA_REVISION, Catalog, display_url, open_catalog, sqlite_url
+from ulpt.catalog.find import AdapterQuery, Threshold, parse_thresholds
+from ulpt.catalog.names import Ref, parse_ref
+from ulpt.catalog.tenants import NewApiKey, create_api_key, revoke_api_key, verify_api_key
+
+__all__ = [
+    "SCHEMA_REVISION",
+    "AdapterQuery",
+    "Catalog",
+    "NewApiKey",
+    "Ref",
+    "Threshold",
+    "create_api_key",
+    "display_url",
+    "open_catalog",
+    "parse_ref",
+    "parse_thresholds",
+    "revoke_api_key",
+    "sqlite_url",
+    "verify_api_key",
+]

@@ -1,0 +1,195 @@
+"""Jobs and fits: the durable state that lets a bulk training job resume after any worker dies.
+
+Deliberately generic (the training driver owns the meaning of a spec): create a job, add its fits in
+bulk, let workers claim pending fits atomically, mark each done or failed, count fits per status.
+A claimed fit whose worker dies is put back with `requeue_running`; a done fit is never claimed again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from ulpt.catalog.models import FIT_STATUSES, JOB_STATUSES, FitRow, JobRow, new_id, utcnow
+from ulpt.catalog.names import check_json
+from ulpt.catalog.tenants import ensure_tenant
+from ulpt.errors import NotFoundError, SpecError
+
+_FINISHED = ("done", "failed", "cancelled")
+
+
+def as_uuid(value: uuid.UUID | str, what: str = "job id") -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise SpecError(f"invalid {what} {value!r}: expected a UUID") from None
+
+
+def create_job(session: Session, tenant: str, spec: Mapping[str, Any], *, name: str | None = None) -> JobRow:
+    ensure_tenant(session, tenant)
+    job = JobRow(tenant=tenant, name=name, spec=check_json(dict(spec), "job spec"), status="pending")
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: uuid.UUID | str, tenant: str | None = None) -> JobRow:
+    job = session.get(JobRow, as_uuid(job_id))
+    if job is None or (tenant is not None and job.tenant != tenant):
+        raise NotFoundError(f"no job {job_id}" + (f" in tenant {tenant!r}" if tenant else ""))
+    return job
+
+
+def list_jobs(session: Session, tenant: str, *, status: str | None = None, limit: int = 50) -> list[JobRow]:
+    stmt = select(JobRow).where(JobRow.tenant == tenant)
+    if status is not None:
+        stmt = stmt.where(JobRow.status == status)
+    return list(session.scalars(stmt.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)))
+
+
+def set_job_status(
+    session: Session,
+    job_id: uuid.UUID | str,
+    status: str,
+    *,
+    error: str | None = None,
+    timings: Mapping[str, Any] | None = None,
+) -> None:
+    """Move a job to `status`, stamping started_at on the first `running` and finished_at on an end state."""
+    if status not in JOB_STATUSES:
+        raise SpecError(f"job status must be one of {', '.join(JOB_STATUSES)}, got {status!r}")
+    job = get_job(session, job_id)
+    job.status = status
+    now = utcnow()
+    if status == "running" and job.started_at is None:
+        job.started_at = now
+    if status in _FINISHED:
+        job.finished_at = now
+    if error is not None:
+        job.error = error
+    if timings is not None:
+        job.timings = check_json(dict(timings), "job timings")
+    session.flush()
+
+
+def add_fits(
+    session: Session, job_id: uuid.UUID | str, fits: Iterable[str | tuple[str, Mapping[str, Any] | None]]
+) -> int:
+    """Add fits by key (optionally with per-fit spec overrides) in one bulk insert; returns how many."""
+    job = get_job(session, job_id)
+    rows = []
+    for fit in fits:
+        key, spec = (fit, None) if isinstance(fit, str) else fit
+        if not isinstance(key, str) or not 1 <= len(key) <= 256:
+            raise SpecError(f"fit key must be a string of 1-256 characters, got {key!r}")
+        rows.append(
+            {"id": new_id(), "job_id": job.id, "key": key, "spec": None if spec is None else dict(spec)}
+        )
+    if rows:
+        session.execute(insert(FitRow), rows)
+        job.n_fits += len(rows)
+        session.flush()
+    return len(rows)
+
+
+def claim_fits(session: Session, job_id: uuid.UUID | str, limit: int, worker: str) -> list[FitRow]:
+    """Atomically move up to `limit` pending fits to running for `worker`; no two workers get one fit."""
+    job = as_uuid(job_id)
+    pending = (
+        select(FitRow.id)
+        .where(FitRow.job_id == job, FitRow.status == "pending")
+        .order_by(FitRow.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(session.scalars(pending))
+    if not ids:
+        return []
+    claimed = session.scalars(
+        update(FitRow)
+        .where(FitRow.id.in_(ids), FitRow.status == "pending")  # re-checked: SQLite has no row locks
+        .values(
+            status="running", worker=worker, attempts=FitRow.attempts + 1, started_at=utcnow(), error=None
+        )
+        .returning(FitRow)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(claimed, key=lambda fit: fit.id)
+
+
+def mark_fit_done(
+    session: Session,
+    fit_id: uuid.UUID | str,
+    *,
+    adapter_id: uuid.UUID | str | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    timings: Mapping[str, Any] | None = None,
+) -> None:
+    fit = _get_fit(session, fit_id)
+    fit.status = "done"
+    fit.adapter_id = None if adapter_id is None else as_uuid(adapter_id, "adapter id")
+    fit.metrics = None if metrics is None else check_json(dict(metrics), "fit metrics")
+    fit.timings = None if timings is None else check_json(dict(timings), "fit timings")
+    fit.error = None
+    fit.finished_at = utcnow()
+    session.flush()
+
+
+def mark_fit_failed(session: Session, fit_id: uuid.UUID | str, error: str, *, retry: bool = False) -> None:
+    """Record a fit's error; `retry` puts it back to pending (its attempts count stays)."""
+    fit = _get_fit(session, fit_id)
+    fit.status = "pending" if retry else "failed"
+    fit.error = error
+    fit.finished_at = None if retry else utcnow()
+    session.flush()
+
+
+def requeue_running(session: Session, job_id: uuid.UUID | str, *, worker: str | None = None) -> int:
+    """Put fits stuck in running (their worker died) back to pending; returns how many."""
+    stmt = update(FitRow).where(FitRow.job_id == as_uuid(job_id), FitRow.status == "running")
+    if worker is not None:
+        stmt = stmt.where(FitRow.worker == worker)
+    result = session.execute(
+        stmt.values(status="pending", worker=None).execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def fit_counts(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
+    """Fits per status, every status present (0 if none)."""
+    counts = dict.fromkeys(FIT_STATUSES, 0)
+    rows = session.execute(
+        select(FitRow.status, func.count()).where(FitRow.job_id == as_uuid(job_id)).group_by(FitRow.status)
+    )
+    counts.update({status: count for status, count in rows})
+    return counts
+
+
+def list_fits(
+    session: Session, job_id: uuid.UUID | str, *, status: str | None = None, limit: int | None = None
+) -> list[FitRow]:
+    stmt = select(FitRow).where(FitRow.job_id == as_uuid(job_id))
+    if status is not None:
+        stmt = stmt.where(FitRow.status == status)
+    stmt = stmt.order_by(FitRow.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def fits_by_key(session: Session, job_id: uuid.UUID | str, keys: Sequence[str]) -> dict[str, FitRow]:
+    rows = session.scalars(select(FitRow).where(FitRow.job_id == as_uuid(job_id), FitRow.key.in_(list(keys))))
+    return {row.key: row for row in rows}
+
+
+def _get_fit(session: Session, fit_id: uuid.UUID | str) -> FitRow:
+    fit = session.get(FitRow, as_uuid(fit_id, "fit id"))
+    if fit is None:
+        raise NotFoundError(f"no fit {fit_id}")
+    return fit

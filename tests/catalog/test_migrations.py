@@ -1,0 +1,87 @@
+"""The schema comes only from Alembic, matches the models exactly, and a stale schema is refused clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from tests.services import PostgresServer, free_port
+from ulpt.catalog.db import SCHEMA_REVISION, create_catalog_engine, open_catalog, sqlite_url
+from ulpt.catalog.migrate import head_revision, migrations_dir, upgrade
+from ulpt.catalog.models import Base
+from ulpt.errors import CatalogError, MigrationRequiredError
+from ulpt.sdk import Client
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "empty.db")
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()
+
+
+def test_schema_revision_is_the_single_migration_head() -> None:
+    assert head_revision() == SCHEMA_REVISION
+    assert (migrations_dir() / "env.py").is_file()
+
+
+def test_upgrade_on_empty_database_matches_models(empty_url: str) -> None:
+    engine = create_catalog_engine(empty_url)
+    upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    assert diff == []
+    open_catalog(empty_url).close()  # passes the schema check
+
+
+def test_empty_catalog_is_refused_with_upgrade_hint(empty_url: str) -> None:
+    with pytest.raises(MigrationRequiredError, match="run `ulpt db upgrade`"):
+        open_catalog(empty_url)
+
+
+def test_catalog_behind_is_refused_with_both_revisions(empty_url: str) -> None:
+    engine = create_catalog_engine(empty_url)
+    upgrade(engine)
+    with engine.begin() as conn:  # pretend an older ulpt created it
+        conn.execute(text("UPDATE alembic_version SET version_num = 'base0'"))
+    engine.dispose()
+    with pytest.raises(MigrationRequiredError, match="does not know"):
+        open_catalog(empty_url)
+
+
+def test_explicit_catalog_never_auto_migrates(tmp_path: Path) -> None:
+    client = Client(home=tmp_path, catalog_url=sqlite_url(tmp_path / "shared.db"))
+    with pytest.raises(MigrationRequiredError) as info:
+        client.adapters.find()
+    assert "\n" not in str(info.value)
+
+
+def test_embedded_default_creates_its_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ULPT_CATALOG_URL", raising=False)
+    with Client(home=tmp_path / "home") as client:
+        assert client.catalog.schema_revision() == SCHEMA_REVISION
+        assert (tmp_path / "home" / "catalog.db").is_file()
+
+
+def test_unreachable_catalog_is_one_line() -> None:
+    url = f"postgresql+psycopg://ulpt:s3cret@127.0.0.1:{free_port()}/nowhere"
+    with pytest.raises(CatalogError) as info:
+        open_catalog(url)
+    message = str(info.value)
+    assert "\n" not in message and "cannot use catalog" in message
+    assert "s3cret" not in message  # the password is masked
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [("not a url", "invalid catalog URL"), ("mysql://x@h/db", "unsupported catalog URL")],
+)
+def test_bad_catalog_urls(url: str, expected: str) -> None:
+    with pytest.raises(CatalogError, match=expected):
+        open_catalog(url)
