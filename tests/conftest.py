@@ -10,12 +10,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import torch  # noqa: E402
+
 import ulpt  # noqa: E402
 from ulpt.models.tiny import build_tiny_model  # noqa: E402
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.services", "tests.serve_fixtures", "tests.ray_fixtures"]
 
 FAMILIES = ("llama", "t5")
+
+# Tiny models are far faster on one thread, and the suite shares 2 cores with Ray and the servers.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -40,5 +45,3 @@ def ulpt_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ULPT_HOME", str(home))
     return home
 
-
-from tests.ray_fixtures import ray_session  # noqa: E402, F401  (session fixture for Ray tests)

@@ -78,6 +78,13 @@ class Client:
         """Register, find, get, alias, delete and export adapters of this client's tenant."""
         return Adapters(self.registry, self.tenant)
 
+    def generate(self, model: str, text: str, **options: Any) -> str:
+        """Text after `text` from adapter `model` (name, name:version, alias) or a base model; over HTTP
+        when base_url= / ULPT_SERVE_URL is set, else in this process (see ulpt.serving_client)."""
+        from ulpt.serving_client import generate
+
+        return generate(self, model, text, **options)
+
     def gc(self, grace: timedelta = timedelta(hours=1), *, dry_run: bool = False) -> GcReport:
         """Remove blobs older than `grace` that no live adapter needs (orphans, deleted adapters)."""
         return self.registry.collect_garbage(grace, dry_run=dry_run)

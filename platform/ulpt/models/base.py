@@ -26,10 +26,11 @@ from ulpt.models.batch import pack_rows, pad_ids
 from ulpt.models.prefix import CachedPrompt, compute_prefixes, prefix_batch, supports_prefix_cache
 from ulpt.models.sampling import RowSampler, SamplingParams
 
-PromptSource = Adapter | torch.Tensor | CachedPrompt | None
-"""An adapter, an already materialized [n, d] prompt, a prompt with its cached keys and values
-(`cache_prompts`), or None for the bare base model."""
-Row = tuple[PromptSource, str]
+PromptSource = Adapter | torch.Tensor | None
+"""An adapter, an already materialized [n, d] prompt, or None for the bare base model."""
+RowSource = PromptSource | CachedPrompt
+"""What a row may carry: also a prompt with its cached keys and values (`cache_prompts`)."""
+Row = tuple[RowSource, str]
 
 
 @dataclass
@@ -101,7 +102,7 @@ class BaseModel:
             ids = list(self.tokenizer(sep + target, add_special_tokens=False).input_ids)
         return [*ids, min(self.eos_ids)] if eos or not ids else ids
 
-    def _prompt(self, source: PromptSource) -> torch.Tensor | None:
+    def _prompt(self, source: RowSource) -> torch.Tensor | None:
         if source is None:
             return None
         if isinstance(source, CachedPrompt):
@@ -133,7 +134,7 @@ class BaseModel:
     def _embed(self, ids: Sequence[int]) -> torch.Tensor:
         return self.hf.get_input_embeddings()(torch.tensor(list(ids), dtype=torch.long, device=self.device))
 
-    def _pack(self, prompts: Sequence[PromptSource], input_ids: Sequence[Sequence[int]]) -> Any:
+    def _pack(self, prompts: Sequence[RowSource], input_ids: Sequence[Sequence[int]]) -> Any:
         return pack_rows(
             [self._prompt(p) for p in prompts],
             [self._embed(ids) for ids in input_ids],

@@ -1,0 +1,72 @@
+"""`ulpt serve`: the OpenAI-compatible Ray Serve endpoint, in the foreground until Ctrl-C."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated
+
+import typer
+
+from ulpt.cli.catalog_options import CatalogUrlOption, HomeOption, StoreUrlOption, TenantOption
+from ulpt.cli.output import console
+from ulpt.config import ulpt_home
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless keys are required.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    model: Annotated[str, typer.Option(help="Base model: a known name or a model folder.")] = "smollm2-135m",
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Name of the base model in requests (default: --model).")
+    ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="Serve --tenant without API keys (only on a loopback --host)."),
+    ] = False,
+    tenant: TenantOption = "default",
+    replicas: Annotated[int, typer.Option(help="Model replicas (each holds the base model once).")] = 1,
+    max_batch_size: Annotated[int, typer.Option(help="Rows decoded together, across adapters.")] = 32,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 10.0,
+    num_cpus: Annotated[float, typer.Option(help="CPUs Ray reserves per replica.")] = 1.0,
+    threads: Annotated[int | None, typer.Option(help="torch threads per replica.")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting one.")
+    ] = None,
+    home: HomeOption = None,
+    catalog_url: CatalogUrlOption = None,
+    store_url: StoreUrlOption = None,
+) -> None:
+    """Serve adapters over an OpenAI-compatible HTTP API; requests for different adapters share batches.
+
+    Clients send `Authorization: Bearer KEY` (keys from `Client.create_api_key`), or nothing with
+    --no-auth on 127.0.0.1. `model` in a request is an adapter (name, name:version, alias,
+    tenant/name for public adapters) or the base model's name.
+    """
+    from ulpt.models.registry import resolve_model_path
+    from ulpt_serving.config import ServeConfig
+    from ulpt_serving.launch import serve_forever
+
+    config = ServeConfig(
+        model=model,
+        served_model_name=served_model_name or model,
+        home=str((home or ulpt_home()).expanduser().absolute()),
+        catalog_url=catalog_url,
+        store_url=store_url,
+        auth=not no_auth,
+        tenant=tenant,
+        host=host,
+        port=port,
+        num_replicas=replicas,
+        num_cpus=num_cpus,
+        torch_threads=threads,
+        max_batch_size=max_batch_size,
+        max_ongoing_requests=max(64, 2 * max_batch_size),
+        batch_wait_timeout_s=batch_wait_ms / 1000,
+    )
+    # Resolved here, once, with progress on this terminal (a known name may be converted on first use);
+    # replicas then just load a folder.
+    config = replace(config, model=str(resolve_model_path(model).absolute()))
+    console.print(f"starting Ray Serve for {config.base_model_name} on {host}:{port} ...", highlight=False)
+    serve_forever(config, address=ray_address)

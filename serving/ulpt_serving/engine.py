@@ -1,0 +1,161 @@
+"""The model runner of a replica: one frozen base model decoding batches whose rows use different adapters.
+
+The adapter cache hands each row its prompt (with its cached key/value prefix where the model allows),
+and `BaseModel.iter_generate` decodes every row of the batch in the same forward passes, each row with
+its own sampling parameters and stopping on its own. Nothing here knows about HTTP or Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ulpt.models import BaseModel, Generation, SamplingParams
+from ulpt.models.base import RowSource
+from ulpt_serving.cache import AdapterCache, CompactAdapter, HotPrompt
+from ulpt_serving.config import ServeConfig
+
+
+@dataclass(frozen=True, eq=False)
+class BatchItem:
+    """One row as the batcher carries it: the adapter (already loaded and checked), the text, the decoding."""
+
+    text: str
+    params: SamplingParams
+    adapter_key: str | None = None
+    """Cache key (the catalog id) of the adapter; None for the bare base model."""
+    adapter: CompactAdapter | None = None
+
+
+class Engine:
+    """A base model plus the adapter cache that feeds it."""
+
+    def __init__(self, model: BaseModel, cache: AdapterCache) -> None:
+        self.model = model
+        self.cache = cache
+
+    @classmethod
+    def create(cls, model: BaseModel, config: ServeConfig | None = None) -> Engine:
+        config = config or ServeConfig()
+        use_prefix = config.prefix_cache and model.supports_prefix_cache
+
+        def prepare(adapters: Sequence[CompactAdapter]) -> list[HotPrompt]:
+            prompts = [a.materialize() for a in adapters]
+            if use_prefix:
+                return [cached for cached in model.cache_prompts(prompts)]
+            return [prompt for prompt in prompts]
+
+        cache = AdapterCache(
+            prepare,
+            compact_bytes=config.compact_cache_bytes,
+            compact_count=config.compact_cache_count,
+            hot_bytes=config.hot_cache_bytes,
+            hot_count=config.hot_cache_count,
+            loader_threads=config.loader_threads,
+        )
+        return cls(model, cache)
+
+    def steps(self, items: Sequence[BatchItem]) -> Iterator[dict[int, int]]:
+        """Decode `items` as ONE batch; yields {row: token id} per step for the rows still running.
+
+        A generator: nothing (not even preparing cold adapters' prefixes) runs before the first `next`,
+        so a server can run all of it in its decode thread.
+        """
+        sources: list[RowSource] = list(
+            self.cache.prompts(
+                [
+                    (it.adapter_key, it.adapter)
+                    if it.adapter_key is not None and it.adapter is not None
+                    else None
+                    for it in items
+                ]
+            )
+        )
+        rows = [(source, it.text) for source, it in zip(sources, items)]
+        yield from self.model.iter_generate(rows, [it.params for it in items])
+
+    def generate(self, items: Sequence[BatchItem]) -> list[Generation]:
+        """Whole generations of one batch (benchmarks and tests; the server streams `steps`)."""
+        streams = [TextStream(self.model, it.params, incremental=False) for it in items]
+        for step in self.steps(items):
+            for i, token in step.items():
+                streams[i].push(token)
+        return [s.generation() for s in streams]
+
+
+class TextStream:
+    """One row's tokens as text: deltas safe to stream now, and the same final text as `generate`.
+
+    The final text drops a trailing EOS and is cut before the first stop string. While streaming, text
+    that might still turn into a stop string, or that ends in an incomplete character, is held back.
+    """
+
+    def __init__(self, model: BaseModel, params: SamplingParams, *, incremental: bool = True) -> None:
+        """`incremental=False` (a whole answer, not a stream) decodes text only when stop strings need it."""
+        self._tokenizer = model.tokenizer
+        self._eos = model.eos_ids
+        self.params = params
+        self.incremental = incremental
+        self.token_ids: list[int] = []
+        self.sent = ""
+        self.done = False
+        self.finish_reason: str | None = None
+
+    def push(self, token: int) -> str:
+        """Add a token; return the text that became final (possibly empty)."""
+        self.token_ids.append(token)
+        if not self.incremental and not self.params.stop:
+            if token in self._eos:
+                self.done, self.finish_reason = True, "stop"
+            elif len(self.token_ids) >= self.params.max_new_tokens:
+                self.done, self.finish_reason = True, "length"
+            return ""
+        text, cut = self._text()
+        if token in self._eos or cut is not None:
+            self.done, self.finish_reason = True, "stop"
+        elif len(self.token_ids) >= self.params.max_new_tokens:
+            self.done, self.finish_reason = True, "length"
+        if self.done:
+            return self._advance(text)
+        safe = text.rstrip("\ufffd")
+        hold = _stop_prefix_overlap(safe, self.params.stop)
+        return self._advance(safe[: len(safe) - hold])
+
+    def finish(self) -> str:
+        """Whatever is left to send when the batch ended without this row saying it stopped."""
+        if not self.done:
+            self.done = True
+            self.finish_reason = "length"
+        return self._advance(self._text()[0])
+
+    def generation(self) -> Generation:
+        self.finish()
+        return Generation(self.sent, list(self.token_ids), self.finish_reason or "length")
+
+    def _text(self) -> tuple[str, int | None]:
+        ids = self.token_ids
+        if ids and ids[-1] in self._eos:
+            ids = ids[:-1]
+        text = self._tokenizer.decode(ids, skip_special_tokens=True)
+        hits = [text.find(s) for s in self.params.stop if s and s in text]
+        cut = min(hits) if hits else None
+        return (text[:cut] if cut is not None else text), cut
+
+    def _advance(self, text: str) -> str:
+        # Detokenization is almost always prefix-stable; if it is not, hold back rather than resend.
+        if not text.startswith(self.sent) or len(text) <= len(self.sent):
+            return ""
+        delta = text[len(self.sent) :]
+        self.sent = text
+        return delta
+
+
+def _stop_prefix_overlap(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of `text` that is the beginning of a stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best

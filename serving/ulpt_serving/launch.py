@@ -1,0 +1,122 @@
+"""Start the serving application on a local Ray (or a given cluster): `ulpt serve`, the demo, benchmarks.
+
+with LocalServer(ServeConfig(auth=False)) as url:      # http://127.0.0.1:8000
+    ...                                                # OpenAI clients use f"{url}/v1"
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import tempfile
+import time
+from types import TracebackType
+
+from ulpt.errors import UlptError
+from ulpt_serving.config import ServeConfig
+
+
+def ray_env_defaults() -> None:
+    """Quiet, offline, token-less local Ray with short socket paths (see notes/ray.md); never overrides."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if "RAY_TMPDIR" not in os.environ:
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to `address`, or start a local Ray; returns True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray_env_defaults()
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=os.environ["RAY_TMPDIR"],
+    )
+    return True
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail early with one line: Serve's proxy would otherwise retry binding a taken port forever."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UlptError(
+                    f"port {port} on {host} is already in use; pick another with --port"
+                ) from None
+            raise UlptError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+
+
+def base_url(config: ServeConfig) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    prefix = config.route_prefix.rstrip("/")
+    return f"http://{host}:{config.port}{prefix}"
+
+
+def start(config: ServeConfig, *, address: str | None = None) -> str:
+    """Deploy the application (waiting until it is running) and return its base URL."""
+    from ray import serve
+
+    from ulpt_serving.app import build_application
+
+    check_port_free(config.host, config.port)
+    ensure_ray(address)
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build_application(config), name=config.app_name, route_prefix=config.route_prefix)
+    return base_url(config)
+
+
+class LocalServer:
+    """The application on a local Ray for the duration of a `with` block; Ray is stopped if we started it."""
+
+    def __init__(self, config: ServeConfig, *, address: str | None = None) -> None:
+        self.config = config
+        self.address = address
+        self._started_ray = False
+
+    def __enter__(self) -> str:
+        import ray
+
+        self._started_ray = not ray.is_initialized()
+        try:
+            return start(self.config, address=self.address)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        import ray
+        from ray import serve
+
+        if ray.is_initialized():
+            serve.shutdown()
+            if self._started_ray:
+                ray.shutdown()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def serve_forever(config: ServeConfig, *, address: str | None = None, announce: bool = True) -> None:
+    """`ulpt serve`: run until Ctrl-C, then shut the application (and a Ray we started) down."""
+    with LocalServer(config, address=address) as url:
+        if announce:
+            print(f"ulpt serving {config.base_model_name} at {url}/v1 (Ctrl-C to stop)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping", flush=True)

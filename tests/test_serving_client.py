@@ -1,0 +1,109 @@
+"""`client.generate` (over HTTP and in process) and the `ulpt serve` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import ulpt
+from tests.serve_fixtures import ServeStack, free_port, make_adapter
+from ulpt.errors import NotFoundError
+from ulpt.sdk import Client
+from ulpt.serving_client import ServerError, generate
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PROMPT = "the movie was good. A:"
+ULPT = [sys.executable, "-c", "import ulpt.cli; ulpt.cli.main()"]  # the `ulpt` entry point
+
+
+def test_generate_over_http_and_in_process_give_the_same_text(
+    serve_stack: ServeStack, tiny_models: dict[str, ulpt.BaseModel]
+) -> None:
+    with Client(home=serve_stack.home, tenant="acme") as client:
+        url, key = serve_stack.base("llama"), serve_stack.keys["acme"]
+        remote = generate(client, "llama-05", PROMPT, max_new_tokens=8, base_url=url, api_key=key)
+        local = generate(client, "llama-05", PROMPT, max_new_tokens=8, base_model=tiny_models["llama"])
+        assert remote == local
+        via_v1 = generate(client, "llama-best", PROMPT, max_new_tokens=8, base_url=url + "/v1", api_key=key)
+        assert via_v1 == generate(client, "llama-03", PROMPT, max_new_tokens=8, base_url=url, api_key=key)
+        with pytest.raises(NotFoundError):
+            generate(client, "globex/llama-secret", PROMPT, base_url=url, api_key=key)
+        with pytest.raises(NotFoundError):
+            generate(client, "globex/llama-secret", PROMPT, base_model=tiny_models["llama"])
+        with pytest.raises(ServerError) as info:
+            generate(
+                client, "llama-05", PROMPT, base_url=url, api_key="ulpt_000000000000_wrong-wrong-wrong-wrong"
+            )
+        assert info.value.status == 401 and "wrong" not in str(info.value)
+
+
+def _ulpt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ULPT, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_serve_refuses_auth_less_public_hosts_and_busy_ports(tiny_model_dirs: dict[str, Path]) -> None:
+    refused = _ulpt("serve", "--no-auth", "--host", "0.0.0.0", "--model", str(tiny_model_dirs["llama"]))
+    assert refused.returncode == 1 and "loopback" in refused.stderr and "Traceback" not in refused.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        taken = _ulpt("serve", "--port", port, "--model", str(tiny_model_dirs["llama"]))
+    assert taken.returncode == 1 and "already in use" in taken.stderr and "Traceback" not in taken.stderr
+
+
+@pytest.mark.slow  # starts a second Ray cluster (~20-60 s on 2 busy cores)
+def test_ulpt_serve_runs_until_ctrl_c(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """The real command: a fresh local Ray, the app on 127.0.0.1, a query, then a clean Ctrl-C."""
+    home = tmp_path / "home"
+    with Client(home=home) as client:
+        client.adapters.register(make_adapter(64, 0, "tiny"), name="first")
+    port = free_port()
+    env = {
+        **os.environ,
+        "ULPT_HOME": str(home),
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp"),  # unix sockets need a short path
+    }
+    args = ["serve", "--no-auth", "--port", str(port), "--model", str(tiny_model_dirs["llama"])]
+    args += ["--served-model-name", "tiny", "--num-cpus", "0", "--threads", "1"]
+    server = subprocess.Popen(
+        [*ULPT, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.5)
+        answer = httpx.post(f"{url}/v1/completions", json={"model": "first", "prompt": PROMPT}, timeout=60)
+        assert answer.status_code == 200 and 0 < answer.json()["usage"]["completion_tokens"] <= 16
+        assert {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]} == {
+            "tiny",
+            "first:1",
+        }
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    assert f"{url}/v1" in out

@@ -1,0 +1,49 @@
+"""`ServeConfig`: validation that names the field, and `serve run ... key=value` strings."""
+
+from __future__ import annotations
+
+import pytest
+
+from ulpt.errors import SpecError
+from ulpt_serving import ServeConfig
+from ulpt_serving.app import build_app
+
+
+def test_serve_run_arguments_become_typed_fields() -> None:
+    config = ServeConfig.from_dict(
+        {
+            "model": "m",
+            "port": "8001",
+            "auth": "false",
+            "batch_wait_timeout_s": "0.05",
+            "hot_cache_count": "none",
+        }
+    )
+    assert config.port == 8001 and config.auth is False and config.batch_wait_timeout_s == 0.05
+    assert config.hot_cache_count is None and config.base_model_name == "m"
+    assert ServeConfig.from_dict(config.to_dict()) == config
+    app = build_app({"model": "m", "max_batch_size": "8", "max_ongoing_requests": "16"})
+    assert type(app).__name__ == "Application"
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"auth": False, "host": "0.0.0.0"}, "loopback"),
+        ({"port": 0}, "port"),
+        ({"max_batch_size": 64, "max_ongoing_requests": 8}, "max_ongoing_requests"),
+        ({"retry_after_s": -1}, "retry_after_s"),
+        ({"route_prefix": "v1"}, "route_prefix"),
+        ({"hot_cache_count": 0}, "hot_cache_count"),
+        ({"max_batch_size": "many"}, "max_batch_size"),
+        ({"colour": "blue"}, "unknown serve option"),
+    ],
+)
+def test_invalid_settings_are_refused_by_name(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        ServeConfig.from_dict({"model": "m", **fields})
+
+
+def test_auth_less_mode_is_allowed_on_loopback_hosts() -> None:
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert ServeConfig(auth=False, host=host).auth is False
