@@ -44,4 +44,3 @@ def ulpt_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("ULPT_HOME", str(home))
     return home
-

@@ -50,12 +50,16 @@ def test_rayjob_runs_ulpt_train_on_its_configmap_spec_with_secrets_not_inline() 
     spec = JobSpec.from_dict(yaml.safe_load(configmap["data"]["spec.yaml"]))
     assert spec.tenant == "acme" and spec.dataset.group_by == "user_id"
     text = (DEPLOY / "rayjob-train.yaml").read_text()
-    assert not re.search(r"(SECRET_ACCESS_KEY|postgresql\+psycopg)\S*\s*[:=]\s*\S", text), "credentials inline"
+    assert not re.search(r"(SECRET_ACCESS_KEY|postgresql\+psycopg)\S*\s*[:=]\s*\S", text), (
+        "credentials inline"
+    )
 
 
 def test_dockerfile_copies_existing_paths_and_installs_the_project() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    sources = [src for line in dockerfile.splitlines() if line.startswith("COPY") for src in line.split()[1:-1]]
+    sources = [
+        src for line in dockerfile.splitlines() if line.startswith("COPY") for src in line.split()[1:-1]
+    ]
     assert sources and all((ROOT / s).exists() for s in sources), sources
     assert 'pip install --no-cache-dir ".' in dockerfile
     assert "torch" in dockerfile and "ULPT_HOME" in dockerfile

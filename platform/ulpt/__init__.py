@@ -2,6 +2,7 @@
 
 from ulpt.adapters import METHODS, Adapter, AdapterSpec
 from ulpt.errors import UlptError
+from ulpt.jobspec import DatasetSpec, FitSpec, JobSpec
 from ulpt.models import BaseModel, SamplingParams, load_base_model
 from ulpt.sdk import Client
 from ulpt.training import FitRequest, TrainConfig, train_adapter, train_adapters
@@ -14,6 +15,9 @@ __all__ = [
     "AdapterSpec",
     "BaseModel",
     "Client",
+    "DatasetSpec",
+    "FitSpec",
+    "JobSpec",
     "FitRequest",
     "SamplingParams",
     "TrainConfig",

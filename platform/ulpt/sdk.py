@@ -28,6 +28,8 @@ from ulpt.catalog.jobs import as_uuid
 from ulpt.catalog.names import check_tenant
 from ulpt.catalog.tenants import create_api_key
 from ulpt.config import ulpt_home
+from ulpt.jobs_api import JobHandle, JobsAPI
+from ulpt.jobspec import JobSpec
 from ulpt.registry import AdapterRecord, AliasChange, GcReport, Lineage, Page, Registration, Registry
 from ulpt.store import BlobStore, open_store
 
@@ -45,12 +47,14 @@ class Client:
         tenant: str = "default",
         *,
         store_options: Mapping[str, Any] | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.home = Path(home).expanduser() if home is not None else ulpt_home()
         self.tenant = check_tenant(tenant)
         self._catalog_url = catalog_url or os.environ.get("ULPT_CATALOG_URL") or None
         self._store_url = store_url or os.environ.get("ULPT_STORE_URL") or None
         self._store_options = dict(store_options or {})
+        self.ray_address = ray_address or os.environ.get("ULPT_RAY_ADDRESS") or None
 
     @property
     def catalog_url(self) -> str:
@@ -78,6 +82,15 @@ class Client:
         """Register, find, get, alias, delete and export adapters of this client's tenant."""
         return Adapters(self.registry, self.tenant)
 
+    @cached_property
+    def jobs(self) -> JobsAPI:
+        """Submit, resume, list, get and cancel this tenant's bulk training jobs."""
+        return JobsAPI(self)
+
+    def train(self, spec: JobSpec, **options: Any) -> JobHandle:
+        """Validate and start a bulk training job on Ray (ray_address=, detach=, start=)."""
+        return self.jobs.submit(spec, **options)
+
     def generate(self, model: str, text: str, **options: Any) -> str:
         """Text after `text` from adapter `model` (name, name:version, alias) or a base model; over HTTP
         when base_url= / ULPT_SERVE_URL is set, else in this process (see ulpt.serving_client)."""
@@ -98,7 +111,7 @@ class Client:
         if "catalog" in self.__dict__:
             self.catalog.close()
             del self.__dict__["catalog"]
-        for name in ("registry", "adapters"):
+        for name in ("registry", "adapters", "jobs"):
             self.__dict__.pop(name, None)
 
     def __enter__(self) -> Client:

@@ -1,0 +1,227 @@
+"""The job driver: validate and record a job, then run it as one Ray Train `TorchTrainer`.
+
+`create_job` plans the whole job (data, model, names) before anything is written, so a bad spec
+fails with one message and leaves nothing behind. `run_job` works the same for a new job, a
+resumed one (`ulpt train --resume`) and a detached driver: it reconciles the catalog, starts the
+workers, keeps a heartbeat in the job row (so a second driver refuses to run the same job), and
+records the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ulpt.catalog import Catalog
+from ulpt.catalog.jobs import add_fits, fit_counts, get_job, set_job_status
+from ulpt.catalog.jobs import create_job as create_job_row
+from ulpt.catalog.names import check_tenant
+from ulpt.errors import ConflictError, UlptError
+from ulpt.jobspec import JobSpec
+from ulpt_jobs import state
+from ulpt_jobs.plan import Plan, make_plan
+from ulpt_jobs.worker import WorkerConfig, train_loop
+
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 30.0
+"""A running job whose heartbeat is older than this has lost its driver and may be resumed."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a job's state lives and where it runs: catalog, store, local cache folder, Ray."""
+
+    catalog: Catalog
+    catalog_url: str
+    store_url: str
+    home: Path
+    store_options: Mapping[str, Any] = field(default_factory=dict)
+    ray_address: str | None = None
+
+
+def create_job(target: Target, spec: JobSpec, tenant: str) -> tuple[str, Plan]:
+    """Validate `spec` against its data and model, then record the job and its fits (pending)."""
+    spec = spec.with_absolute_paths()
+    tenant = check_tenant(spec.tenant or tenant)
+    spec = JobSpec.from_dict({**spec.to_dict(), "tenant": tenant})
+    plan = make_plan(spec, target.home)
+    with target.catalog.session() as session:
+        job = create_job_row(session, tenant, spec.to_dict(), name=spec.job_name)
+        add_fits(session, job.id, [(fit.key, fit.record()) for fit in plan.fits])
+        state.fail_fits(session, job.id, {fit.key: fit.error for fit in plan.fits if fit.error})
+        job_id = str(job.id)
+    return job_id, plan
+
+
+def run_job(target: Target, job_id: str, *, force: bool = False) -> state.JobStatus:
+    """Train every unfinished fit of the job on Ray and record the outcome; returns the final status."""
+    started = time.monotonic()
+    with target.catalog.session() as session:
+        job = get_job(session, job_id)
+        check_runnable(job.status, dict(job.timings or {}), job_id, force)
+        spec = JobSpec.from_dict(job.spec)
+        recovered = state.reconcile(session, job_id)
+        set_job_status(session, job_id, "running")
+        attempt = int((job.timings or {}).get("attempt", 0)) + 1
+        state.update_timings(session, job_id, attempt=attempt, driver=_driver_name(), heartbeat=_now())
+    timings: dict[str, Any] = {"recovered_fits": recovered["recovered"]}
+    error: str | None = None
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(target.catalog, job_id, stop), daemon=True)
+    beat.start()
+    try:
+        if recovered["open"]:  # otherwise every fit already ended: no workers needed
+            timings["ray_start_s"] = round(ensure_ray(target.ray_address), 3)
+            fit_started = time.monotonic()
+            result = _trainer(target, job_id, spec, attempt).fit()
+            timings["train_s"] = round(time.monotonic() - fit_started, 3)
+            if result.error is not None:
+                error = f"Ray Train failed after {spec.max_failures} restart(s): {_first_line(result.error)}"
+    except BaseException as exc:
+        error = f"driver stopped: {_first_line(exc)}"
+        raise
+    finally:
+        stop.set()
+        beat.join()
+        timings["driver_s"] = round(time.monotonic() - started, 3)
+        _finish(target.catalog, job_id, error, timings)
+    with target.catalog.read() as session:
+        return state.job_status(session, job_id)
+
+
+def check_runnable(status: str, timings: dict[str, Any], job_id: str, force: bool) -> None:
+    """Refuse a done job, and a running one whose driver still beats (unless `force`)."""
+    if status == "done":
+        raise ConflictError(f"job {job_id} is already done; nothing to resume")
+    if status == "running" and not force:
+        beat = timings.get("heartbeat")
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(beat)).total_seconds() if beat else None
+        if age is not None and age < STALE_AFTER_S:
+            raise ConflictError(
+                f"job {job_id} is running (driver {timings.get('driver')}, heartbeat {age:.0f} s ago); "
+                "cancel it first, or use --force (force=True) if that driver is gone"
+            )
+
+
+def _finish(catalog: Catalog, job_id: str, error: str | None, timings: dict[str, Any]) -> None:
+    """Record the outcome: done when every fit ended (some may have failed alone), else failed/cancelled."""
+    with catalog.session() as session:
+        job = get_job(session, job_id)
+        counts = fit_counts(session, job_id)
+        state.update_timings(session, job_id, **timings, heartbeat=None)
+        if job.status != "running":  # cancelled by a user, or failed by a worker: keep its reason
+            return
+        open_fits = counts["pending"] + counts["running"]
+        if error is None and open_fits:
+            error = f"{open_fits} fit(s) did not finish"
+        if error is None and counts["done"] == 0 and counts["failed"]:
+            error = f"all {counts['failed']} fit(s) failed"
+        elif error is None and counts["failed"]:
+            set_job_status(session, job_id, "done", error=f"{counts['failed']} of {job.n_fits} fit(s) failed")
+            return
+        set_job_status(session, job_id, "failed" if error else "done", error=error)
+
+
+def cancel_job(catalog: Catalog, job_id: str, tenant: str | None = None) -> None:
+    """Ask the workers to stop: they put their unfinished fits back to pending and exit."""
+    with catalog.session() as session:
+        job = get_job(session, job_id, tenant)
+        if job.status in state.TERMINAL:
+            raise ConflictError(f"job {job_id} is already {job.status}")
+        set_job_status(session, job_id, "cancelled", error="cancelled")
+
+
+def _trainer(target: Target, job_id: str, spec: JobSpec, attempt: int) -> Any:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    config = WorkerConfig(
+        job_id=job_id,
+        catalog_url=target.catalog_url,
+        store_url=target.store_url,
+        home=str(target.home),
+        store_options=dict(target.store_options),
+        threads=spec.cpus_per_worker,
+    )
+    resources = {"CPU": spec.cpus_per_worker} | ({"GPU": 1} if spec.use_gpu else {})
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=config.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(  # type: ignore[call-arg]  # mypy sees Train V1's RunConfig
+            name=f"ulpt-{job_id}-{attempt}",
+            storage_path=str(target.home / "ray_results"),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            worker_runtime_env={"env_vars": _worker_env()},
+        ),
+    )
+
+
+def _worker_env() -> dict[str, str]:
+    """Import paths for workers when ulpt runs from a source tree (not installed), made absolute."""
+    import ulpt
+    import ulpt_jobs
+
+    roots = [str(Path(p).parent.resolve()) for p in (*ulpt.__path__, *ulpt_jobs.__path__)]
+    extra = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(roots + extra))}
+
+
+_ray_start_s: list[float] = []
+
+
+def ensure_ray(address: str | None) -> float:
+    """Connect to `address`, or start a local Ray with this machine's CPUs (the embedded default).
+
+    Returns the seconds this process spent starting or joining Ray (0 if someone else started it).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return _ray_start_s[0] if _ray_start_s else 0.0
+    started = time.monotonic()
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+        ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=os.environ["RAY_TMPDIR"])
+    else:
+        ray.init(address=address, log_to_driver=False)
+    for name in ("ray.train", "ray.tune", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _ray_start_s.append(time.monotonic() - started)
+    return _ray_start_s[0]
+
+
+def _heartbeat(catalog: Catalog, job_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            with catalog.session() as session:
+                state.update_timings(session, job_id, heartbeat=_now())
+        except UlptError as exc:  # a catalog hiccup must not kill the driver; the next beat retries
+            print(f"ulpt: heartbeat failed: {exc}", file=sys.stderr)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _driver_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -1,0 +1,197 @@
+"""A job's durable state in the catalog, beyond the generic queries of `ulpt.catalog.jobs`.
+
+The commit point of a fit is its adapter row (registered with the job id and the fit key in its
+`training_config`); the fit row is marked done right after. `reconcile` closes the gap a crash
+between the two leaves, so a fit whose adapter exists is never trained again, and puts fits whose
+worker died back to pending. Progress is read from here too: no `ray.train.report` barrier needed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ulpt.catalog.jobs import as_uuid, fit_counts, get_job, requeue_running
+from ulpt.catalog.models import AdapterRow, FitRow, JobRow, utcnow
+from ulpt.catalog.names import check_json
+
+FIT_KEY = "fit_key"
+"""The entry of an adapter's `training_config` that names the fit it came from."""
+TERMINAL = ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job as `ulpt jobs show` and `client.jobs.get(id).status()` see it."""
+
+    id: str
+    tenant: str
+    name: str | None
+    status: str
+    n_fits: int
+    counts: dict[str, int]
+    error: str | None
+    timings: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: dict[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_dict(self, *, spec: bool = False) -> dict[str, Any]:
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name != "spec"}
+        if spec:
+            out["spec"] = self.spec
+        return out
+
+
+@dataclass(frozen=True)
+class FitStatus:
+    """One fit of a job: its status, adapter (name:version) and metrics, or its error."""
+
+    key: str
+    status: str
+    name: str | None
+    adapter: str | None
+    adapter_id: str | None
+    attempts: int
+    worker: str | None
+    error: str | None
+    metrics: dict[str, Any]
+    timings: dict[str, Any]
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    def to_dict(self, *, curves: bool = False) -> dict[str, Any]:
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        if not curves:
+            out["metrics"] = summary_metrics(self.metrics)
+        return out
+
+
+def job_status(session: Session, job_id: uuid.UUID | str, tenant: str | None = None) -> JobStatus:
+    job = get_job(session, job_id, tenant)
+    return _status_of(job, fit_counts(session, job.id))
+
+
+def _status_of(job: JobRow, counts: dict[str, int]) -> JobStatus:
+    return JobStatus(
+        id=str(job.id),
+        tenant=job.tenant,
+        name=job.name,
+        status=job.status,
+        n_fits=job.n_fits,
+        counts=counts,
+        error=job.error,
+        timings=dict(job.timings or {}),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        spec=dict(job.spec or {}),
+    )
+
+
+def fit_statuses(session: Session, job_id: uuid.UUID | str, *, status: str | None = None) -> list[FitStatus]:
+    """Every fit of the job in creation order, with its adapter's `name:version` when it has one."""
+    stmt = (
+        select(FitRow, AdapterRow.name, AdapterRow.version)
+        .outerjoin(AdapterRow, AdapterRow.id == FitRow.adapter_id)
+        .where(FitRow.job_id == as_uuid(job_id))
+        .order_by(FitRow.id)
+    )
+    if status is not None:
+        stmt = stmt.where(FitRow.status == status)
+    out = []
+    for fit, name, version in session.execute(stmt):
+        out.append(
+            FitStatus(
+                key=fit.key,
+                status=fit.status,
+                name=(fit.spec or {}).get("name"),
+                adapter=f"{name}:{version}" if name is not None else None,
+                adapter_id=str(fit.adapter_id) if fit.adapter_id else None,
+                attempts=fit.attempts,
+                worker=fit.worker,
+                error=fit.error,
+                metrics=dict(fit.metrics or {}),
+                timings=dict(fit.timings or {}),
+                started_at=fit.started_at,
+                finished_at=fit.finished_at,
+            )
+        )
+    return out
+
+
+def fail_fits(session: Session, job_id: uuid.UUID | str, errors: Mapping[str, str]) -> None:
+    """Mark fits failed by key (fits the plan already knows cannot run)."""
+    job = as_uuid(job_id)
+    now = utcnow()
+    for key, error in errors.items():
+        session.execute(
+            update(FitRow)
+            .where(FitRow.job_id == job, FitRow.key == key)
+            .values(status="failed", error=error, finished_at=now)
+        )
+
+
+def reconcile(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
+    """Before (re)starting workers: fits whose adapter is registered become done, running ones pending.
+
+    Only call it when no worker of the job is alive (job start, worker-group restart, resume).
+    """
+    job = as_uuid(job_id)
+    open_fits = {
+        fit.key: fit
+        for fit in session.scalars(
+            select(FitRow).where(FitRow.job_id == job, FitRow.status.in_(("pending", "running")))
+        )
+    }
+    recovered = 0
+    if open_fits:
+        registered = session.execute(
+            select(AdapterRow.id, AdapterRow.training_config, AdapterRow.metrics).where(
+                AdapterRow.job_id == job
+            )
+        )
+        for adapter_id, config, metrics in registered:
+            fit = open_fits.get(str((config or {}).get(FIT_KEY)))
+            if fit is not None and fit.status != "done":
+                fit.status, fit.adapter_id, fit.error = "done", adapter_id, None
+                fit.metrics, fit.finished_at = dict(metrics or {}), utcnow()
+                recovered += 1
+        session.flush()
+    requeued = requeue_running(session, job)
+    return {"recovered": recovered, "requeued": requeued, "open": len(open_fits) - recovered}
+
+
+def update_timings(session: Session, job_id: uuid.UUID | str, **values: Any) -> None:
+    """Merge values (heartbeat, driver, attempt, durations) into the job's timings."""
+    job = get_job(session, job_id)
+    job.timings = check_json({**(job.timings or {}), **values}, "job timings")
+    session.flush()
+
+
+def job_is_stopped(session: Session, job_id: uuid.UUID | str) -> bool:
+    """Whether workers should stop: the job was cancelled, or failed (e.g. its base model changed)."""
+    return session.scalar(select(JobRow.status).where(JobRow.id == as_uuid(job_id))) in (
+        "cancelled",
+        "failed",
+    )
+
+
+def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar metrics (no curves, no eval history)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value

@@ -1,0 +1,297 @@
+"""The Ray Train worker: one frozen base model, a pack of fits kept full from the catalog, each fit
+registered the moment it ends.
+
+Work is not sharded up front: each worker claims pending fits from the catalog (an atomic update),
+so a fast worker takes more and a restarted group picks up exactly the fits nobody finished.
+Progress goes to the catalog, not through `ray.train.report`, which is a barrier across workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ulpt.adapters import AdapterSpec
+from ulpt.catalog import Catalog, open_catalog
+from ulpt.catalog.jobs import claim_fits, mark_fit_done, mark_fit_failed, set_job_status
+from ulpt.catalog.models import FitRow
+from ulpt.catalog.tenants import ensure_base_model
+from ulpt.errors import CatalogError, ConflictError, MigrationRequiredError, StoreError, UlptError
+from ulpt.jobspec import JobSpec
+from ulpt.models import BaseModel, load_base_model
+from ulpt.registry import Registration, Registry
+from ulpt.store import open_store
+from ulpt.training import FitRequest, FitState, PackedTrainer, TrainConfig
+from ulpt.training.api import fit_metrics, prepare_fit
+from ulpt_jobs import state
+from ulpt_jobs.plan import PlannedFit, make_plan
+
+STOP_CHECK_S = 0.5
+"""How often a worker reads the job's status (a cancel takes effect within this)."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the driver hands every worker (plain data: it crosses process boundaries)."""
+
+    job_id: str
+    catalog_url: str
+    store_url: str
+    home: str
+    store_options: Mapping[str, Any]
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "store_options": dict(self.store_options)}
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """`train_loop_per_worker` of the job's TorchTrainer."""
+    import ray.train
+
+    cfg = WorkerConfig(**config)
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(cfg.threads)
+    catalog = open_catalog(cfg.catalog_url)
+    registry = Registry(catalog, open_store(cfg.store_url, **cfg.store_options))
+    with catalog.read() as session:
+        job = state.job_status(session, cfg.job_id)
+    spec = JobSpec.from_dict(job.spec)
+    device = _device(spec.use_gpu)
+    model = load_base_model(spec.base_model, device=device)
+    if rank == 0:  # a (re)started worker group: no other worker of this job is alive now
+        with catalog.session() as session:
+            state.reconcile(session, cfg.job_id)
+        _record_base_model(catalog, cfg.job_id, model)
+    _barrier()
+    plan = make_plan(spec, Path(cfg.home)).by_key()
+    worker = f"{socket.gethostname()}:{os.getpid()}:rank{rank}"
+    FitRunner(model, registry, job.id, job.tenant, spec, plan, worker, device).run()
+    catalog.close()
+
+
+def _record_base_model(catalog: Catalog, job_id: str, model: BaseModel) -> None:
+    """Record the base model's weights fingerprint; weights that changed under a known name stop the job.
+
+    The job is marked failed instead of raising: a raise would make Ray Train restart the workers
+    (FailureConfig) into the same error. The other workers see the status and exit.
+    """
+    try:
+        with catalog.session() as session:
+            ensure_base_model(
+                session, model.name, model.hidden_size, revision=model.fingerprint, family=model.family
+            )
+    except ConflictError as exc:
+        with catalog.session() as session:
+            set_job_status(session, job_id, "failed", error=str(exc))
+
+
+class FitRunner:
+    """Keeps up to `fits_per_worker` fits stepping together until no pending fit is left."""
+
+    def __init__(
+        self,
+        model: BaseModel,
+        registry: Registry,
+        job_id: str,
+        tenant: str,
+        spec: JobSpec,
+        plan: Mapping[str, PlannedFit],
+        worker: str,
+        device: torch.device | None = None,
+    ) -> None:
+        self.model = model
+        self.registry = registry
+        self.catalog = registry.catalog
+        self.job_id = job_id
+        self.tenant = tenant
+        self.spec = spec
+        self.plan = plan
+        self.worker = worker
+        self.device = device
+        self.trainer = PackedTrainer(model, max_rows_per_forward=spec.max_rows_per_forward)
+        self.rows: dict[str, FitRow] = {}
+        self.cpu_started = time.process_time()
+
+    def run(self) -> None:
+        self.cpu_started = time.process_time()
+        active: list[FitState] = []
+        exhausted = False
+        last_check = -math.inf
+        while True:
+            if time.monotonic() - last_check > STOP_CHECK_S:
+                last_check = time.monotonic()
+                if self._stopped():
+                    self._release(active)
+                    return
+            if not exhausted and len(active) < self.spec.fits_per_worker:
+                claimed = self._claim(self.spec.fits_per_worker - len(active))
+                exhausted = not claimed
+                active += self._prepare(claimed)
+            if not active:
+                if exhausted:
+                    return
+                continue
+            ended = self.trainer.advance(active)
+            if ended:
+                self._record(ended)
+            active = [f for f in active if f.status == "running"]
+
+    # ---- catalog ---------------------------------------------------------------------------------
+
+    def _claim(self, limit: int) -> list[FitRow]:
+        with self.catalog.session() as session:
+            rows = claim_fits(session, self.job_id, limit, self.worker)
+        self.rows.update({row.key: row for row in rows})
+        return rows
+
+    def _stopped(self) -> bool:
+        with self.catalog.read() as session:
+            return state.job_is_stopped(session, self.job_id)
+
+    def _release(self, active: Sequence[FitState]) -> None:
+        """A cancelled (or failed) job: put this worker's unfinished fits back, so a resume trains them."""
+        with self.catalog.session() as session:
+            for fit in active:
+                mark_fit_failed(session, self.rows[fit.key].id, "stopped before it finished", retry=True)
+
+    def _prepare(self, claimed: Sequence[FitRow]) -> list[FitState]:
+        """FitStates for claimed fits; a fit whose rows or spec cannot train is recorded failed now."""
+        out, failed = [], {}
+        for row in claimed:
+            try:
+                out.append(self._fit_state(row))
+            except UlptError as exc:
+                if is_outage(exc):
+                    raise
+                failed[row.key] = str(exc)
+        if failed:
+            with self.catalog.session() as session:
+                for key, error in failed.items():
+                    mark_fit_failed(session, self.rows[key].id, error)
+        return out
+
+    def _fit_state(self, row: FitRow) -> FitState:
+        record = row.spec or {}
+        planned = self.plan.get(row.key)
+        if planned is None:
+            raise UlptError(f"fit {row.key}: its rows are no longer in the dataset")
+        if planned.error is not None:
+            raise UlptError(planned.error)
+        if planned.fingerprint != record.get("dataset_fingerprint"):
+            raise UlptError(f"fit {row.key}: its rows changed since the job was submitted")
+        request = FitRequest(
+            row.key,
+            AdapterSpec.from_dict(record["adapter"]),
+            planned.train_rows,
+            planned.eval_rows,
+            TrainConfig.from_dict(record["train"]),
+        )
+        fit = prepare_fit(self.model, request)
+        if self.device is not None and self.device.type != "cpu":
+            fit.adapter.to(self.device)  # in place: the optimizer keeps the same Parameter objects
+        return fit
+
+    def _record(self, ended: Sequence[FitState]) -> None:
+        """Register finished fits (blobs, then one catalog transaction), then mark every ended fit."""
+        adapter_ids, errors = self._register([f for f in ended if f.status == "done"])
+        with self.catalog.session() as session:
+            for fit in ended:
+                row = self.rows.pop(fit.key)
+                if fit.key in adapter_ids:
+                    metrics = _finite(fit_metrics(fit))
+                    # the worker's so far: memory budgets, and CPU cost that contention does not distort
+                    timings = {"peak_rss_mb": _peak_rss_mb(), "loop_cpu_s": self._loop_cpu_s()}
+                    mark_fit_done(
+                        session, row.id, adapter_id=adapter_ids[fit.key], metrics=metrics, timings=timings
+                    )
+                else:
+                    mark_fit_failed(session, row.id, errors.get(fit.key) or fit.error or "failed")
+
+    def _register(self, done: Sequence[FitState]) -> tuple[dict[str, str], dict[str, str]]:
+        """({key: adapter id}, {key: error}): one batch, or fit by fit if the batch is refused."""
+        if not done:
+            return {}, {}
+        items = {fit.key: self._registration(fit) for fit in done}
+        try:
+            records = self.registry.register_many(list(items.values()), tenant=self.tenant)
+            return {key: record.id for key, record in zip(items, records)}, {}
+        except UlptError as exc:
+            if is_outage(exc):
+                raise  # the catalog or store is down: the worker group restarts and retries
+        ids, errors = {}, {}
+        for key, item in items.items():
+            try:
+                ids[key] = self.registry.register(item, tenant=self.tenant).id
+            except UlptError as exc:  # e.g. the name is an alias in this tenant: only this fit fails
+                if is_outage(exc):
+                    raise
+                errors[key] = f"registration refused: {exc}"
+        return ids, errors
+
+    def _registration(self, fit: FitState) -> Registration:
+        record = self.rows[fit.key].spec or {}
+        metrics = {k: v for k, v in state.summary_metrics(fit_metrics(fit)).items() if _is_finite_number(v)}
+        return Registration(
+            adapter=fit.adapter,
+            name=record["name"],
+            tags=record.get("tags") or {},
+            metrics=metrics,
+            dataset_fingerprint=record.get("dataset_fingerprint"),
+            training_config={state.FIT_KEY: fit.key, **fit.config.to_dict()},
+            job_id=uuid.UUID(self.job_id),
+        )
+
+    def _loop_cpu_s(self) -> float:
+        return round(time.process_time() - self.cpu_started, 3)
+
+
+def is_outage(exc: UlptError) -> bool:
+    """The catalog or store itself failing (retry the worker), as opposed to one fit's bad input."""
+    return type(exc) in (CatalogError, StoreError) or isinstance(exc, MigrationRequiredError)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such values become null in recorded metrics."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+def _device(use_gpu: bool) -> torch.device:
+    if use_gpu:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+def _barrier() -> None:
+    """Wait for rank 0's reconcile before any worker claims (TorchTrainer sets up the process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,246 @@
+"""Bulk training from the SDK: `client.train(spec)` and `client.jobs`.
+
+    job = client.train(ulpt.JobSpec.from_yaml("job.yaml"))     # validated, recorded, running on Ray
+    status = job.wait(progress=True)                           # fits done / total, fits/s, ETA, failures
+    client.jobs.get(job.id).fits()                             # from any process: state is in the catalog
+
+A job runs in a driver thread of this process by default (it lives as long as the process), or in a
+detached driver process (`detach=True`, what `ulpt train` without --wait does) that outlives it.
+Either way a driver that dies can be resumed: finished fits are never trained again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ulpt.catalog.jobs import list_jobs
+from ulpt.errors import UlptError
+from ulpt.jobspec import JobSpec
+
+if TYPE_CHECKING:
+    from ulpt.sdk import Client
+    from ulpt_jobs.driver import Target
+    from ulpt_jobs.state import FitStatus, JobStatus
+
+__all__ = ["JobHandle", "JobsAPI", "submit_job"]
+
+
+class JobHandle:
+    """One job: its status, its fits, waiting for it, cancelling it, plotting its loss curves."""
+
+    def __init__(self, jobs: JobsAPI, job_id: str) -> None:
+        self._jobs = jobs
+        self.id = job_id
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+        """The detached driver's log file, when this handle started one."""
+
+    def status(self) -> JobStatus:
+        """Status, fit counts per status, timings, error; read from the catalog."""
+        from ulpt_jobs.state import job_status
+
+        with self._jobs.target().catalog.read() as session:
+            return job_status(session, self.id, self._jobs.tenant)
+
+    def fits(self, status: str | None = None) -> list[FitStatus]:
+        """Every fit (or those with `status`): key, status, adapter name:version, metrics or error."""
+        from ulpt_jobs.state import fit_statuses
+
+        self.status()  # tenant check
+        with self._jobs.target().catalog.read() as session:
+            return fit_statuses(session, self.id, status=status)
+
+    def wait(self, progress: bool = False, timeout: float | None = None, poll_s: float = 1.0) -> JobStatus:
+        """Block until the job ends; `progress=True` draws a bar on stderr. Returns the final status.
+
+        Raises the driver's error if the driver of this process failed, and UlptError if a detached
+        driver stopped without finishing (resume it with `client.jobs.resume(id)`).
+        """
+        from ulpt_jobs.driver import STALE_AFTER_S
+        from ulpt_jobs.progress import follow
+
+        def keep_going(status: JobStatus) -> bool:
+            if self._thread is not None:
+                return self._thread.is_alive()
+            if status.finished:
+                return False
+            if self._process is not None and self._process.poll() is not None:
+                raise UlptError(
+                    f"the driver of job {self.id} exited ({self._process.returncode}) before the job ended; "
+                    f"see {self.log_path}, then `ulpt train --resume {self.id}`"
+                )
+            beat = status.timings.get("heartbeat")
+            if status.status == "running" and beat and _age(beat) > STALE_AFTER_S:
+                raise UlptError(
+                    f"the driver of job {self.id} stopped (no heartbeat for {_age(beat):.0f} s); "
+                    f"resume it with `ulpt train --resume {self.id}`"
+                )
+            return True
+
+        final = follow(self.status, keep_going=keep_going, progress=progress, poll_s=poll_s, timeout=timeout)
+        if self._thread is not None:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            final = self.status()
+        return final
+
+    def cancel(self) -> None:
+        """Stop the job: workers put unfinished fits back to pending (resume continues them)."""
+        self._jobs.cancel(self.id)
+
+    def plot(self, path: str | os.PathLike[str], max_fits: int = 50) -> Path:
+        """A PNG of per-fit training loss curves (and held-out loss points)."""
+        from ulpt_jobs.plot import plot_curves
+
+        status = self.status()
+        return plot_curves(
+            self.fits(status="done"), Path(path), title=f"job {status.id[:8]}", max_fits=max_fits
+        )
+
+    def to_dict(self, *, fits: bool = True, curves: bool = False) -> dict[str, Any]:
+        """JSON-ready: the job, its counts and (with fits) every fit's status, adapter and metrics."""
+        out = self.status().to_dict()
+        if fits:
+            out["fits"] = [fit.to_dict(curves=curves) for fit in self.fits()]
+        return out
+
+    def _start_thread(self, target: Target, force: bool) -> None:
+        from ulpt_jobs.driver import ensure_ray, run_job
+
+        ensure_ray(target.ray_address)  # in the calling thread: Ray installs signal handlers
+
+        def drive() -> None:
+            try:
+                run_job(target, self.id, force=force)
+            except BaseException as exc:  # handed to wait(); the job row already says failed
+                self._error = exc
+
+        self._thread = threading.Thread(target=drive, name=f"ulpt-job-{self.id[:8]}", daemon=True)
+        self._thread.start()
+
+    def _start_process(self, target: Target, force: bool) -> None:
+        """`python -m ulpt_jobs run ID` in its own session; settings travel in the environment."""
+        log_dir = target.home / "jobs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{self.id}.log"
+        env = dict(os.environ, ULPT_CATALOG_URL=target.catalog_url, ULPT_STORE_URL=target.store_url)
+        env["ULPT_HOME"] = str(target.home)
+        command = [sys.executable, "-m", "ulpt_jobs", "run", self.id, "--tenant", self._jobs.tenant]
+        if target.ray_address:
+            command += ["--address", target.ray_address]
+        if force:
+            command.append("--force")
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+
+class JobsAPI:
+    """`client.jobs`: submit, resume, list, get and cancel bulk training jobs of the client's tenant."""
+
+    def __init__(self, client: Client, ray_address: str | None = None) -> None:
+        self._client = client
+        self._ray_address = ray_address
+
+    @property
+    def tenant(self) -> str:
+        return self._client.tenant
+
+    def target(self, ray_address: str | None = None) -> Target:
+        from ulpt_jobs.driver import Target
+
+        client = self._client
+        return Target(
+            catalog=client.catalog,
+            catalog_url=client.catalog_url,
+            store_url=client.store_url,
+            home=Path(client.home).absolute(),
+            store_options=dict(getattr(client, "_store_options", {}) or {}),
+            ray_address=ray_address
+            or self._ray_address
+            or getattr(client, "ray_address", None)
+            or os.environ.get("ULPT_RAY_ADDRESS")
+            or None,
+        )
+
+    def submit(
+        self, spec: JobSpec, *, ray_address: str | None = None, detach: bool = False, start: bool = True
+    ) -> JobHandle:
+        """Validate `spec` against its data and model, record the job, and start it on Ray.
+
+        Every problem with the spec raises SpecError (naming the field) before anything is written.
+        `start=False` only records the job (run it later with `resume`).
+        """
+        from ulpt_jobs.driver import create_job
+
+        if not isinstance(spec, JobSpec):
+            raise UlptError(f"train needs a ulpt.JobSpec, got {type(spec).__name__}")
+        target = self.target(ray_address)
+        job_id, _ = create_job(target, spec, self.tenant)
+        handle = JobHandle(self, job_id)
+        if start:
+            self._start(handle, target, detach=detach, force=False)
+        return handle
+
+    def resume(
+        self, job_id: str, *, ray_address: str | None = None, detach: bool = False, force: bool = False
+    ) -> JobHandle:
+        """Continue a job whose driver died, failed or was cancelled: only unfinished fits train.
+
+        Refused while the job's driver still beats; `force` overrides that check.
+        """
+        from ulpt_jobs.driver import check_runnable
+
+        handle = self.get(job_id)
+        status = handle.status()
+        check_runnable(status.status, status.timings, status.id, force)  # here, not in the driver thread
+        self._start(handle, self.target(ray_address), detach=detach, force=force)
+        return handle
+
+    def get(self, job_id: str) -> JobHandle:
+        handle = JobHandle(self, str(job_id))
+        handle.status()  # raises NotFoundError for an unknown or foreign job
+        return handle
+
+    def list(self, *, status: str | None = None, limit: int = 50) -> list[JobStatus]:
+        """The tenant's jobs, newest first."""
+        from ulpt_jobs.state import job_status
+
+        with self.target().catalog.read() as session:
+            return [
+                job_status(session, job.id)
+                for job in list_jobs(session, self.tenant, status=status, limit=limit)
+            ]
+
+    def cancel(self, job_id: str) -> None:
+        from ulpt_jobs.driver import cancel_job
+
+        cancel_job(self.target().catalog, str(job_id), self.tenant)
+
+    def _start(self, handle: JobHandle, target: Target, *, detach: bool, force: bool) -> None:
+        if detach:
+            handle._start_process(target, force)
+        else:
+            handle._start_thread(target, force)
+
+
+def submit_job(client: Client, spec: JobSpec, **options: Any) -> JobHandle:
+    """`client.train(spec)` without the method: see `JobsAPI.submit`."""
+    return JobsAPI(client).submit(spec, **options)
+
+
+def _age(iso: str) -> float:
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()

@@ -1,0 +1,142 @@
+"""Slow tier of bulk training: a 1,000-fit job, and a job that loses a worker node half-way.
+
+The node-loss scenario runs in a subprocess (`python -m tests.test_jobs_slow node-loss DIR`): a
+`ray.cluster_utils.Cluster` cannot share a process with the session's local Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_jobs_spec import job_dict, write_reviews
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_thousand_fits_train_as_one_job(
+    ray_session: None, tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from ulpt.jobs_api import JobsAPI
+    from ulpt.jobspec import JobSpec
+    from ulpt.sdk import Client
+
+    data = write_reviews(tmp_path / "reviews.jsonl", users=1000)
+    spec = JobSpec.from_dict(
+        job_dict(tiny_model_dirs["llama"], data, num_workers=2, fits_per_worker=250, train={"steps": 10})
+    )
+    with Client(home=tmp_path / "home", tenant="acme") as client:
+        started = time.monotonic()
+        job = JobsAPI(client).submit(spec)
+        status = job.wait(timeout=1200)
+        seconds = time.monotonic() - started
+        assert status.status == "done" and status.counts["done"] == 1000, status
+        fits = job.fits()
+        assert all(fit.attempts == 1 and fit.adapter for fit in fits)
+        names = {record.name for record in client.adapters.iter(job_id=job.id, limit=500)}
+        assert names == {f"user-{u}" for u in range(1000)}
+    print(f"1,000 fits in {seconds:.0f} s ({status.timings})")
+
+
+def test_losing_a_worker_node_mid_job_costs_only_unfinished_fits(tmp_path: Path) -> None:
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("platform", "jobs", "serving", "."))
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.test_jobs_slow", "node-loss", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["status"] == "done" and report["counts"]["done"] == report["fits"] >= 200
+    assert report["done_before_kill"] > 0 and report["open_at_kill"] > 0  # the kill really was mid-job
+    assert report["retrained_finished_fits"] == []  # no fit finished before the kill trained again
+    assert report["adapters_per_fit"] == {"1": report["fits"]}  # every fit recorded exactly once
+    assert report["restarts"] >= 1
+
+
+def node_loss_scenario(root: Path) -> dict[str, Any]:
+    """3 one-CPU worker nodes, a 2-worker job of 240 fits; kill a node hosting a worker when 40 are done."""
+    import psutil
+    import ray
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    from tests.ray_fixtures import ray_env
+    from ulpt.jobs_api import JobsAPI
+    from ulpt.jobspec import JobSpec
+    from ulpt.models.tiny import build_tiny_model
+    from ulpt.sdk import Client
+
+    os.environ.update(ray_env())
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    ray.init(address=cluster.address, log_to_driver=False)
+    model = build_tiny_model(root / "model", "llama")
+    data = write_reviews(root / "reviews.jsonl", users=240)
+    spec = JobSpec.from_dict(
+        job_dict(model, data, num_workers=2, fits_per_worker=8, max_failures=3, train={"steps": 40})
+    )
+    with Client(home=root / "home", tenant="acme") as client:
+        job = JobsAPI(client).submit(spec)
+        while job.status().counts["done"] < 40:
+            time.sleep(0.2)
+        fits = job.fits()
+        running_pids = {int(f.worker.split(":")[1]) for f in fits if f.status == "running" and f.worker}
+        victim = next(
+            node
+            for node in nodes
+            if running_pids
+            & {
+                p.pid
+                for p in psutil.Process(
+                    node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+                ).children(recursive=True)
+            }
+        )
+        done_before = {f.key: (f.attempts, f.adapter_id, f.finished_at) for f in fits if f.status == "done"}
+        open_at_kill = sum(f.status != "done" for f in fits)
+        cluster.remove_node(victim, allow_graceful=False)
+        status = job.wait(timeout=600)
+        after = {f.key: f for f in job.fits()}
+        per_fit: dict[str, int] = {}
+        for record in client.adapters.iter(job_id=job.id, limit=500):
+            key = (record.training_config or {})["fit_key"]
+            per_fit[key] = per_fit.get(key, 0) + 1
+        restarts = len({f.worker for f in after.values() if f.worker}) - 2
+    ray.shutdown()
+    cluster.shutdown()
+    counts: dict[str, int] = {}
+    for n in per_fit.values():
+        counts[str(n)] = counts.get(str(n), 0) + 1
+    return {
+        "status": status.status,
+        "counts": status.counts,
+        "fits": len(after),
+        "done_before_kill": len(done_before),
+        "open_at_kill": open_at_kill,
+        "retrained_finished_fits": [
+            key
+            for key, (attempts, adapter_id, finished) in done_before.items()
+            if (after[key].attempts, after[key].adapter_id, after[key].finished_at)
+            != (attempts, adapter_id, finished)
+        ],
+        "adapters_per_fit": counts if len(per_fit) == len(after) else {"missing": len(after) - len(per_fit)},
+        "restarts": restarts,
+    }
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["node-loss"]:
+    print(json.dumps(node_loss_scenario(Path(sys.argv[2])), default=str))
