@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from ulpt.catalog import Catalog
 from ulpt.catalog.jobs import add_fits, fit_counts, get_job, set_job_status
 from ulpt.catalog.jobs import create_job as create_job_row
 from ulpt.catalog.names import check_tenant
+from ulpt.config import ray_env_defaults
 from ulpt.errors import ConflictError, UlptError
 from ulpt.jobspec import JobSpec
 from ulpt_jobs import state
@@ -193,9 +193,7 @@ def ensure_ray(address: str | None) -> float:
         return _ray_start_s[0] if _ray_start_s else 0.0
     started = time.monotonic()
     if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+        ray_env_defaults()
         ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=os.environ["RAY_TMPDIR"])
     else:
         ray.init(address=address, log_to_driver=False)

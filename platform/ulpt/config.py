@@ -53,3 +53,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def ray_env_defaults() -> None:
+    """A quiet, offline, token-less local Ray with short socket paths; never overrides the user's values.
+
+    Ray 2.60 turns token auth on and writes ~/.ray/auth_token otherwise, and unix socket paths under
+    a long temp folder exceed 107 bytes.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if "RAY_TMPDIR" not in os.environ:
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")

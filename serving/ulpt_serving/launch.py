@@ -9,20 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import tempfile
 import time
 from types import TracebackType
 
+from ulpt.config import ray_env_defaults
 from ulpt.errors import UlptError
 from ulpt_serving.config import ServeConfig
-
-
-def ray_env_defaults() -> None:
-    """Quiet, offline, token-less local Ray with short socket paths (see notes/ray.md); never overrides."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if "RAY_TMPDIR" not in os.environ:
-        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
