@@ -63,3 +63,20 @@ def test_dockerfile_copies_existing_paths_and_installs_the_project() -> None:
     assert sources and all((ROOT / s).exists() for s in sources), sources
     assert 'pip install --no-cache-dir ".' in dockerfile
     assert "torch" in dockerfile and "ULPT_HOME" in dockerfile
+
+
+def test_deploy_guide_names_what_the_files_define() -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    for path in set(re.findall(r"`(deploy/[\w./-]+)`", guide)):
+        assert (ROOT / path).exists(), path
+    names = {d["metadata"]["name"] for f in DEPLOY.glob("*.yaml") for d in _docs(f.name)}
+    assert names == {"ulpt", "ulpt-train-spec", "ulpt-train", "ulpt-serve"}
+    assert all(f"`{name}`" in guide for name in names)
+    manifests = "".join(p.read_text() for p in DEPLOY.glob("*.yaml"))
+    assert "name: ulpt-secrets" in manifests and "`ulpt-secrets`" in guide
+    for key in ("ULPT_CATALOG_URL", "ULPT_STORE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert f"`{key}`" in guide and key in (DEPLOY / "rayjob-train.yaml").read_text()
+    for arg in re.findall(r"^ARG (\w+)", (DEPLOY / "Dockerfile").read_text(), re.M):
+        assert f"`{arg}`" in guide, arg
+    for image in set(re.findall(r"image: (\S+)", manifests)):
+        assert f"`{image}`" in guide, image

@@ -6,7 +6,9 @@
 
 A job runs in a driver thread of this process by default (it lives as long as the process), or in a
 detached driver process (`detach=True`, what `ulpt train` without --wait does) that outlives it.
-Either way a driver that dies can be resumed: finished fits are never trained again.
+With a dashboard URL as the Ray address (`ray_address="http://HEAD:8265"`) the detached driver runs on
+the cluster as a Ray job instead (`ulpt_jobs.remote`). Either way a driver that dies can be resumed:
+finished fits are never trained again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ulpt.jobspec import JobSpec
 if TYPE_CHECKING:
     from ulpt.sdk import Client
     from ulpt_jobs.driver import Target
+    from ulpt_jobs.remote import RemoteRun
     from ulpt_jobs.state import FitStatus, JobStatus
 
 __all__ = ["JobHandle", "JobsAPI", "submit_job"]
@@ -42,6 +45,8 @@ class JobHandle:
         self._process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
         """The detached driver's log file, when this handle started one."""
+        self.remote: RemoteRun | None = None
+        """The Ray job running the driver, when this handle submitted one to a cluster's dashboard URL."""
 
     def status(self) -> JobStatus:
         """Status, fit counts per status, timings, error; read from the catalog."""
@@ -62,7 +67,8 @@ class JobHandle:
         """Block until the job ends; `progress=True` draws a bar on stderr. Returns the final status.
 
         Raises the driver's error if the driver of this process failed, and UlptError if a detached
-        driver stopped without finishing (resume it with `client.jobs.resume(id)`).
+        driver (a local process, or a Ray job on a cluster) stopped without finishing (resume it with
+        `client.jobs.resume(id)`).
         """
         from ulpt_jobs.driver import STALE_AFTER_S
         from ulpt_jobs.progress import follow
@@ -77,6 +83,11 @@ class JobHandle:
                     f"the driver of job {self.id} exited ({self._process.returncode}) before the job ended; "
                     f"see {self.log_path}, then `ulpt train --resume {self.id}`"
                 )
+            ended = self.remote.ended() if self.remote is not None else None
+            if ended is not None and self.remote is not None:
+                if self.status().finished:  # it ended between the two reads
+                    return False
+                raise self.remote.failure(self.id, *ended)
             beat = status.timings.get("heartbeat")
             if status.status == "running" and beat and _age(beat) > STALE_AFTER_S:
                 raise UlptError(
@@ -91,6 +102,8 @@ class JobHandle:
             if self._error is not None:
                 raise self._error
             final = self.status()
+        elif self.remote is not None:
+            final = self.status()  # keep_going may have stopped on a newer read than `final`
         return final
 
     def cancel(self) -> None:
@@ -231,7 +244,11 @@ class JobsAPI:
         cancel_job(self.target().catalog, str(job_id), self.tenant)
 
     def _start(self, handle: JobHandle, target: Target, *, detach: bool, force: bool) -> None:
-        if detach:
+        from ulpt_jobs.remote import is_dashboard_url, submit
+
+        if is_dashboard_url(target.ray_address):  # always detached: the driver runs on the cluster
+            handle.remote = submit(target, handle.id, self.tenant, force=force)
+        elif detach:
             handle._start_process(target, force)
         else:
             handle._start_thread(target, force)

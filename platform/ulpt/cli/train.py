@@ -80,7 +80,12 @@ def train(
     wait: Annotated[bool, typer.Option("--wait", help="Run in the foreground until the job ends.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
     address: Annotated[
-        str | None, typer.Option("--address", envvar="ULPT_RAY_ADDRESS", help="Ray cluster (default: local).")
+        str | None,
+        typer.Option(
+            "--address",
+            envvar="ULPT_RAY_ADDRESS",
+            help="Ray cluster: http://HEAD:8265 submits there (default: local).",
+        ),
     ] = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue job ID: only its unfinished fits train.")
@@ -174,7 +179,10 @@ def _report(handle: JobHandle, *, wait: bool, as_json: bool) -> None:
         else:
             tenant = handle.status().tenant
             flag = "" if tenant == "default" else f" --tenant {tenant}"
-            console.print(f"job {handle.id} submitted; follow it with `ulpt jobs show {handle.id}{flag}`")
+            where = f" as Ray job {handle.remote.submission_id}" if handle.remote else ""
+            console.print(
+                f"job {handle.id} submitted{where}; follow it with `ulpt jobs show {handle.id}{flag}`"
+            )
         return
     status = handle.wait(progress=not as_json and sys.stderr.isatty())
     if as_json:
