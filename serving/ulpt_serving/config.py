@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ulpt.errors import SpecError
+from ulpt.validation import check_int
 
 FORMAT_VERSION = 1
 LOOPBACK_NAMES = ("localhost",)
@@ -112,27 +113,27 @@ class ServeConfig:
             )
         if not self.route_prefix.startswith("/"):
             raise SpecError(f"route_prefix must start with '/', got {self.route_prefix!r}")
-        _check_int("port", self.port, 1, 65535)
-        _check_int("num_replicas", self.num_replicas, 1, 10_000)
-        _check_int("max_batch_size", self.max_batch_size, 1, 4096)
-        _check_int("max_ongoing_requests", self.max_ongoing_requests, 1, 1_000_000)
-        _check_int("max_queued_requests", self.max_queued_requests, 0, 1_000_000)
-        _check_int("default_max_tokens", self.default_max_tokens, 1, self.max_tokens_limit)
-        _check_int("default_chat_max_tokens", self.default_chat_max_tokens, 1, self.max_tokens_limit)
+        check_int("port", self.port, 1, 65535)
+        check_int("num_replicas", self.num_replicas, 1, 10_000)
+        check_int("max_batch_size", self.max_batch_size, 1, 4096)
+        check_int("max_ongoing_requests", self.max_ongoing_requests, 1, 1_000_000)
+        check_int("max_queued_requests", self.max_queued_requests, 0, 1_000_000)
+        check_int("default_max_tokens", self.default_max_tokens, 1, self.max_tokens_limit)
+        check_int("default_chat_max_tokens", self.default_chat_max_tokens, 1, self.max_tokens_limit)
         if self.max_ongoing_requests < self.max_batch_size:
             raise SpecError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least max_batch_size "
                 f"({self.max_batch_size}), or batches can never fill"
             )
-        _check_int("max_tokens_limit", self.max_tokens_limit, 1, 100_000)
-        _check_int("max_prompt_tokens", self.max_prompt_tokens, 1, 10_000_000)
-        _check_int("max_prompts_per_request", self.max_prompts_per_request, 1, 4096)
-        _check_int("compact_cache_bytes", self.compact_cache_bytes, 0, 1 << 50)
-        _check_int("hot_cache_bytes", self.hot_cache_bytes, 0, 1 << 50)
-        _check_int("loader_threads", self.loader_threads, 1, 1024)
+        check_int("max_tokens_limit", self.max_tokens_limit, 1, 100_000)
+        check_int("max_prompt_tokens", self.max_prompt_tokens, 1, 10_000_000)
+        check_int("max_prompts_per_request", self.max_prompts_per_request, 1, 4096)
+        check_int("compact_cache_bytes", self.compact_cache_bytes, 0, 1 << 50)
+        check_int("hot_cache_bytes", self.hot_cache_bytes, 0, 1 << 50)
+        check_int("loader_threads", self.loader_threads, 1, 1024)
         for name in ("compact_cache_count", "hot_cache_count", "torch_threads"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1, 1 << 40)
+                check_int(name, getattr(self, name), 1, 1 << 40)
         for name in ("num_cpus", "num_gpus", "batch_wait_timeout_s", "retry_after_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -166,13 +167,6 @@ class ServeConfig:
                 f"unknown serve option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         return cls(**{k: _coerce(known[k].type, v) for k, v in data.items()})
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise SpecError(f"{name} must be in [{low}, {high}], got {value}")
 
 
 def _coerce(annotation: Any, value: Any) -> Any:

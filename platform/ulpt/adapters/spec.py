@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ulpt.errors import SpecError
+from ulpt.validation import check_int
 
 METHODS = ("ulpt", "pt", "dpt")
 """ulpt: Z P * scale + shift, P frozen from the seed; pt: the full [n, d] prompt; dpt: A B, both learned."""
@@ -39,9 +40,9 @@ class AdapterSpec:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SpecError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        _check_int("n_tokens", self.n_tokens, 1, 4096)
-        _check_int("rank", self.rank, 1, 65536)
-        _check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("n_tokens", self.n_tokens, 1, 4096)
+        check_int("rank", self.rank, 1, 65536)
+        check_int("seed", self.seed, 0, MAX_SEED)
         if self.init not in INITS:
             raise SpecError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.init == "vocab" and self.method != "pt":
@@ -58,7 +59,7 @@ class AdapterSpec:
 
     def check_hidden_size(self, hidden_size: int) -> None:
         """A low-rank prompt only saves parameters (and is only well defined) below the model's width."""
-        _check_int("hidden_size", hidden_size, 1, 1 << 20)
+        check_int("hidden_size", hidden_size, 1, 1 << 20)
         if self.is_low_rank and self.rank >= hidden_size:
             raise SpecError(f"rank must be below the model's hidden size {hidden_size}, got {self.rank}")
 
@@ -82,10 +83,3 @@ class AdapterSpec:
                 f"unknown adapter field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         return cls(**data)
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise SpecError(f"{name} must be in [{low}, {high}], got {value}")

@@ -1,0 +1,15 @@
+"""Field checks shared by every spec dataclass, so all of them word their errors the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ulpt.errors import SpecError
+
+
+def check_int(name: str, value: Any, low: int, high: int) -> None:
+    """`value` is an int (not a bool) in [low, high], else a SpecError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise SpecError(f"{name} must be in [{low}, {high}], got {value}")
