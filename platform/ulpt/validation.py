@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from ulpt.errors import SpecError
@@ -13,3 +15,11 @@ def check_int(name: str, value: Any, low: int, high: int) -> None:
         raise SpecError(f"{name} must be an integer, got {value!r}")
     if not low <= value <= high:
         raise SpecError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def check_known_fields(cls: type, data: Mapping[str, Any], what: str) -> None:
+    """Refuse keys that are not fields of the dataclass `cls`, listing the accepted ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpecError(f"unknown {what} field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")

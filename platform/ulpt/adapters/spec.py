@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ulpt.errors import SpecError
-from ulpt.validation import check_int
+from ulpt.validation import check_int, check_known_fields
 
 METHODS = ("ulpt", "pt", "dpt")
 """ulpt: Z P * scale + shift, P frozen from the seed; pt: the full [n, d] prompt; dpt: A B, both learned."""
@@ -76,10 +76,5 @@ class AdapterSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(
-                f"unknown adapter field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        check_known_fields(cls, data, "adapter")
         return cls(**data)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ulpt.errors import SpecError
+from ulpt.validation import check_known_fields
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(
-                f"unknown training field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        check_known_fields(cls, data, "training")
         return cls(**data)
 
 
