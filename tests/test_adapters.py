@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import ulpt
 from ulpt.adapters.projection import fingerprint, make_projection
+from ulpt.adapters.spec import METHODS
 from ulpt.errors import AdapterFormatError, FingerprintMismatchError, SpecError
 
 
@@ -38,6 +39,8 @@ def test_baseline_and_ablation_param_counts() -> None:
         for m, shift, scale in [
             ("pt", True, True),
             ("dpt", True, True),
+            ("lopt1", True, True),
+            ("lopt2", True, True),
             ("ulpt", False, True),
             ("ulpt", False, False),
         ]
@@ -45,6 +48,8 @@ def test_baseline_and_ablation_param_counts() -> None:
     assert counts == {
         ("pt", True, True): n * d,
         ("dpt", True, True): n * r + r * d,
+        ("lopt1", True, True): r * (n + d),
+        ("lopt2", True, True): 2 * r * d,
         ("ulpt", False, True): n * r + d,
         ("ulpt", False, False): n * r,
     }
@@ -92,7 +97,7 @@ def test_fresh_prompt_rows_are_on_token_embedding_scale(tiny_models: dict[str, u
     assert normal_norm > 3 * xavier_norm
 
 
-@pytest.mark.parametrize("method", ["ulpt", "pt", "dpt"])
+@pytest.mark.parametrize("method", METHODS)
 def test_save_load_round_trip(method: str, tmp_path) -> None:
     adapter = ulpt.Adapter.create(
         ulpt.AdapterSpec(method=method, n_tokens=5, rank=3, seed=11), 32, base_model="m"
@@ -175,7 +180,7 @@ def test_load_refuses_a_changed_fingerprint_and_bad_weights(tmp_path) -> None:
         ulpt.Adapter.from_bytes(b"\x00" * 4)
 
 
-@pytest.mark.parametrize("method", ["ulpt", "pt", "dpt"])
+@pytest.mark.parametrize("method", METHODS)
 def test_peft_export_loads_in_peft_with_the_same_logits(
     method: str, tiny_models, tiny_model_dirs, tmp_path
 ) -> None:
@@ -196,3 +201,25 @@ def test_peft_export_loads_in_peft_with_the_same_logits(
         expected = peft_model(input_ids=ids).logits[0, -1]
     actual = model.score([(adapter, text)])[0]
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_lopt2_regenerates_its_frozen_input_from_the_seed(tmp_path) -> None:
+    """LoPT-2 stores U and V only; X0 comes back from the seed, and a changed seed is refused."""
+    spec = ulpt.AdapterSpec(method="lopt2", n_tokens=6, rank=3, seed=21)
+    adapter = ulpt.Adapter.create(spec, 32)
+    with torch.no_grad():
+        adapter.params["lopt_u"].add_(0.3)
+    assert set(adapter.tensors()) == {"lopt_u", "lopt_v"}
+    x0 = adapter.frozen["x0"]
+    expected = torch.tanh(x0 @ adapter.params["lopt_u"]) @ adapter.params["lopt_v"]
+    torch.testing.assert_close(adapter.prompt_embeddings(), expected)
+
+    loaded = ulpt.Adapter.from_bytes(adapter.to_bytes())
+    torch.testing.assert_close(loaded.prompt_embeddings(), adapter.prompt_embeddings())
+
+    adapter.save(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["seed"] = 22
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(FingerprintMismatchError):
+        ulpt.Adapter.load(tmp_path)

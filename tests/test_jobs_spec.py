@@ -100,7 +100,7 @@ def test_yaml_with_the_issue_keys_round_trips(tmp_path: Path) -> None:
         ({"train": {"stepz": 3}}, r"^train: unknown training field\(s\): stepz"),
         ({"train": {"epochs": 0}}, r"^train\.epochs must be a positive number"),
         ({"adapter": {"rank": 0}}, r"^adapter\.rank must be in \[1, 65536\]"),
-        ({"adapter": {"method": "lora"}}, r"^adapter\.method must be one of ulpt, pt, dpt"),
+        ({"adapter": {"method": "lora"}}, r"^adapter\.method must be one of ulpt, pt, dpt, lopt1, lopt2"),
         ({"adapter": {"seed_policy": "random"}}, r"^adapter\.seed_policy must be one of shared, per_fit"),
         ({"dataset": {"eval_fraction": 1.5}}, r"^dataset\.eval_fraction must be in \[0, 1\)"),
         ({"dataset": {"format": "xml"}}, r"^dataset\.format must be one of"),

@@ -14,12 +14,14 @@ TEXTS = [
     "yes",
     "the staff was",
     "review: clean room, fast service",
+    "two times three is",
+    "the weather today",
 ]
 
 
 def _adapters(hidden: int) -> list[ulpt.Adapter | None]:
-    """All three methods, several prompt lengths, and a row without adapter."""
-    specs = [("ulpt", 3), ("pt", 5), ("dpt", 7), ("ulpt", 10), ("pt", 1)]
+    """All five methods, several prompt lengths, and a row without adapter."""
+    specs = [("ulpt", 3), ("pt", 5), ("dpt", 7), ("lopt1", 4), ("lopt2", 6), ("ulpt", 10), ("pt", 1)]
     adapters: list[ulpt.Adapter | None] = []
     for seed, (method, n) in enumerate(specs):
         adapter = ulpt.Adapter.create(ulpt.AdapterSpec(method=method, n_tokens=n, rank=4, seed=seed), hidden)
@@ -52,7 +54,7 @@ def test_scores_in_a_mixed_batch_equal_each_row_alone(tiny_model: ulpt.BaseModel
 
 def test_target_logprobs_in_a_mixed_batch_equal_each_row_alone(tiny_model: ulpt.BaseModel) -> None:
     rows = _rows(tiny_model)
-    targets = ["positive", "three", "negative", "no", "great", "yes"]
+    targets = ["positive", "three", "negative", "no", "great", "yes", "six", "sunny"]
     inputs = [tiny_model.encode(t) for _, t in rows]
     target_ids = [tiny_model.encode_target(t, y) for (_, t), y in zip(rows, targets)]
     logp, mask = tiny_model.target_logprobs([a for a, _ in rows], inputs, target_ids)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ulpt
+from ulpt.adapters.spec import METHODS
 from ulpt.errors import DataError, SpecError
 from ulpt.training import FitRequest, PackedTrainer, TrainConfig
 from ulpt.training.api import prepare_fit
@@ -44,7 +45,7 @@ def test_ulpt_r2_learns_a_label_task(tiny_models) -> None:
     assert sum(is_label[len(evals) :]) == 0, bare
 
 
-@pytest.mark.parametrize("method", ["ulpt", "pt", "dpt"])
+@pytest.mark.parametrize("method", METHODS)
 def test_packed_fit_follows_the_same_curve_as_alone(tiny_model: ulpt.BaseModel, method: str) -> None:
     config = TrainConfig(steps=12, lr=0.05, batch_size=4, eval_every=6, seed=3)
     target = FitRequest(
@@ -62,7 +63,7 @@ def test_packed_fit_follows_the_same_curve_as_alone(tiny_model: ulpt.BaseModel, 
             (),
             TrainConfig(steps=s, lr=0.01, batch_size=b),
         )
-        for i, (m, n, s, b) in enumerate([("ulpt", 7, 12, 2), ("pt", 2, 5, 3), ("dpt", 5, 20, 4)])
+        for i, (m, n, s, b) in enumerate([("ulpt", 7, 12, 2), ("pt", 2, 5, 3), ("lopt2", 5, 20, 4)])
     ]
     alone = ulpt.train_adapters(tiny_model, [target])["target"]
     packed = ulpt.train_adapters(tiny_model, [others[0], target, *others[1:]], max_rows_per_forward=7)[

@@ -47,7 +47,8 @@ class Adapter(nn.Module):
         self._frozen_names = list(frozen)
         for name, tensor in frozen.items():  # buffers, so .to(device) moves them with the parameters
             self.register_buffer(name, tensor, persistent=False)
-        self.projection_fingerprint = projection.fingerprint(frozen["proj"]) if "proj" in frozen else None
+        # Fingerprint of the one frozen random tensor (ULPT's P, LoPT-2's X0): proves the seed regenerates it.
+        self.projection_fingerprint = projection.fingerprint(*frozen.values()) if frozen else None
 
     @classmethod
     def create(

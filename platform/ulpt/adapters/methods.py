@@ -32,6 +32,16 @@ def init_params(
             "dpt_a": projection.normal((n, r), seed, "a"),  # [n, r]
             "dpt_b": projection.xavier_uniform((r, d), seed, "b"),  # [r, d]
         }
+    if spec.method == "lopt1":
+        return {
+            "lopt_u": projection.normal((n, r), seed, "u"),  # [n, r]
+            "lopt_v": projection.xavier_uniform((r, d), seed, "v"),  # [r, d]
+        }
+    if spec.method == "lopt2":
+        return {
+            "lopt_u": projection.xavier_uniform((d, r), seed, "u"),  # [d, r]
+            "lopt_v": projection.xavier_uniform((r, d), seed, "v"),  # [r, d]
+        }
     if spec.init == "vocab":
         if token_embeddings is None:
             raise ValueError("init='vocab' needs the base model's token embeddings")
@@ -41,9 +51,15 @@ def init_params(
 
 
 def frozen_tensors(spec: AdapterSpec, hidden: int) -> dict[str, torch.Tensor]:
-    """Tensors regenerated from the seed and never stored (ULPT's projection P)."""
+    """Tensors regenerated from the seed and never stored: ULPT's projection P, LoPT-2's input X0.
+
+    At most one per method; the adapter file records its fingerprint so a changed seed is caught.
+    """
     if spec.method == "ulpt":
         return {"proj": projection.make_projection(spec.seed, spec.rank, hidden, spec.projection)}
+    if spec.method == "lopt2":
+        # N(0, 1) entries keep X0 U at unit scale for a Xavier U, so tanh starts neither flat nor saturated.
+        return {"x0": projection.normal((spec.n_tokens, hidden), spec.seed, "x0")}  # [n, d]
     return {}
 
 
@@ -60,6 +76,11 @@ def materialize(
         return prompt
     if spec.method == "dpt":
         return params["dpt_a"] @ params["dpt_b"]  # [n, r] @ [r, d]
+    if spec.method == "lopt1":
+        return params["lopt_u"] @ params["lopt_v"]  # [n, r] @ [r, d]
+    if spec.method == "lopt2":
+        # The paper leaves sigma open; tanh is zero-centred, so rows of X0 stay distinct at the start.
+        return torch.tanh(frozen["x0"] @ params["lopt_u"]) @ params["lopt_v"]  # [n, d] @ [d, r] @ [r, d]
     return params["pt_prompt"]
 
 
@@ -75,4 +96,8 @@ def expected_shapes(spec: AdapterSpec, hidden: int) -> dict[str, tuple[int, ...]
         return shapes
     if spec.method == "dpt":
         return {"dpt_a": (n, r), "dpt_b": (r, d)}
+    if spec.method == "lopt1":
+        return {"lopt_u": (n, r), "lopt_v": (r, d)}
+    if spec.method == "lopt2":
+        return {"lopt_u": (d, r), "lopt_v": (r, d)}
     return {"pt_prompt": (n, d)}

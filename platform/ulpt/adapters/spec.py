@@ -8,8 +8,11 @@ from typing import Any
 from ulpt.errors import SpecError
 from ulpt.validation import check_int, check_known_fields
 
-METHODS = ("ulpt", "pt", "dpt")
-"""ulpt: Z P * scale + shift, P frozen from the seed; pt: the full [n, d] prompt; dpt: A B, both learned."""
+METHODS = ("ulpt", "pt", "dpt", "lopt1", "lopt2")
+"""ulpt: Z P * scale + shift, P frozen from the seed; pt: the full [n, d] prompt; dpt: A B, both learned;
+lopt1: U V, both learned (LoPT-1); lopt2: tanh(X0 U) V, U and V learned, X0 frozen from the seed (LoPT-2)."""
+
+LOW_RANK_METHODS = ("ulpt", "dpt", "lopt1", "lopt2")
 
 PROJECTIONS = ("xavier_uniform", "normal")
 INITS = ("normal", "vocab")
@@ -25,7 +28,7 @@ class AdapterSpec:
     n_tokens: int = 10
     """Number of prompt tokens `n` prepended to every input."""
     rank: int = 2
-    """Low dimension `r` of ulpt and dpt (ignored by pt)."""
+    """Low dimension `r` of the low-rank methods (ignored by pt)."""
     seed: int = 0
     """Seeds the frozen projection P and the initial values; any integer in [0, 2**63)."""
     init: str = "normal"
@@ -55,7 +58,7 @@ class AdapterSpec:
 
     @property
     def is_low_rank(self) -> bool:
-        return self.method in ("ulpt", "dpt")
+        return self.method in LOW_RANK_METHODS
 
     def check_hidden_size(self, hidden_size: int) -> None:
         """A low-rank prompt only saves parameters (and is only well defined) below the model's width."""
@@ -67,8 +70,10 @@ class AdapterSpec:
         n, r, d = self.n_tokens, self.rank, hidden_size
         if self.method == "pt":
             return n * d
-        if self.method == "dpt":
+        if self.method in ("dpt", "lopt1"):
             return n * r + r * d
+        if self.method == "lopt2":
+            return 2 * r * d
         return n * r + d * (int(self.use_shift) + int(self.use_scale))
 
     def to_dict(self) -> dict[str, Any]:
