@@ -15,7 +15,12 @@ import torch  # noqa: E402
 import ulpt  # noqa: E402
 from ulpt.models.tiny import build_tiny_model  # noqa: E402
 
-pytest_plugins = ["tests.services", "tests.serve_fixtures", "tests.ray_fixtures"]
+pytest_plugins = [
+    "tests.services",
+    "tests.serve_fixtures",
+    "tests.ray_fixtures",
+    "tests.reliability_fixtures",
+]
 
 FAMILIES = ("llama", "t5")
 

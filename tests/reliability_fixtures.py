@@ -1,5 +1,8 @@
 """Reliability suite: each test records the figures it measured for `docs/reliability.md`.
 
+A pytest plugin (listed in `tests/conftest.py`), so any test, in `tests/reliability/` or not, can
+ask for the `reliability` fixture.
+
 `make test` runs the fast sizes. `make reliability` sets ULPT_RELIABILITY=full (larger counts,
 slow tier included) and ULPT_RELIABILITY_OUT to a folder; every `record()` writes one JSON
 file there, and `benchmarks/reliability.py` turns the folder into the document.
@@ -35,5 +38,6 @@ class ReliabilityRun:
 
 @pytest.fixture(scope="session")
 def reliability() -> ReliabilityRun:
+    """Sizes and a recorder for figures, set by ULPT_RELIABILITY and ULPT_RELIABILITY_OUT."""
     out = os.environ.get("ULPT_RELIABILITY_OUT")
     return ReliabilityRun(full=os.environ.get("ULPT_RELIABILITY") == "full", out=Path(out) if out else None)

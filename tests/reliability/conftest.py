@@ -1,0 +1,9 @@
+"""Reliability suite: the `reliability` fixture lives in `tests/reliability_fixtures.py` (a plugin of
+`tests/conftest.py`), so tests outside this folder (node loss, crash during registration) record too.
+"""
+
+from __future__ import annotations
+
+from tests.reliability_fixtures import ReliabilityRun
+
+__all__ = ["ReliabilityRun"]
