@@ -98,19 +98,40 @@ def make_adapter() -> Callable[..., Adapter]:
     return make
 
 
+def _open_stack(request: pytest.FixtureRequest, tmp_path: Path, combination: str) -> Client:
+    """A client on `catalog+store`: sqlite or postgresql (real server), local or s3 (real SeaweedFS)."""
+    catalog, store = combination.split("+")
+    if catalog == "sqlite":
+        path = tmp_path / "catalog.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        url = sqlite_url(path)
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+    if store == "local":
+        return Client(home=tmp_path, catalog_url=url, store_url=str(tmp_path / "blobs"))
+    s3: S3Server = request.getfixturevalue("s3_server")
+    bucket = s3.create_bucket()
+    return Client(
+        home=tmp_path, catalog_url=url, store_url=f"s3://{bucket}/ulpt", store_options=s3.store_options()
+    )
+
+
 @pytest.fixture(params=["sqlite+local", pytest.param("postgresql+s3", marks=pytest.mark.service)])
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Client]:
     """The embedded stack and the production stack (real PostgreSQL + real S3), end to end."""
-    if request.param == "sqlite+local":
-        path = tmp_path / "catalog.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        with Client(home=tmp_path, catalog_url=sqlite_url(path), store_url=str(tmp_path / "blobs")) as c:
-            yield c
-        return
-    s3: S3Server = request.getfixturevalue("s3_server")
-    url = request.getfixturevalue("fresh_postgres_url")
-    bucket = s3.create_bucket()
-    with Client(
-        home=tmp_path, catalog_url=url, store_url=f"s3://{bucket}/ulpt", store_options=s3.store_options()
-    ) as c:
-        yield c
+    with _open_stack(request, tmp_path, request.param) as client:
+        yield client
+
+
+@pytest.fixture(
+    params=[
+        "sqlite+local",
+        pytest.param("sqlite+s3", marks=pytest.mark.service),
+        pytest.param("postgresql+local", marks=pytest.mark.service),
+        pytest.param("postgresql+s3", marks=pytest.mark.service),
+    ]
+)
+def every_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Client]:
+    """Every catalog with every store (the test's callspec param names which)."""
+    with _open_stack(request, tmp_path, request.param) as client:
+        yield client
