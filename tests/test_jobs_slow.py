@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.reliability_fixtures import ReliabilityRun
 from tests.test_jobs_spec import job_dict, write_reviews
 
 pytestmark = pytest.mark.slow
@@ -46,12 +47,16 @@ def test_a_thousand_fits_train_as_one_job(
     print(f"1,000 fits in {seconds:.0f} s ({status.timings})")
 
 
-def test_losing_a_worker_node_mid_job_costs_only_unfinished_fits(tmp_path: Path) -> None:
+@pytest.mark.reliability
+def test_losing_a_worker_node_mid_job_costs_only_unfinished_fits(
+    tmp_path: Path, reliability: ReliabilityRun
+) -> None:
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("platform", "jobs", "serving", "."))
     )
+    started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "tests.test_jobs_slow", "node-loss", str(tmp_path)],
+        [sys.executable, "-m", "tests.test_jobs_slow", "node-loss", str(tmp_path), "240"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -62,13 +67,34 @@ def test_losing_a_worker_node_mid_job_costs_only_unfinished_fits(tmp_path: Path)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["status"] == "done" and report["counts"]["done"] == report["fits"] >= 200
     assert report["done_before_kill"] > 0 and report["open_at_kill"] > 0  # the kill really was mid-job
-    assert report["retrained_finished_fits"] == []  # no fit finished before the kill trained again
+    assert report["finished_fits_trained_again"] == 0  # no training start after the kill for a done fit
+    assert report["changed_finished_fits"] == []  # their adapter and finish time are the ones of before
     assert report["adapters_per_fit"] == {"1": report["fits"]}  # every fit recorded exactly once
     assert report["restarts"] >= 1
+    reliability.record(
+        "node_loss_training",
+        {
+            "cluster": "3 one-CPU worker nodes (ray.cluster_utils.Cluster), a 2-worker job",
+            "fits": report["fits"],
+            "job_status": report["status"],
+            "fits_done": report["counts"]["done"],
+            "fits_done_before_node_loss": report["done_before_kill"],
+            "fits_open_at_node_loss": report["open_at_kill"],
+            "fits_recorded_exactly_once": report["adapters_per_fit"].get("1", 0),
+            "finished_fits_trained_again": report["finished_fits_trained_again"],
+            "training_starts": report["training_starts"],
+            "worker_group_restarts": report["restarts"],
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )
 
 
-def node_loss_scenario(root: Path) -> dict[str, Any]:
-    """3 one-CPU worker nodes, a 2-worker job of 240 fits; kill a node hosting a worker when 40 are done."""
+def node_loss_scenario(root: Path, n_fits: int = 240) -> dict[str, Any]:
+    """3 one-CPU worker nodes, a 2-worker job; kill a node hosting a worker when a sixth of the fits are done.
+
+    Training starts are counted by the catalog: a worker claims a fit to train it, and every claim adds
+    one to the fit's `attempts`. A finished fit trained again would show more attempts after the kill.
+    """
     import psutil
     import ray
     from ray._private import ray_constants
@@ -85,13 +111,13 @@ def node_loss_scenario(root: Path) -> dict[str, Any]:
     nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
     ray.init(address=cluster.address, log_to_driver=False)
     model = build_tiny_model(root / "model", "llama")
-    data = write_reviews(root / "reviews.jsonl", users=240)
+    data = write_reviews(root / "reviews.jsonl", users=n_fits)
     spec = JobSpec.from_dict(
         job_dict(model, data, num_workers=2, fits_per_worker=8, max_failures=3, train={"steps": 40})
     )
     with Client(home=root / "home", tenant="acme") as client:
         job = JobsAPI(client).submit(spec)
-        while job.status().counts["done"] < 40:
+        while job.status().counts["done"] < n_fits // 6:
             time.sleep(0.2)
         fits = job.fits()
         running_pids = {int(f.worker.split(":")[1]) for f in fits if f.status == "running" and f.worker}
@@ -127,16 +153,19 @@ def node_loss_scenario(root: Path) -> dict[str, Any]:
         "fits": len(after),
         "done_before_kill": len(done_before),
         "open_at_kill": open_at_kill,
-        "retrained_finished_fits": [
+        "finished_fits_trained_again": sum(
+            after[key].attempts > attempts for key, (attempts, _, _) in done_before.items()
+        ),
+        "changed_finished_fits": [
             key
-            for key, (attempts, adapter_id, finished) in done_before.items()
-            if (after[key].attempts, after[key].adapter_id, after[key].finished_at)
-            != (attempts, adapter_id, finished)
+            for key, (_, adapter_id, finished) in done_before.items()
+            if (after[key].adapter_id, after[key].finished_at) != (adapter_id, finished)
         ],
+        "training_starts": sum(fit.attempts for fit in after.values()),
         "adapters_per_fit": counts if len(per_fit) == len(after) else {"missing": len(after) - len(per_fit)},
         "restarts": restarts,
     }
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["node-loss"]:
-    print(json.dumps(node_loss_scenario(Path(sys.argv[2])), default=str))
+    print(json.dumps(node_loss_scenario(Path(sys.argv[2]), *map(int, sys.argv[3:4])), default=str))
