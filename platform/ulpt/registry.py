@@ -146,9 +146,26 @@ def load_adapter(store: BlobStore, record: AdapterRecord) -> Adapter:
         raise FingerprintMismatchError(
             f"adapter {record.ref}: its projection fingerprint does not match the one recorded in the catalog"
         )
+    _check_matches_record(adapter, record)
     if adapter.base_model is None:
         adapter.base_model = record.base_model
     return adapter
+
+
+def _check_matches_record(adapter: Adapter, record: AdapterRecord) -> None:
+    """The catalog's columns must describe the blob: `find(rank=2)` must never load a rank-16 adapter."""
+    config = adapter.config()
+    in_blob = {key: config[key] for key in ("method", "hidden_size", "n_tokens", "rank", "seed")}
+    in_blob["projection"] = (config["projection"] or {}).get("distribution")
+    differ = [
+        f"{key} {value!r} in the blob, {getattr(record, key)!r} in the catalog"
+        for key, value in in_blob.items()
+        if getattr(record, key) != value
+    ]
+    if differ:
+        raise AdapterFormatError(
+            f"adapter {record.ref}: its blob does not match its catalog record ({'; '.join(differ)})"
+        )
 
 
 @dataclass(frozen=True)
