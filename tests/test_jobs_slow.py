@@ -51,6 +51,8 @@ def test_a_thousand_fits_train_as_one_job(
 def test_losing_a_worker_node_mid_job_costs_only_unfinished_fits(
     tmp_path: Path, reliability: ReliabilityRun
 ) -> None:
+    """A worker node of a 3-node Ray cluster is removed while a 240-fit job runs: the job still finishes,
+    every fit is recorded exactly once, and no fit finished before the loss is trained again."""
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("platform", "jobs", "serving", "."))
     )
