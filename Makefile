@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch comes first and pinned: the CPU build that lies on this machine's disk (a bare `torch` pulls CUDA).
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-all lint install install-test clean
+.PHONY: demo test test-all reliability audit lint install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ test: lint
 
 test-all: lint
 	$(BIN)/pytest -m "slow or not slow"
+
+# The reliability suite at full size (slow tier included, capped at an hour), then docs/reliability.md.
+reliability: install-test
+	$(BIN)/python benchmarks/reliability.py
+
+# Known vulnerabilities of the installed dependencies: fails on one, warns on what it could not audit.
+audit: install-test
+	$(BIN)/python benchmarks/audit.py
 
 clean:
 	rm -rf $(VENV) .ulpt .pytest_cache .mypy_cache .ruff_cache
