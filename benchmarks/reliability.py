@@ -41,14 +41,14 @@ JUNIT_FILE = "_junit.xml"
 def run_suite(out: Path, per_test_s: int, total_s: int, extra: list[str]) -> dict[str, Any]:
     """pytest over the suite in its own process group, killed whole at the overall cap."""
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.json"):
-        old.unlink()
+    for old in [*out.glob("*.json"), out / JUNIT_FILE]:
+        old.unlink(missing_ok=True)
     command = [
         sys.executable, "-m", "pytest", "tests", "-m", "reliability", "-q", "-rfE",
         f"--timeout={per_test_s}", f"--junitxml={out / JUNIT_FILE}", *extra,
     ]  # fmt: skip
     env = dict(os.environ, ULPT_RELIABILITY="full", ULPT_RELIABILITY_OUT=str(out))
-    started = time.monotonic()
+    started, stamp = time.monotonic(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     print("$ " + " ".join(command), flush=True)
     proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
     capped = False
@@ -57,14 +57,9 @@ def run_suite(out: Path, per_test_s: int, total_s: int, extra: list[str]) -> dic
     except subprocess.TimeoutExpired:
         capped = True
         print(f"\nreliability: the overall cap of {total_s} s was reached; stopping pytest", flush=True)
-        os.killpg(proc.pid, signal.SIGTERM)  # the group this script started: pytest and what it spawned
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            code = proc.wait()
+        code = _stop(proc)
     run = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": stamp,
         "seconds": round(time.monotonic() - started, 1),
         "pytest_exit_code": code,
         "capped": capped,
@@ -77,6 +72,20 @@ def run_suite(out: Path, per_test_s: int, total_s: int, extra: list[str]) -> dic
     return run
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C first, so pytest tears its fixtures down (PostgreSQL, SeaweedFS, Ray); then the group."""
+    for sig, wait_s in ((signal.SIGINT, 120), (signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+        if sig == signal.SIGINT:
+            proc.send_signal(sig)
+        else:  # the process group this script started: pytest and whatever it spawned
+            os.killpg(proc.pid, sig)
+        try:
+            return proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.wait()
+
+
 def junit_outcome(path: Path) -> dict[str, Any]:
     """Counts and failed test ids from pytest's junit file (absent when pytest was killed)."""
     if not path.exists():
@@ -84,6 +93,8 @@ def junit_outcome(path: Path) -> dict[str, Any]:
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     failed = []
     for case in ET.parse(path).iter("testcase"):
+        if not case.get("name"):  # the test a Ctrl-C interrupted: neither passed nor failed
+            continue
         test_id = f"{case.get('classname', '')}::{case.get('name', '')}"
         kinds = {child.tag for child in case}
         if "failure" in kinds:
