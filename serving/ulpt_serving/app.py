@@ -23,7 +23,8 @@ from functools import partial
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve import Application
@@ -32,7 +33,7 @@ from ray.serve.config import BackpressureConfig
 from ulpt.errors import AdapterFormatError, CatalogError, NotFoundError, SpecError, StoreError, UlptError
 from ulpt.models import BaseModel, SamplingParams, load_base_model
 from ulpt.registry import AdapterRecord, Registry
-from ulpt_serving import protocol
+from ulpt_serving import openapi, protocol
 from ulpt_serving.cache import CompactAdapter
 from ulpt_serving.config import ServeConfig, is_loopback
 from ulpt_serving.engine import BatchItem, Engine, TextStream
@@ -49,6 +50,7 @@ MAX_MODELS_LISTED = 1000
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 api = FastAPI(title="ulpt", description="Mixed-adapter serving of ULPT prompt adapters (OpenAI-compatible).")
+openapi.install(api)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,30 @@ async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
+@api.exception_handler(RequestValidationError)
+async def _invalid_parameter(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A bad query parameter gets the same OpenAI error body (400) as a bad body field, not FastAPI's 422."""
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+    error = ApiError(400, f"{where}: {first.get('msg', 'invalid value')}", param=where or None)
+    return JSONResponse(error.body(), status_code=400)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it exceeds MAX_BODY_BYTES (declared or while streaming in)."""
+    too_large = ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @serve.deployment(name="ulpt")
 @serve.ingress(api)
 class ULPTServer:
@@ -163,7 +189,7 @@ class ULPTServer:
 
     # ---- HTTP --------------------------------------------------------------------------------
 
-    @api.get("/healthz")
+    @api.get("/healthz", response_model=openapi.Health)
     async def healthz(self) -> dict[str, Any]:
         cache = self.engine.cache.stats()
         return {
@@ -174,16 +200,19 @@ class ULPTServer:
             "adapters_hot": cache.hot_count,
         }
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", response_model=openapi.ModelList, responses=openapi.MODELS_RESPONSES)
     async def models(
-        self, request: Request, limit: int = MAX_MODELS_LISTED, after: str | None = None
+        self,
+        request: Request,
+        limit: int = Query(MAX_MODELS_LISTED, ge=1, le=MAX_MODELS_LISTED),
+        after: str | None = Query(
+            None, pattern="^[A-Za-z0-9_-]+$", description="`next_cursor` of the previous page, unchanged."
+        ),
     ) -> Response:
         started = time.perf_counter()
         status = 200
         try:
             tenant = await self._tenant(request)
-            if not 1 <= limit <= MAX_MODELS_LISTED:
-                raise ApiError(400, f"limit must be in [1, {MAX_MODELS_LISTED}]", param="limit")
             return JSONResponse(await self._catalog(self._list_models, tenant, limit, after))
         except ApiError as exc:
             status = exc.status
@@ -191,11 +220,21 @@ class ULPTServer:
         finally:
             self._log("-", "-", "models", status, started, 0, 0, False)
 
-    @api.post("/v1/completions")
+    @api.post(
+        "/v1/completions",
+        response_model=openapi.CompletionResponse,
+        responses=openapi.GENERATE_RESPONSES,
+        openapi_extra=openapi.json_body(CompletionRequest),
+    )
     async def completions(self, request: Request) -> Response:
         return await self._generate(request, chat=False)
 
-    @api.post("/v1/chat/completions")
+    @api.post(
+        "/v1/chat/completions",
+        response_model=openapi.ChatCompletionResponse,
+        responses=openapi.GENERATE_RESPONSES,
+        openapi_extra=openapi.json_body(ChatCompletionRequest),
+    )
     async def chat_completions(self, request: Request) -> Response:
         return await self._generate(request, chat=True)
 
@@ -208,9 +247,7 @@ class ULPTServer:
         tenant, label, status, prompt_tokens = "-", "-", 200, 0
         try:
             tenant = await self._tenant(request)
-            raw = await request.body()
-            if len(raw) > MAX_BODY_BYTES:
-                raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+            raw = await _read_body(request)
             body: Any = protocol.parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
             target = await self._target(tenant, body.model)
             label = target.label
@@ -221,7 +258,7 @@ class ULPTServer:
                 )
             if body.stream and len(texts) > 1:
                 raise ApiError(400, "stream=true takes a single prompt", param="prompt")
-            counts = [len(self.engine.model.encode(t)) for t in texts]
+            counts = [self._count_tokens(t, target.n_tokens, chat) for t in texts]
             params = self._params(body, chat, max(counts) + target.n_tokens)
             items = [BatchItem(t, params, target.adapter_key, target.adapter) for t in texts]
             prompt_tokens = sum(counts)
@@ -417,7 +454,9 @@ class ULPTServer:
         if self.max_positions is not None:
             if input_tokens >= self.max_positions:
                 raise ApiError(
-                    400, f"the input is {input_tokens} tokens; the model holds {self.max_positions}"
+                    400,
+                    f"the input is {input_tokens} tokens; the model holds {self.max_positions}",
+                    param="messages" if chat else "prompt",
                 )
             if requested is None:
                 max_tokens = min(max_tokens, self.max_positions - input_tokens)
@@ -432,6 +471,20 @@ class ULPTServer:
             return SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.stops)
         except UlptError as exc:
             raise ApiError(400, str(exc)) from None
+
+    def _count_tokens(self, text: str, adapter_tokens: int, chat: bool) -> int:
+        """Tokens of one input; one far beyond what the server accepts is refused before it costs memory."""
+        most = self.config.max_prompt_tokens
+        if self.max_positions is not None:
+            most = min(most, self.max_positions - 1)
+        count = self.engine.count_tokens(text, most - adapter_tokens)
+        if count is None:
+            raise ApiError(
+                400,
+                f"the input is longer than the {most} tokens this server accepts (with the adapter's prompt)",
+                param="messages" if chat else "prompt",
+            )
+        return count
 
     def _chat_text(self, body: ChatCompletionRequest) -> str:
         messages = [

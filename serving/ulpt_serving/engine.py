@@ -15,6 +15,12 @@ from ulpt.models.base import RowSource
 from ulpt_serving.cache import AdapterCache, CompactAdapter, HotPrompt
 from ulpt_serving.config import ServeConfig
 
+TOKEN_COUNT_CHUNK = 16_384
+"""Characters tokenized at a time when a text may be far over the limit: a tokenizer's memory grows with
+its output (~160 bytes a token), so a 4 MiB prompt tokenized whole can cost a replica about 1 GB."""
+CHUNK_SLACK = 4
+"""Tokens a chunk may count beyond its share of the whole: its own special tokens and a split word."""
+
 
 @dataclass(frozen=True, eq=False)
 class BatchItem:
@@ -54,6 +60,17 @@ class Engine:
             loader_threads=config.loader_threads,
         )
         return cls(model, cache)
+
+    def count_tokens(self, text: str, limit: int) -> int | None:
+        """Tokens of `text`, or None once it certainly has more than `limit`: a long text is counted chunk
+        by chunk first, so one that is far too long is refused without ever being tokenized whole."""
+        if len(text) > TOKEN_COUNT_CHUNK:
+            total = 0
+            for chunks, start in enumerate(range(0, len(text), TOKEN_COUNT_CHUNK), 1):
+                total += len(self.model.encode(text[start : start + TOKEN_COUNT_CHUNK]))
+                if total > limit + CHUNK_SLACK * chunks:
+                    return None
+        return len(self.model.encode(text))
 
     def steps(self, items: Sequence[BatchItem]) -> Iterator[dict[int, int]]:
         """Decode `items` as ONE batch; yields {row: token id} per step for the rows still running.

@@ -63,6 +63,13 @@ def model_not_found() -> ApiError:
     )
 
 
+_ZERO: dict[str, Any] = {"minimum": 0, "maximum": 0}
+_STOP_TEXT: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
+_STOP_SCHEMA: dict[str, Any] = {
+    "anyOf": [_STOP_TEXT, {"type": "array", "items": _STOP_TEXT, "maxItems": MAX_STOPS}, {"type": "null"}]
+}
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
@@ -70,15 +77,16 @@ class _Request(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = 1
-    stop: str | list[str] | None = None
+    # json_schema_extra: what the validators below accept, so the OpenAPI schema says it too.
+    n: int = Field(default=1, json_schema_extra={"minimum": 1, "maximum": 1})
+    stop: str | list[str] | None = Field(default=None, json_schema_extra=_STOP_SCHEMA)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logprobs: Any = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float = Field(default=0.0, json_schema_extra=_ZERO)
+    frequency_penalty: float = Field(default=0.0, json_schema_extra=_ZERO)
+    logprobs: Any = Field(default=None, json_schema_extra={"enum": [None, False, 0]})
+    logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra={"maxProperties": 0})
     user: str | None = None
 
     @field_validator("n")
@@ -129,10 +137,17 @@ class _Request(BaseModel):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str] = Field(default="")
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
+    prompt: str | list[str] = Field(
+        default="",
+        json_schema_extra={
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]
+        },
+    )
+    echo: bool = Field(default=False, json_schema_extra={"enum": [False]})
+    suffix: str | None = Field(
+        default=None, json_schema_extra={"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}]}
+    )
+    best_of: int | None = Field(default=None, json_schema_extra={"enum": [None, 1]})
 
     @field_validator("echo")
     @classmethod
