@@ -141,3 +141,88 @@ def serve_stack(
         yield stack
     finally:
         serve.shutdown()
+
+
+def deploy_app(name: str, config: Any) -> str:
+    """Deploy one more application (a `ServeConfig`) on the session's Serve, at route prefix /NAME.
+
+    For tests that need their own catalog, limits or cache sizes next to `serve_stack`'s apps; the
+    caller removes it with `serve.delete(name)`. Returns the route prefix.
+    """
+    from ray import serve
+
+    from ulpt_serving.app import Dependencies, build_application
+    from ulpt_serving.config import ServeConfig
+
+    config = ServeConfig.from_dict({**config.to_dict(), "app_name": name, "route_prefix": f"/{name}"})
+    deps = Dependencies(model_factory=partial(ulpt.load_base_model, config.model))
+    serve.run(build_application(config, deps), name=name, route_prefix=f"/{name}")
+    return f"/{name}"
+
+
+def replica_process(app: str) -> Any:
+    """The OS process (psutil) of `app`'s single replica, found among this session's Ray processes.
+
+    Ray's state API needs the dashboard, which the test Ray runs without; the replica's process title
+    (`ray::ServeReplica:APP:...`) under this session's raylet identifies it without touching other Rays.
+    """
+    import psutil
+    import ray
+
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    found = [
+        p
+        for p in psutil.Process(raylet).children(recursive=True)
+        if f"ServeReplica:{app}:" in " ".join(p.cmdline())
+    ]
+    assert len(found) == 1, f"expected one replica process of {app!r}, found {len(found)}"
+    return found[0]
+
+
+@dataclass
+class SideApp:
+    """An application of its own on the session's Serve, with its own catalog and store (`home`)."""
+
+    name: str
+    url: str
+    """http://127.0.0.1:PORT/NAME"""
+    home: Path
+    base_model: str
+
+    def client(self, tenant: str = "default") -> Client:
+        return Client(home=self.home, tenant=tenant)
+
+    def key(self, tenant: str) -> str:
+        """A new API key of `tenant` (keys are checked by the replica against this app's catalog)."""
+        with self.client() as client:
+            return client.create_api_key("tests", tenant=tenant).key
+
+
+@pytest.fixture(scope="session")
+def side_app(
+    serve_stack: ServeStack, tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SideApp]:
+    """For tests that add tenants and adapters or damage stored blobs without touching `serve_stack`'s
+    catalog; the tiny llama under its own base-model name, and a low max_tokens limit so that
+    generated requests stay cheap. Tests register what they need (adapters of `base_model`, hidden 64)."""
+    from ray import serve
+
+    from ulpt_serving.config import ServeConfig
+
+    app = SideApp("side", "", tmp_path_factory.mktemp("side-home"), "tiny-side")
+    config = ServeConfig(
+        model=str(tiny_model_dirs["llama"]),
+        served_model_name=app.base_model,
+        home=str(app.home),
+        num_cpus=0,
+        torch_threads=1,
+        max_tokens_limit=16,
+        default_max_tokens=8,
+        default_chat_max_tokens=8,
+        log_requests=False,
+    )
+    app.url = serve_stack.url + deploy_app(app.name, config)
+    try:
+        yield app
+    finally:
+        serve.delete(app.name)
