@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch comes first and pinned: the CPU build that lies on this machine's disk (a bare `torch` pulls CUDA).
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-all reliability audit lint install install-test clean
+.PHONY: demo test test-all reliability audit accuracy lint install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-all: lint
 # The reliability suite at full size (slow tier included, capped at an hour), then docs/reliability.md.
 reliability: install-test
 	$(BIN)/python benchmarks/reliability.py
+
+# ULPT vs PT, DPT, LoPT and the ablations on SmolLM2 and BIG-bench (~80 min), then docs/accuracy.md.
+accuracy: install
+	$(BIN)/python benchmarks/accuracy.py
 
 # Known vulnerabilities of the installed dependencies: fails on one, warns on what it could not audit.
 audit: install-test
