@@ -115,6 +115,23 @@ def test_continuations_sharing_a_prefix_equal_full_target_scoring(tiny_model: ul
             torch.testing.assert_close(shared[i][j], full[0], atol=1e-4, rtol=1e-4)
 
 
+def test_continuations_after_cached_prefixes_equal_inline_prompts(tiny_models) -> None:
+    """Evaluation reuses each adapter's prompt keys/values across its rows; scores must not change."""
+    model = tiny_models["llama"]
+    assert model.supports_prefix_cache
+    rows = _rows(model)
+    adapters = [a for a, _ in rows]
+    cached = {id(a): c for a, c in zip(adapters, model.cache_prompts([a for a in adapters if a]))}
+    sources = [cached[id(a)] if a is not None else None for a in adapters]
+    inputs = [model.encode(t) for _, t in rows]
+    continuations = [[model.encode_target(t, y) for y in ("yes", "no way")] for _, t in rows]
+    inline = model.continuation_logprobs(adapters, inputs, continuations)
+    reused = model.continuation_logprobs(sources, inputs, continuations)
+    for a, b in zip(inline, reused):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+
+
 def test_chunk_plan_groups_similar_lengths_within_budgets() -> None:
     from ulpt.models.batch import plan_chunks
 

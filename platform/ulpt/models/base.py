@@ -190,7 +190,7 @@ class BaseModel:
     @torch.no_grad()
     def continuation_logprobs(
         self,
-        prompts: Sequence[PromptSource],
+        prompts: Sequence[RowSource],
         input_ids: Sequence[Sequence[int]],
         continuations: Sequence[Sequence[Sequence[int]]],
     ) -> list[list[torch.Tensor]]:
@@ -204,7 +204,13 @@ class BaseModel:
         pairs = [(row, seq) for row, seqs in enumerate(continuations) for seq in seqs]
         if any(len(seq) == 0 for _, seq in pairs):
             raise ValueError("every continuation needs at least one token")
-        packed = self._pack(prompts, input_ids)
+        # Rows with a cached prefix (and some input after it) skip their prompt, as in generation.
+        prefixes = [
+            p if isinstance(p, CachedPrompt) and ids and not self.is_encoder_decoder else None
+            for p, ids in zip(prompts, input_ids)
+        ]
+        packed = self._pack([None if c is not None else p for c, p in zip(prefixes, prompts)], input_ids)
+        row_mask, position_ids = packed.attention_mask, packed.position_ids
         index = torch.tensor([row for row, _ in pairs], dtype=torch.long, device=self.device)
         if self.is_encoder_decoder:
             encoder_out = self.hf.get_encoder()(
@@ -226,11 +232,15 @@ class BaseModel:
             logp = torch.log_softmax(logits.float(), dim=-1)
             scores = [logp[i, torch.arange(len(seq)), torch.tensor(seq)] for i, (_, seq) in enumerate(pairs)]
         else:
-            cache = DynamicCache()
+            cache: Any = DynamicCache()
+            if any(c is not None for c in prefixes):
+                cache, prefix_mask, offsets = prefix_batch(self.hf, prefixes, self.pad_multiple)
+                row_mask = torch.cat([prefix_mask, row_mask], dim=1)
+                position_ids = position_ids + offsets[:, None]
             first = self.hf(
                 inputs_embeds=packed.inputs_embeds,
-                attention_mask=packed.attention_mask,
-                position_ids=packed.position_ids,
+                attention_mask=row_mask,
+                position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -245,8 +255,8 @@ class BaseModel:
                     [r or [self.pad_id] for r in rest], self.pad_id, left=False, device=self.device
                 )
                 feed_mask = pad_ids([[1] * max(1, len(r)) for r in rest], 0, left=False, device=self.device)
-                mask = torch.cat([packed.attention_mask.index_select(0, index), feed_mask], dim=1)
-                start_pos = packed.position_ids[:, -1:].index_select(0, index) + 1
+                mask = torch.cat([row_mask.index_select(0, index), feed_mask], dim=1)
+                start_pos = position_ids[:, -1:].index_select(0, index) + 1
                 positions = start_pos + torch.arange(feed.shape[1], device=self.device)
                 logits = self.hf(
                     input_ids=feed,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ulpt.adapters import Adapter
-from ulpt.models.base import BaseModel, PromptSource
+from ulpt.models.base import BaseModel, PromptSource, RowSource
 from ulpt.models.batch import plan_chunks
 from ulpt.training.examples import Example
 
@@ -38,10 +38,15 @@ def evaluate(
     """{key: {"eval_loss", "eval_accuracy" (when labels exist)}} for every item, in shared batches.
 
     Each row's prompt + input runs once; its target and candidate labels are scored as
-    continuations of that shared prefix (`BaseModel.continuation_logprobs`).
+    continuations of that shared prefix (`BaseModel.continuation_logprobs`). In decoder-only
+    models each prompt's keys and values are computed once and reused by all of its rows.
     """
     rows = [(item, ex) for item in items for ex in item.examples]
-    prompts = {item.key: _materialize(item.prompt) for item in items}
+    inline = {item.key: _materialize(item.prompt) for item in items}
+    prompts: dict[str, RowSource] = dict(inline)
+    if model.supports_prefix_cache:  # each prompt's keys and values once, not once per row
+        keys = [key for key, prompt in inline.items() if prompt is not None]
+        prompts.update(zip(keys, model.cache_prompts([inline[key] for key in keys])))
     losses: dict[str, list[float]] = {}
     hits: dict[str, list[bool]] = {}
     lengths = [_prompt_length(item.prompt) + len(ex.input_ids) for item, ex in rows]
