@@ -30,7 +30,17 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from ulpt.errors import AdapterFormatError, CatalogError, NotFoundError, SpecError, StoreError, UlptError
+from ulpt.errors import (
+    AdapterFormatError,
+    BlobIntegrityError,
+    BlobNotFoundError,
+    CatalogError,
+    FingerprintMismatchError,
+    NotFoundError,
+    SpecError,
+    StoreError,
+    UlptError,
+)
 from ulpt.models import BaseModel, SamplingParams, load_base_model
 from ulpt.registry import AdapterRecord, Registry
 from ulpt_serving import openapi, protocol
@@ -107,6 +117,19 @@ def _internal_error() -> ApiError:
     return ApiError(
         500, "internal error while generating; the request was not completed", type="server_error"
     )
+
+
+def _failed_check(exc: Exception) -> str:
+    """Which check an adapter's stored data failed, for the client: a kind of damage, never keys or paths."""
+    if isinstance(exc, BlobNotFoundError):
+        return "its blob is missing from the store"
+    if isinstance(exc, BlobIntegrityError):
+        return "its blob does not match its recorded SHA-256"
+    if isinstance(exc, FingerprintMismatchError):
+        return "its projection fingerprint does not match"
+    if isinstance(exc, AdapterFormatError):
+        return "its blob and catalog entry do not describe one valid adapter"
+    return "it is no longer available"
 
 
 def _timed_next(steps: Iterator[dict[int, int]]) -> tuple[dict[int, int] | None, float]:
@@ -410,7 +433,11 @@ class ULPTServer:
             raise ApiError(
                 503 if unavailable else 500,
                 f"adapter {ref!r} could not be loaded"
-                + ("; try again" if unavailable else ": its stored data failed checks"),
+                + (
+                    "; try again"
+                    if unavailable
+                    else f": its stored data failed checks ({_failed_check(exc)})"
+                ),
                 type="server_error",
                 headers=self._retry_after() if unavailable else None,
             ) from None

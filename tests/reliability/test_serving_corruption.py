@@ -1,7 +1,8 @@
 """Corruption in serving: stored adapters damaged under a running server (a flipped byte, a truncated or
-missing blob, another adapter's bytes, a config whose seed or rank was edited). Each damaged adapter
-gets a prompt JSON error that says its stored data failed checks; the other adapters keep answering in
-the same batches and later ones, and a repaired blob serves again (failures are not cached)."""
+missing blob, another adapter's bytes, a seed or rank edited in the blob's config or in the catalog
+row). Each damaged adapter gets a prompt JSON error that says its stored data failed checks; the other
+adapters keep answering in the same batches and later ones, and a repaired blob serves again (failures
+are not cached)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,14 @@ def _repoint(client: Client, name: str, data: bytes) -> None:
         )
 
 
+def _edit_row(client: Client, name: str, **values: Any) -> None:
+    """Change catalog columns of `name`'s row (the blob stays intact)."""
+    with client.catalog.session() as session:
+        session.execute(
+            update(AdapterRow).where(AdapterRow.tenant == TENANT, AdapterRow.name == name).values(**values)
+        )
+
+
 def _flip_byte(client: Client, path: Path, blob: bytes, other: bytes, name: str) -> None:
     data = bytearray(blob)
     data[len(data) // 2] ^= 0x01
@@ -81,7 +90,24 @@ CORRUPTIONS: dict[str, Callable[[Client, Path, bytes, bytes, str], None]] = {
     "seed_edited_in_config": lambda c, path, blob, other, name: _repoint(c, name, _edit_config(blob, seed=7)),
     "rank_edited_in_config": lambda c, path, blob, other, name: _repoint(c, name, _edit_config(blob, rank=2)),
     "row_points_at_other_adapters_blob": lambda c, path, blob, other, name: _repoint(c, name, other),
+    "seed_edited_in_catalog": lambda c, path, blob, other, name: _edit_row(c, name, seed=7),
+    "rank_edited_in_catalog": lambda c, path, blob, other, name: _edit_row(c, name, rank=2),
 }
+
+
+SHA, FORMAT, FINGERPRINT = "recorded SHA-256", "do not describe one valid adapter", "projection fingerprint"
+REASONS = {
+    "flipped_byte": SHA,
+    "truncated_blob": SHA,
+    "missing_blob": "missing from the store",
+    "other_adapters_bytes_in_place": SHA,
+    "seed_edited_in_config": FINGERPRINT,
+    "rank_edited_in_config": FORMAT,
+    "row_points_at_other_adapters_blob": FINGERPRINT,
+    "seed_edited_in_catalog": FORMAT,
+    "rank_edited_in_catalog": FORMAT,
+}
+"""The check each damage fails, as the error message names it."""
 
 
 @dataclass
@@ -90,6 +116,8 @@ class CorruptApp:
     key: str
     blobs: dict[str, bytes]
     """victim name -> its original blob"""
+    donor: bytes
+    """A healthy adapter's blob, for the damage that puts another adapter's bytes in place."""
 
     @property
     def url(self) -> str:
@@ -105,12 +133,13 @@ def corrupt_app(side_app: SideApp) -> CorruptApp:
     blobs: dict[str, bytes] = {}
     with side_app.client(TENANT) as client:
         for name, index in zip(GOOD, ULPT_INDEXES):
-            client.adapters.register(make_adapter(64, index, side_app.base_model), name=name)
+            good = client.adapters.register(make_adapter(64, index, side_app.base_model), name=name)
+        donor = client.store.get(good.blob_key)
         for i, corruption in enumerate(CORRUPTIONS):
             adapter = make_adapter(64, 100 + 5 * i, side_app.base_model)  # index % 5 == 0: ULPT
             record = client.adapters.register(adapter, name=corruption.replace("_", "-"))
             blobs[record.name] = client.store.get(record.blob_key)
-    return CorruptApp(side_app, side_app.key(TENANT), blobs)
+    return CorruptApp(side_app, side_app.key(TENANT), blobs, donor)
 
 
 async def _post_all(app: CorruptApp, models: list[str]) -> dict[str, httpx.Response]:
@@ -132,14 +161,10 @@ def test_damaged_adapters_get_a_clear_error_and_the_others_keep_serving(
     expected = {name: a.json()["choices"][0]["text"] for name, a in before.items()}
 
     victims = {corruption: corruption.replace("_", "-") for corruption in CORRUPTIONS}
-    other = corrupt_app.blobs[victims["flipped_byte"]]
     with corrupt_app.side.client(TENANT) as client:
         for corruption, name in victims.items():
-            record = client.adapters.get(name)
-            donor = other if name != victims["flipped_byte"] else corrupt_app.blobs[victims["truncated_blob"]]
-            CORRUPTIONS[corruption](
-                client, _blob_path(client, record.blob_key), corrupt_app.blobs[name], donor, name
-            )
+            path = _blob_path(client, client.adapters.get(name).blob_key)
+            CORRUPTIONS[corruption](client, path, corrupt_app.blobs[name], corrupt_app.donor, name)
 
     # Damaged and healthy adapters together, twice: the same batches, then later ones.
     outcomes: dict[str, dict[str, Any]] = {}
@@ -153,7 +178,8 @@ def test_damaged_adapters_get_a_clear_error_and_the_others_keep_serving(
             assert answer.status_code == 500, (corruption, answer.status_code, answer.text)
             error = answer.json()["error"]
             assert error["type"] == "server_error"
-            assert f"adapter {name!r}" in error["message"] and "failed checks" in error["message"]
+            assert f"adapter {name!r} could not be loaded: its stored data failed checks" in error["message"]
+            assert REASONS[corruption] in error["message"], (corruption, error["message"])
             outcomes[corruption] = {"status": answer.status_code, "message": error["message"]}
 
     # A repaired blob serves again: a failed fetch is reported, never cached.
