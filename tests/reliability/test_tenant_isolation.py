@@ -120,6 +120,13 @@ def test_a_key_reaches_none_of_b_adapters_and_the_404_leaks_nothing(
                 path = "/v1/chat/completions" if endpoint.startswith("chat") else "/v1/completions"
                 assert http.post(f"{iso_app.url}{path}", json=body).status_code == 200, (ref, endpoint)
         listed = http.get(f"{iso_app.url}/v1/models").json()["data"]
+        # Per-adapter stats and batching are handle-only (operators, through Ray), never HTTP routes.
+        for path in ("/stats", "/configure_batching", "/metrics", "/v1/stats"):
+            for method in ("GET", "POST"):
+                answer = http.request(method, f"{iso_app.url}{path}")
+                attempts += 1
+                statuses[answer.status_code] += 1
+                successes += answer.status_code < 400
     stats = serve_stack.handle(iso_app.side.name).stats.remote().result()
     served = {label for label in set(stats["models"]) - served_before if label.startswith((f"{A}/", f"{B}/"))}
 
@@ -137,7 +144,7 @@ def test_a_key_reaches_none_of_b_adapters_and_the_404_leaks_nothing(
         "tenant_isolation_http",
         {
             "foreign_or_missing_refs": len(FOREIGN) + len(MISSING),
-            "endpoints": sorted(answers),
+            "endpoints": sorted(answers) + ["admin paths (stats, configure_batching, metrics)"],
             "attempts": attempts,
             "successes": successes,
             "status_counts": {str(k): v for k, v in statuses.items()},
