@@ -117,3 +117,29 @@ def test_streamed_text_equals_the_whole_generation_and_never_shows_a_stop_string
         )
         assert "".join(deltas) == expected[0].text
         assert stream.finish_reason == expected[0].finish_reason
+
+
+def test_token_counts_are_exact_within_the_limit_and_a_huge_text_stops_early(
+    tiny_model: ulpt.BaseModel,
+) -> None:
+    """Long texts are counted in chunks first, so one far over the limit is never tokenized whole (a
+    3 MiB prompt held ~1 GB in the tokenizer), while one within the limit still gets its exact count."""
+    engine = Engine.create(tiny_model, ServeConfig(model="tiny"))
+    long_text = "the movie was good " * 2000  # ~38k characters: three chunks
+    exact = len(tiny_model.encode(long_text))
+    assert engine.count_tokens(long_text, exact) == exact
+    assert engine.count_tokens("one plus two", 1) == len(tiny_model.encode("one plus two"))  # short: exact
+    assert engine.count_tokens(long_text, exact // 10) is None
+    seen: list[int] = []
+    encode = tiny_model.encode
+
+    def counting(text: str) -> list[int]:
+        seen.append(len(text))
+        return encode(text)
+
+    tiny_model.encode = counting  # type: ignore[method-assign]
+    try:
+        assert engine.count_tokens("hello world " * (1 << 18), 4096) is None  # 3 MiB, ~6M tokens
+    finally:
+        del tiny_model.encode
+    assert max(seen) <= 16_384 and sum(seen) < 1 << 20  # a few chunks, never the whole text

@@ -36,6 +36,7 @@ WEIGHTS = {
     ("GET", "/v1/models"): 0.15,
     ("GET", "/healthz"): 0.05,
 }
+"""Share of the generated requests per operation, each split evenly between valid and invalid data."""
 LIMIT_PARAMS = {"prompt", "messages", "max_tokens", "max_completion_tokens"}
 """Fields whose limits depend on the server's config or the model's tokenizer, so no static schema
 can state them (see `_explained`)."""
