@@ -33,8 +33,8 @@ NAMES = [f"fuzz-{i}" for i in range(4)]
 WEIGHTS = {
     ("POST", "/v1/completions"): 0.4,
     ("POST", "/v1/chat/completions"): 0.4,
-    ("GET", "/v1/models"): 0.15,
-    ("GET", "/healthz"): 0.05,
+    ("GET", "/v1/models"): 0.2,
+    ("GET", "/healthz"): 0.0,  # no input: one request is all there is to generate
 }
 """Share of the generated requests per operation, each split evenly between valid and invalid data."""
 LIMIT_PARAMS = {"prompt", "messages", "max_tokens", "max_completion_tokens"}
@@ -201,7 +201,7 @@ def test_generated_requests_get_documented_answers_and_never_take_the_replica_do
             "requests_per_s": round(tally.sent / duration, 1),
         },
     )
-    assert tally.sent >= 0.9 * total or duration >= budget_s, tally  # /healthz has few distinct inputs
+    assert tally.sent >= 0.95 * total or duration >= budget_s, tally
     assert server_errors == 0, tally.examples
     assert not tally.failures, tally.examples
 
