@@ -94,6 +94,17 @@ def test_rows_with_a_prompt_of_the_wrong_width_are_refused(tiny_model: ulpt.Base
         tiny_model.generate([(wrong, "hello")])
 
 
+@pytest.mark.parametrize(("temperature", "top_p"), [(1e-40, 1.0), (5e-324, 0.9), (1.0, 1e-46)])
+def test_temperature_or_top_p_next_to_zero_decode_greedily(
+    tiny_model: ulpt.BaseModel, temperature: float, top_p: float
+) -> None:
+    """Dividing float32 logits by 1e-40 would give inf/NaN; the limit, greedy decoding, is used."""
+    rows = _rows(tiny_model)[:3]
+    greedy = tiny_model.generate(rows, max_new_tokens=6)
+    near_zero = tiny_model.generate(rows, max_new_tokens=6, temperature=temperature, top_p=top_p, seed=1)
+    assert near_zero == greedy
+
+
 def test_invalid_sampling_parameters_are_refused() -> None:
     with pytest.raises(ulpt.UlptError, match="top_p"):
         ulpt.SamplingParams(top_p=0)

@@ -57,9 +57,6 @@ logger = logging.getLogger("ray.serve").getChild("ulpt")
 
 MAX_BODY_BYTES = 4 << 20
 MAX_MODELS_LISTED = 1000
-GREEDY_BELOW = 1e-6
-"""A temperature or top_p this close to 0 means greedy decoding: top_p keeps only the top token, and
-the distribution at such a temperature is the argmax (float32 logits divided by 1e-40 overflow)."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 api = FastAPI(title="ulpt", description="Mixed-adapter serving of ULPT prompt adapters (OpenAI-compatible).")
@@ -497,11 +494,8 @@ class ULPTServer:
                     f"{self.max_positions} positions",
                     param=field,
                 )
-        temperature = body.temperature
-        if temperature < GREEDY_BELOW or body.top_p < GREEDY_BELOW:
-            temperature = 0.0  # the limit both tend to; sampling in float32 would divide by ~0 (inf/NaN)
-        try:
-            return SamplingParams(max_tokens, temperature, body.top_p, body.seed, body.stops)
+        try:  # a temperature or top_p next to 0 decodes greedily (SamplingParams.greedy)
+            return SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.stops)
         except UlptError as exc:
             raise ApiError(400, str(exc)) from None
 

@@ -8,6 +8,10 @@ import torch
 
 from ulpt.errors import SpecError
 
+GREEDY_BELOW = 1e-6
+"""A temperature or top_p below this decodes greedily, the limit both tend to: float32 logits divided
+by a temperature like 1e-40 overflow to inf/NaN, and a top_p that small keeps only the top token."""
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -23,6 +27,10 @@ class SamplingParams:
     """Seeds this row's sampler, so its output does not depend on the other rows of the batch."""
     stop: tuple[str, ...] = field(default_factory=tuple)
     """Generation ends before the first occurrence of any of these strings."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW or self.top_p < GREEDY_BELOW
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
@@ -42,7 +50,7 @@ class RowSampler:
         self.params = params
         self.generators = [
             torch.Generator().manual_seed(p.seed if p.seed is not None else torch.seed())
-            if p.temperature > 0
+            if not p.greedy
             else None
             for p in params
         ]
