@@ -45,7 +45,9 @@ def test_smoke_run_writes_table_json_plots_and_document(tmp_path: Path) -> None:
             fields = {k: config[k] for k in ("method", "n_tokens", "rank", "use_shift", "use_scale")}
             assert result["params"] == ulpt.AdapterSpec(**fields).num_trainable_params(hidden)
             assert len(data["curves"][task][config["name"]]) == data["settings"]["steps"]
-    assert data["timing"]["speedup"] > 0
+    timing = data["timing"]
+    assert timing["fits"] == len(CONFIGS) * (data["settings"]["seeds"] - 1)
+    assert timing["packed_seconds_per_step"] > 0 and timing["speedup"] > 0
     assert {"ablation", "budget", "ULPT r=2", "ULPT r=64"} <= set(data["headline"])
 
     for name in ("accuracy_vs_params.png", "accuracy_curves.png"):
