@@ -14,11 +14,8 @@ import hashlib
 import json
 import posixpath
 import re
-import shutil
-import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +25,12 @@ from datasets import Dataset, Features, Value
 from datasets import Sequence as DsSequence
 
 from ulpt.config import atomic_write_bytes, file_lock, ulpt_home
+from ulpt.data.pypi import download
 from ulpt.errors import DataError
 
-SDIST_REQUIREMENT = "bigbench==1.0.0"
+SDIST_PROJECT = "bigbench"
 SDIST_FILE = "bigbench-1.0.0.tar.gz"
+SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 TASKS_DIR = "bigbench/benchmark_tasks/"
 TASK_FILE = "task.json"
 FEATURES = Features(
@@ -51,7 +50,7 @@ def cache_dir(home: Path | None = None) -> Path:
 
 
 def fetch_sdist(home: Path | None = None) -> Path:
-    """Return the cached sdist, downloading it with pip once (a package-registry download)."""
+    """Return the cached sdist, downloading it from the package index once (SHA-256 pinned)."""
     folder = cache_dir(home)
     archive = folder / SDIST_FILE
     if archive.is_file():
@@ -59,19 +58,8 @@ def fetch_sdist(home: Path | None = None) -> Path:
     with file_lock(folder / ".sdist.lock"):
         if archive.is_file():
             return archive
-        print(f"Downloading {SDIST_REQUIREMENT} from PyPI (358 MB, once)", file=sys.stderr, flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
-        try:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   SDIST_REQUIREMENT, "-d", str(tmp)]  # fmt: skip
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            got = sorted(p.name for p in tmp.iterdir())
-            if result.returncode != 0 or got != [SDIST_FILE]:
-                tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise DataError(f"pip download {SDIST_REQUIREMENT} gave {got or 'nothing'}: {tail[0]}")
-            (tmp / SDIST_FILE).replace(archive)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"Downloading {SDIST_FILE} from the package index (358 MB, once)", file=sys.stderr, flush=True)
+        download(SDIST_PROJECT, SDIST_FILE, SDIST_SHA256, archive)
     return archive
 
 
