@@ -41,7 +41,7 @@ test-all: lint
 reliability: install-test
 	$(BIN)/python benchmarks/reliability.py
 
-# ULPT vs PT, DPT, LoPT and the ablations on SmolLM2 and BIG-bench (~70 min), then docs/accuracy.md.
+# ULPT vs PT, DPT, LoPT and the ablations on SmolLM2 and BIG-bench (70-85 min), then docs/accuracy.md.
 accuracy: install
 	$(BIN)/python benchmarks/accuracy.py
 
