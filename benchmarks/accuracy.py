@@ -59,7 +59,7 @@ zero-shot for a prompt, found by a wider screen (zero-shot vs a 16-step PT run, 
 si_conversion 0.50 -> 0.70, valid_parentheses 0.55 -> 0.66, different_systems 0.25 -> 0.34,
 chained_conversion 0.28 -> 0.34. Dropped: tasks where PT did not move off zero-shot in 16-20 steps
 (navigate, multiemo/reviews_sentence_en, strategyqa, hyperbaton, sports_understanding, multiemo hotels)
-or that start near perfect (unit_identification, 0.98). Scoring 5 multi-token choices costs ~0.2 s per
+or that start near perfect (unit_identification, 0.98). Scoring 5 multi-token choices costs ~0.3 s per
 row on this CPU, which is what bounds the test split."""
 
 
@@ -116,7 +116,7 @@ class Settings:
     """Sizes of one run, chosen so the whole benchmark fits in 90 minutes on 2 CPUs.
 
     On this CPU a SmolLM2 forward+backward runs at ~250 tokens/s, and scoring one row against 5
-    multi-token choices takes ~0.2 s; 3 tasks x 11 configurations x 3 seeds (plus the sweep) then leave
+    multi-token choices takes ~0.3 s; 3 tasks x 11 configurations x 3 seeds (plus the sweep) then leave
     20 steps of 2 rows per fit and 100 test rows per task (34 prompts x 100 rows x 3 tasks). Run
     nothing else meanwhile: two processes of 2 torch threads on 2 cores slow each other down by an
     order of magnitude.
@@ -627,7 +627,7 @@ make accuracy        # = .venv/bin/python benchmarks/accuracy.py
   chosen rate is used on every task for seeds 0-{s.seeds - 1}.
 - Splits are deterministic (SHA-256 of the row index): test {s.test_rows} rows (at most a third of a task),
   validation {s.val_rows}, the rest for training. The tasks hold thousands of rows; the test split is
-  {s.test_rows} because scoring a row against 5 multi-token choices costs ~0.2 s here, and 34 prompts x 3
+  {s.test_rows} because scoring a row against 5 multi-token choices costs ~0.3 s here, and 34 prompts x 3
   tasks must fit the 90-minute bound with the training. `--test-rows 300` runs the larger split (about
   twice as long).
 
