@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -362,9 +362,7 @@ def timing_probe(
 
     def probe_request(key: str, c: Config, seed: int) -> Any:
         request = fit_request(key, c, seed, run.chosen_lr[c.name], task, s)
-        request.config = type(request.config)(
-            steps=s.probe_steps, lr=request.config.lr, batch_size=s.batch_size, eval_every=10_000, seed=seed
-        )
+        request.config = replace(request.config, steps=s.probe_steps, eval_every=10_000)
         request.eval_rows = ()
         return request
 
@@ -387,7 +385,6 @@ def timing_probe(
         "sequential_seconds_per_step": sequential_per_step,
         "speedup": sequential_per_step / packed_per_step if packed_per_step else None,
         "packed_run_seconds": packed_run,
-        "sequential_run_estimate_seconds": sequential_per_step * s.steps,
     }
     log(
         f"packing: {packed_per_step:.1f} s per step packed vs {sequential_per_step:.1f} s one by one "
@@ -683,8 +680,8 @@ def per_task_text(run: Run, noise: float) -> str:
     for task in run.tasks:
         res = run.results[task]
         pt, r2 = res["PT"]["mean"], res["ULPT r=2"]["mean"]
-        low_rank = [name for name in res if name not in ("PT", "PT n=2") and name not in ABLATION[1:]]
-        best = max(low_rank, key=lambda name: res[name]["mean"])
+        others = [c["name"] for c in run.configs if c["role"] == "method" and c["name"] != "PT"]
+        best = max(others, key=lambda name: res[name]["mean"])
         gap = r2 - pt
         judged = "within noise" if abs(gap) < noise else ("ULPT r=2 better" if gap > 0 else "PT better")
         parts.append(
@@ -698,8 +695,6 @@ def packing_text(run: Run, configs: list[Config], s: Settings) -> str:
     t = run.timing
     if not t:
         return "Not measured: the run stopped before its timing probe."
-    if "packed_seconds_per_step" not in t:
-        return "Not measured like for like in this run (an older probe); rerun `make accuracy`."
     gain = (
         f"**{t['speedup']:.2f}x** from packing"
         if t["speedup"] >= 1
@@ -717,8 +712,8 @@ most of the cost; this run does not measure it. The real packed seed run, valida
 
 
 def versions_text(machine: dict[str, Any]) -> str:
-    """The other library versions a run recorded (older runs recorded torch only)."""
-    return "".join(f", {name} {machine[name]}" for name in ("transformers",) if name in machine)
+    """The transformers version, where the run recorded it (runs before 2026-12-01 did not)."""
+    return f", transformers {machine['transformers']}" if "transformers" in machine else ""
 
 
 def _pct(value: float | None) -> str:

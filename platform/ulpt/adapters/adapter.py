@@ -19,6 +19,7 @@ from torch import nn
 
 from ulpt.adapters import methods, projection
 from ulpt.adapters.spec import AdapterSpec
+from ulpt.config import atomic_write_bytes
 from ulpt.errors import AdapterFormatError, FingerprintMismatchError, SpecError
 
 FORMAT_VERSION = 1
@@ -115,8 +116,8 @@ class Adapter(nn.Module):
         """Write adapter.safetensors and adapter_config.json; each file appears whole or not at all."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / WEIGHTS_NAME, save_safetensors_bytes(self.tensors()))
-        _atomic_write(folder / CONFIG_NAME, (json.dumps(self.config(), indent=2) + "\n").encode())
+        atomic_write_bytes(folder / WEIGHTS_NAME, save_safetensors_bytes(self.tensors()))
+        atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(self.config(), indent=2) + "\n").encode())
         return folder
 
     @classmethod
@@ -199,10 +200,10 @@ class Adapter(nn.Module):
         }
         with torch.no_grad():
             prompt = self.prompt_embeddings().detach().contiguous()
-        _atomic_write(
+        atomic_write_bytes(
             folder / "adapter_model.safetensors", save_safetensors_bytes({"prompt_embeddings": prompt})
         )
-        _atomic_write(folder / "adapter_config.json", (json.dumps(config, indent=2) + "\n").encode())
+        atomic_write_bytes(folder / "adapter_config.json", (json.dumps(config, indent=2) + "\n").encode())
         return folder
 
     def __repr__(self) -> str:
@@ -239,9 +240,3 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     except (struct.error, ValueError, AttributeError):
         raise AdapterFormatError("blob is not a valid safetensors file") from None
     return metadata if isinstance(metadata, dict) else {}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -14,12 +14,12 @@ import os
 import re
 import ssl
 import sys
-import tempfile
 import urllib.request
 from html import unescape
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from ulpt.config import atomic_writer
 from ulpt.errors import DataError
 
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -64,25 +64,19 @@ def file_url(project: str, filename: str, index: str | None = None) -> str:
 def download(project: str, filename: str, sha256: str, dest: Path, index: str | None = None) -> Path:
     """Download `filename` of `project` to `dest` atomically; refuse bytes whose SHA-256 differs."""
     url = file_url(project, filename, index)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out, _open(url) as answer:
-            total = int(answer.headers.get("Content-Length") or 0)
-            done, reported = 0, 0
-            while chunk := answer.read(CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if total and done * 10 // total > reported:
-                    reported = done * 10 // total
-                    print(f"  {filename}: {done >> 20} of {total >> 20} MB", file=sys.stderr, flush=True)
+    with atomic_writer(dest) as out, _open(url) as answer:
+        total = int(answer.headers.get("Content-Length") or 0)
+        done, reported = 0, 0
+        while chunk := answer.read(CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if total and done * 10 // total > reported:
+                reported = done * 10 // total
+                print(f"  {filename}: {done >> 20} of {total >> 20} MB", file=sys.stderr, flush=True)
         if digest.hexdigest() != sha256:
             raise DataError(
                 f"{filename} from {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: refused"
             )
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest
