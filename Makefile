@@ -1,23 +1,35 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv in the repo root.
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv in the repo root
+# and install it from the locks in requirements/ (exact versions, every file checked by SHA-256).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch comes first and pinned: the CPU build that lies on this machine's disk (a bare `torch` pulls CUDA).
+# torch is installed first and pinned outside the locks: here the CPU build that lies on this
+# machine's disk (a bare `torch` pulls CUDA); the CUDA image installs torch==2.13.0 the same way
+# and takes the same locks for everything else.
 TORCH := torch==2.13.0
+RUNTIME_LOCK := requirements/runtime.txt
+TEST_LOCK := requirements/test.txt
+PIP_LOCKED := $(BIN)/pip install -q --require-hashes
+# Where `make lock` finds the CPU torch wheel whose dependencies the locks are resolved against.
+TORCH_WHEELS ?= /opt/wheels
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) \
+	--override requirements/torch-cpu.txt --no-emit-package torch
 
-.PHONY: demo test test-all reliability audit accuracy lint install install-test clean
+.PHONY: demo demo-smoke test test-all reliability audit accuracy lint lock install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+$(VENV)/.installed: $(BIN)/python $(RUNTIME_LOCK) pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e .
+	$(PIP_LOCKED) -r $(RUNTIME_LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.installed-test: $(VENV)/.installed $(TEST_LOCK)
+	$(PIP_LOCKED) -r $(TEST_LOCK)
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,6 +37,10 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(BIN)/ulpt demo
+
+# The demo's path at a few steps (minutes): what CI runs in a venv built from the runtime lock alone.
+demo-smoke: install
+	$(BIN)/ulpt demo --smoke
 
 lint: install-test
 	$(BIN)/ruff check .
@@ -36,6 +52,12 @@ test: lint
 
 test-all: lint
 	$(BIN)/pytest -m "slow or not slow"
+
+# Re-resolve both locks from pyproject.toml's ranges (after changing a dependency, or to take
+# upgrades): the test lock is constrained by the runtime lock, so both install the same versions.
+lock: install-test
+	$(UV_COMPILE) -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) --extra dev -c $(RUNTIME_LOCK) -o $(TEST_LOCK)
 
 # The reliability suite at full size (slow tier included, capped at an hour), then docs/reliability.md.
 reliability: install-test
