@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from tests.kuberay_schema import crd_schemas, manifest_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-VALIDATOR = ROOT.parent / "shared" / "k8s" / "validate.py"
 
 
 def _docs(name: str) -> list[dict]:
@@ -19,12 +18,22 @@ def _docs(name: str) -> list[dict]:
 
 
 def test_manifests_pass_kuberay_crd_validation() -> None:
-    assert VALIDATOR.is_file(), f"KubeRay validator not found at {VALIDATOR}"
-    manifests = sorted(str(p) for p in DEPLOY.glob("*.yaml"))
-    assert {Path(m).name for m in manifests} >= {"raycluster.yaml", "rayjob-train.yaml", "rayservice.yaml"}
-    result = subprocess.run([sys.executable, str(VALIDATOR), *manifests], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 error(s)" in result.stdout
+    manifests = sorted(DEPLOY.glob("*.yaml"))
+    assert {m.name for m in manifests} >= {"raycluster.yaml", "rayjob-train.yaml", "rayservice.yaml"}
+    assert {kind for _, kind in crd_schemas()} == {"RayCluster", "RayJob", "RayService"}
+    errors = [line for manifest in manifests for line in manifest_errors(manifest)]
+    assert errors == []
+
+
+def test_crd_validation_refuses_an_unknown_field_and_a_wrong_type(tmp_path: Path) -> None:
+    cluster = next(d for d in _docs("raycluster.yaml") if d["kind"] == "RayCluster")
+    cluster["spec"]["rayVersionTypo"] = "2.60.0"
+    cluster["spec"]["workerGroupSpecs"][0]["replicas"] = "two"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(cluster))
+    errors = list(manifest_errors(broken))
+    assert any("rayVersionTypo" in line for line in errors), errors
+    assert any("workerGroupSpecs.0.replicas" in line for line in errors), errors
 
 
 def test_rayservice_embeds_the_serve_config_and_its_args_are_valid() -> None:
