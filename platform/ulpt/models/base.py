@@ -241,7 +241,7 @@ class BaseModel:
                 inputs_embeds=packed.inputs_embeds,
                 attention_mask=row_mask,
                 position_ids=position_ids,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]
@@ -262,7 +262,7 @@ class BaseModel:
                     input_ids=feed,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                 ).logits
                 rest_logp = torch.log_softmax(logits.float(), dim=-1)
@@ -368,7 +368,7 @@ class BaseModel:
                 encoder_outputs=encoder_out,
                 attention_mask=mask,
                 decoder_input_ids=ids,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             ).logits[:, -1]
             logits = step(next_in)
@@ -378,7 +378,7 @@ class BaseModel:
                 inputs_embeds=packed.inputs_embeds,
                 attention_mask=mask,
                 position_ids=position_ids,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]
@@ -415,7 +415,7 @@ class BaseModel:
                     input_ids=feed,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                     logits_to_keep=1,
                 ).logits[:, -1]

@@ -69,7 +69,7 @@ def compute_prefixes(hf_model: Any, prompts: Sequence[torch.Tensor]) -> list[Cac
         hf_model(
             inputs_embeds=embeds,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
