@@ -61,10 +61,12 @@ def installed() -> list[tuple[str, str]]:
 
 
 def pinned(path: str) -> list[tuple[str, str]]:
-    """`name==version` lines of a requirements file (comments, options and unpinned lines are refused)."""
+    """`name==version` lines of a requirements file, hashed locks included (`--hash` options and line
+    continuations are read over; other options and unpinned lines are refused)."""
     out = []
-    for number, raw in enumerate(open(path, encoding="utf-8").read().splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
+    text = open(path, encoding="utf-8").read().replace("\\\n", " ")
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = re.sub(r"\s--hash=\S+", "", " " + raw.split("#", 1)[0]).strip()
         if not line:
             continue
         match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;]+)(\s*;.*)?", line)

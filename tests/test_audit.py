@@ -128,3 +128,15 @@ def test_an_unreachable_service_warns_and_fails_only_when_strict(tmp_path: Path)
 def test_a_requirements_line_that_is_not_a_pin_is_refused(fake_pypi: str, tmp_path: Path) -> None:
     code, out = _audit(tmp_path, fake_pypi, ["exact>=1.0"])
     assert code == 1 and "not a name==version pin: 'exact>=1.0'" in out
+
+
+def test_a_hashed_lock_is_audited_like_plain_pins(fake_pypi: str, tmp_path: Path) -> None:
+    """The repo's locks (uv's --generate-hashes format) can be audited as they are."""
+    lock = [
+        "exact==1.0 \\\n    --hash=sha256:" + "a" * 64 + " \\\n    --hash=sha256:" + "b" * 64,
+        "    # via ulpt (pyproject.toml)",
+        "latest-ok==3.0 \\\n    --hash=sha256:" + "c" * 64,
+    ]
+    code, out = _audit(tmp_path, fake_pypi, lock)
+    assert code == 1, out
+    assert "VULNERABLE exact 1.0: PYSEC-2099-1" in out and "audited 2 of 2 packages" in out
