@@ -70,7 +70,10 @@ def test_dockerfile_copies_existing_paths_and_installs_the_project() -> None:
         src for line in dockerfile.splitlines() if line.startswith("COPY") for src in line.split()[1:-1]
     ]
     assert sources and all((ROOT / s).exists() for s in sources), sources
-    assert 'pip install --no-cache-dir ".' in dockerfile
+    assert "pip install --no-cache-dir --no-deps ." in dockerfile
+    default_lock = re.search(r"^ARG LOCK=(\S+)", dockerfile, re.M)
+    assert default_lock and default_lock.group(1) == "requirements/runtime.txt"
+    assert '--require-hashes -r "${LOCK}"' in dockerfile  # the image runs what CI tested
     assert "torch" in dockerfile and "ULPT_HOME" in dockerfile
 
 
