@@ -6,14 +6,24 @@ import typer
 
 
 def demo(
-    steps: int = typer.Option(30, min=1, help="Optimizer steps per adapter."),
-    batch_size: int = typer.Option(4, min=1, help="Rows per adapter per step."),
-    test_rows: int = typer.Option(40, min=1, help="Held-out rows per task for the accuracy table."),
+    steps: int = typer.Option(None, min=1, help="Optimizer steps per adapter [default: 40; smoke: 3]."),
+    batch_size: int = typer.Option(None, min=1, help="Rows per adapter per step [default: 4; smoke: 2]."),
+    test_rows: int = typer.Option(
+        None, min=1, help="Held-out rows per task for the accuracy table [default: 100; smoke: 8]."
+    ),
     serve: bool = typer.Option(
         True, help="End by serving the adapters over HTTP on 127.0.0.1 and querying them."
     ),
+    smoke: bool = typer.Option(
+        False,
+        "--smoke",
+        help="Every phase at a tiny size (2 adapters, 3 steps): checks an install.",
+    ),
 ) -> None:
-    """Train adapters on BIG-bench with SmolLM2, compare them with zero-shot, answer in one mixed batch."""
+    """Train adapters on BIG-bench with SmolLM2, compare them with zero-shot, answer in one mixed batch.
+
+    Writes the accuracy table also as JSON to $ULPT_HOME/demo/results.json.
+    """
     from ulpt.demo import run_demo
 
-    run_demo(steps=steps, batch_size=batch_size, test_rows=test_rows, serve=serve)
+    run_demo(steps=steps, batch_size=batch_size, test_rows=test_rows, serve=serve, smoke=smoke)

@@ -7,7 +7,7 @@ target: BIG-bench's multiple-choice scoring, the same for zero-shot and for adap
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,12 +34,14 @@ def evaluate(
     items: Sequence[EvalItem],
     max_rows_per_forward: int = 64,
     max_tokens_per_forward: int = 4096,
+    on_rows: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """{key: {"eval_loss", "eval_accuracy" (when labels exist)}} for every item, in shared batches.
 
     Each row's prompt + input runs once; its target and candidate labels are scored as
     continuations of that shared prefix (`BaseModel.continuation_logprobs`). In decoder-only
     models each prompt's keys and values are computed once and reused by all of its rows.
+    `on_rows(done, total)` is called after every forward pass, for progress on long evaluations.
     """
     rows = [(item, ex) for item in items for ex in item.examples]
     inline = {item.key: _materialize(item.prompt) for item in items}
@@ -50,6 +52,7 @@ def evaluate(
     losses: dict[str, list[float]] = {}
     hits: dict[str, list[bool]] = {}
     lengths = [_prompt_length(item.prompt) + len(ex.input_ids) for item, ex in rows]
+    done = 0
     for indices in plan_chunks(lengths, max_rows_per_forward, max_tokens_per_forward):
         chunk = [rows[i] for i in indices]
         labels = [list(ex.choices or item.labels or ()) for item, ex in chunk]
@@ -65,6 +68,9 @@ def evaluate(
             if row_labels:
                 best = max(range(len(row_labels)), key=lambda k: float(label_scores[k].sum()))
                 hits.setdefault(item.key, []).append(row_labels[best] == ex.target)
+        done += len(chunk)
+        if on_rows is not None:
+            on_rows(done, len(rows))
     out = {key: {"eval_loss": sum(v) / len(v)} for key, v in losses.items()}
     for key, h in hits.items():
         out[key]["eval_accuracy"] = sum(h) / len(h)
