@@ -208,9 +208,12 @@ class Adapters:
         metrics: thresholds, {"eval_accuracy": (">=", 0.8)} or ["eval_accuracy>=0.8"].
         order_by: created_at, name, version or metrics.NAME, "-" for descending ("-metrics.eval_accuracy").
         Returns a Page: iterate it or use `.items`; pass `.next_cursor` as `cursor` for the next page.
+        tenant: only adapters owned by this tenant; the client's tenant is who asks, so another tenant
+        named here shows only its public adapters (never its private ones).
         """
         query = query_from(
-            check_tenant(tenant or self.tenant),
+            self.tenant,
+            owner=tenant,
             name=name,
             base_model=base_model,
             method=method,
