@@ -326,3 +326,31 @@ def test_relative_paths_become_absolute_for_workers(tmp_path: Path, monkeypatch:
         {"base_model": "smollm2-135m", "dataset": {"path": "d.jsonl"}}
     ).with_absolute_paths()
     assert named.base_model == "smollm2-135m"
+
+
+def test_a_spec_naming_another_tenant_is_refused_before_anything_is_recorded(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], reviews: Path
+) -> None:
+    """The tenant is who submits (the client, or --tenant): a spec's `tenant:` may only agree with it."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from ulpt.cli import _register_commands, app
+
+    spec = JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], reviews))  # tenant: acme
+    home = tmp_path / "home"
+    with ulpt.Client(home=home, tenant="evil") as evil:
+        with pytest.raises(SpecError, match="^tenant: the spec belongs to tenant 'acme' but is submitted by"):
+            evil.jobs.submit(spec, start=False)
+        assert evil.jobs.submit(JobSpec.from_dict({**spec.to_dict(), "tenant": None}), start=False).id
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.to_dict()))
+    _register_commands()
+    for extra in ([], ["--dry-run"]):
+        result = CliRunner().invoke(
+            app, ["train", str(spec_file), "--tenant", "evil", "--home", str(home), *extra]
+        )
+        assert isinstance(result.exception, SpecError), result.output  # `ulpt` prints it as one line
+        assert "the spec belongs to tenant 'acme'" in str(result.exception)
+    with ulpt.Client(home=home, tenant="acme") as acme, ulpt.Client(home=home, tenant="evil") as evil:
+        assert acme.jobs.list() == [] and len(evil.jobs.list()) == 1

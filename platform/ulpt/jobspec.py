@@ -304,6 +304,19 @@ class JobSpec:
         merged = {**self.train.to_dict(), **overrides}
         return _scoped(where, lambda: TrainConfig.from_dict(merged)), epochs
 
+    def owned_by(self, tenant: str) -> JobSpec:
+        """This spec recorded under `tenant`, the caller's identity; a spec naming another is refused.
+
+        A spec file is data anyone may hand over: its `tenant:` can confirm who submits, never change it.
+        """
+        tenant = check_tenant(tenant)
+        if self.tenant is not None and self.tenant != tenant:
+            raise SpecError(
+                f"tenant: the spec belongs to tenant {self.tenant!r} but is submitted by {tenant!r}; "
+                "remove tenant from the spec or submit as its tenant"
+            )
+        return dataclasses.replace(self, tenant=tenant)
+
     # ---- serialization -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

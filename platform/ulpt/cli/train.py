@@ -152,7 +152,7 @@ def build_spec(
 def _dry_run(jobs: JobsAPI, spec: JobSpec, as_json: bool) -> None:
     from ulpt_jobs.plan import make_plan
 
-    plan = make_plan(spec.with_absolute_paths(), jobs.target().home)
+    plan = make_plan(spec.owned_by(jobs.tenant).with_absolute_paths(), jobs.target().home)
     bad = [fit for fit in plan.fits if fit.error]
     summary = {
         "fits": len(plan.fits),
