@@ -112,6 +112,9 @@ def test_bad_queries(populated: Client) -> None:
         populated.adapters.find(limit=0)
     with pytest.raises(SpecError, match="invalid metric filter"):
         populated.adapters.find(metrics=["eval_accuracy~0.5"])
+    for value in (["eval_accuracy>=nan"], ["eval_accuracy<inf"], {"eval_accuracy": True}):
+        with pytest.raises(SpecError, match="needs a finite number"):  # NaN would silently match nothing
+            populated.adapters.find(metrics=value)
     with pytest.raises(SpecError, match="status must be"):
         populated.adapters.find(status="gone")
 

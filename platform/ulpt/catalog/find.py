@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import operator
 import re
 import uuid
@@ -81,9 +82,11 @@ def _threshold(name: str, op: Any, value: Any) -> Threshold:
     if op not in _OPS:
         raise SpecError(f"invalid operator {op!r} for metric {name}: use one of >=, >, <=, <, ==")
     try:
-        number = float(value)
+        number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
-        raise SpecError(f"metric filter {name}{op}{value!r} needs a number") from None
+        number = math.nan
+    if not math.isfinite(number):  # NaN compares false with everything: the filter would match nothing
+        raise SpecError(f"metric filter {name}{op}{value!r} needs a finite number")
     return Threshold(name, "==" if op == "=" else op, number)
 
 
