@@ -47,6 +47,7 @@ from ulpt.errors import (
     FingerprintMismatchError,
     NotFoundError,
     SpecError,
+    UlptError,
 )
 from ulpt.store import BlobInfo, BlobStore
 
@@ -456,7 +457,10 @@ class Registry:
     ) -> Path:
         """Write the adapter as a ulpt folder (safetensors + config), or with `peft` as PEFT PROMPT_TUNING."""
         adapter = self.get(ref, tenant=tenant).load()
-        return adapter.export_peft(folder, base_config=base_config) if peft else adapter.save(folder)
+        try:
+            return adapter.export_peft(folder, base_config=base_config) if peft else adapter.save(folder)
+        except OSError as exc:
+            raise UlptError(f"cannot write adapter {ref} to {folder}: {exc.strerror or exc}") from None
 
     def collect_garbage(self, grace: timedelta, *, dry_run: bool = False) -> GcReport:
         """Delete blobs older than `grace` that no live adapter names: orphans and tombstoned adapters' blobs.

@@ -49,6 +49,9 @@ def main() -> None:
         app(standalone_mode=True)
     except UlptError as exc:
         fail(str(exc))
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}")
     except KeyboardInterrupt:
         fail("interrupted", code=130)
 
