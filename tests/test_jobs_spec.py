@@ -362,3 +362,23 @@ def test_a_spec_naming_another_tenant_is_refused_before_anything_is_recorded(
         assert "the spec belongs to tenant 'acme'" in str(result.exception)
     with ulpt.Client(home=home, tenant="acme") as acme, ulpt.Client(home=home, tenant="evil") as evil:
         assert acme.jobs.list() == [] and len(evil.jobs.list()) == 1
+
+
+def test_the_filesystem_root_and_empty_files_are_refused_in_one_line(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path]
+) -> None:
+    """`path: /` would read every file of the machine; an empty file made `datasets` say 'StopIteration'."""
+    model = tiny_model_dirs["llama"]
+    for root in ("/", "/**/*.jsonl", "/tmp/../"):
+        spec = JobSpec.from_dict(job_dict(model, Path("x"), dataset={"path": root}))
+        with pytest.raises(SpecError, match="reaches the whole filesystem"):
+            make_plan(spec, tmp_path / "home")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ulpt.UlptError, match=rf"^dataset\.path: {empty} is empty: a data file needs"):
+        make_plan(JobSpec.from_dict(job_dict(model, empty)), tmp_path / "home")
+    (tmp_path / "data").mkdir()
+    write_reviews(tmp_path / "data" / "a.jsonl", users=2)
+    (tmp_path / "data" / "notes.txt").write_text("not data")
+    plan = make_plan(JobSpec.from_dict(job_dict(model, tmp_path / "data")), tmp_path / "home")
+    assert plan.rows_read == 12  # the folder's data file, not the text file next to it
