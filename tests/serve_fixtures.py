@@ -111,8 +111,9 @@ def serve_stack(
     stack = ServeStack(url=f"http://127.0.0.1:{port}", home=home, keys={}, model_dirs=dict(tiny_model_dirs))
     for family in ("llama", "t5"):
         stack.adapters[family] = _register(home, hidden, family)
-    with Client(home=home) as client:
-        stack.keys = {t: client.create_api_key("tests", tenant=t).key for t in ("acme", "globex")}
+    for tenant in ("acme", "globex"):  # a client creates keys only for its own tenant
+        with Client(home=home, tenant=tenant) as client:
+            stack.keys[tenant] = client.keys.create("tests").key
 
     common: dict[str, Any] = {"home": str(home), "num_cpus": 0, "torch_threads": 1, "log_requests": True}
     configs = {
@@ -194,8 +195,8 @@ class SideApp:
 
     def key(self, tenant: str) -> str:
         """A new API key of `tenant` (keys are checked by the replica against this app's catalog)."""
-        with self.client() as client:
-            return client.create_api_key("tests", tenant=tenant).key
+        with self.client(tenant) as client:
+            return client.keys.create("tests").key
 
 
 @pytest.fixture(scope="session")

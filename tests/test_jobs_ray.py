@@ -64,6 +64,7 @@ def cli_job(
     result = run_cli("train", str(root / "job.yaml"), "--wait", "--json", "--home", str(home))
     return {
         "exit_code": result.exit_code,
+        "stderr": result.stderr,
         "output": json.loads(result.stdout),
         "home": home,
         "spec": JobSpec.from_dict(spec),
@@ -73,7 +74,8 @@ def cli_job(
 
 def test_train_wait_json_prints_the_finished_job(cli_job: dict[str, Any]) -> None:
     out = cli_job["output"]
-    assert cli_job["exit_code"] == 0, out
+    assert cli_job["exit_code"] == 1, out  # some fits failed: a script must not take this for success
+    assert f"2 of 10 fit(s) of job {out['id']} failed" in cli_job["stderr"]
     assert out["status"] == "done" and out["tenant"] == "acme" and out["n_fits"] == USERS + 2
     assert out["counts"] == {"pending": 0, "running": 0, "done": USERS, "failed": 2}
     assert out["error"] == "2 of 10 fit(s) failed"

@@ -99,10 +99,18 @@ def test_yaml_with_the_issue_keys_round_trips(tmp_path: Path) -> None:
         ({"train": {"steps": 0}}, r"^train\.steps must be a positive integer"),
         ({"train": {"stepz": 3}}, r"^train: unknown training field\(s\): stepz"),
         ({"train": {"epochs": 0}}, r"^train\.epochs must be a positive number"),
+        ({"train": {"lr": True}}, r"^train\.lr must be a finite number, got True"),
+        ({"train": {"lr": float("nan")}}, r"^train\.lr must be a finite number"),
+        ({"train": {"weight_decay": False}}, r"^train\.weight_decay must be a finite number"),
+        ({"train": {"max_grad_norm": "abc"}}, r"^train\.max_grad_norm must be a finite number, got 'abc'"),
+        ({"train": {"max_grad_norm": float("inf")}}, r"^train\.max_grad_norm must be a finite number"),
+        ({"train": {"warmup_steps": True}}, r"^train\.warmup_steps must be a non-negative integer"),
+        ({"train": {"epochs": float("inf")}}, r"^train\.epochs must be a positive number"),
+        ({"dataset": {"eval_fraction": float("nan")}}, r"^dataset\.eval_fraction must be a finite"),
         ({"adapter": {"rank": 0}}, r"^adapter\.rank must be in \[1, 65536\]"),
         ({"adapter": {"method": "lora"}}, r"^adapter\.method must be one of ulpt, pt, dpt, lopt1, lopt2"),
         ({"adapter": {"seed_policy": "random"}}, r"^adapter\.seed_policy must be one of shared, per_fit"),
-        ({"dataset": {"eval_fraction": 1.5}}, r"^dataset\.eval_fraction must be in \[0, 1\)"),
+        ({"dataset": {"eval_fraction": 1.5}}, r"^dataset\.eval_fraction must be a number in \[0, 1\)"),
         ({"dataset": {"format": "xml"}}, r"^dataset\.format must be one of"),
         ({"dataset": {"per_file": True}}, r"^dataset\.group_by and dataset\.per_file are exclusive"),
         ({"dataset": {"colour": "red"}}, r"^dataset: unknown field\(s\) colour"),
@@ -326,3 +334,51 @@ def test_relative_paths_become_absolute_for_workers(tmp_path: Path, monkeypatch:
         {"base_model": "smollm2-135m", "dataset": {"path": "d.jsonl"}}
     ).with_absolute_paths()
     assert named.base_model == "smollm2-135m"
+
+
+def test_a_spec_naming_another_tenant_is_refused_before_anything_is_recorded(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path], reviews: Path
+) -> None:
+    """The tenant is who submits (the client, or --tenant): a spec's `tenant:` may only agree with it."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from ulpt.cli import _register_commands, app
+
+    spec = JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], reviews))  # tenant: acme
+    home = tmp_path / "home"
+    with ulpt.Client(home=home, tenant="evil") as evil:
+        with pytest.raises(SpecError, match="^tenant: the spec belongs to tenant 'acme' but is submitted by"):
+            evil.jobs.submit(spec, start=False)
+        assert evil.jobs.submit(JobSpec.from_dict({**spec.to_dict(), "tenant": None}), start=False).id
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.to_dict()))
+    _register_commands()
+    for extra in ([], ["--dry-run"]):
+        result = CliRunner().invoke(
+            app, ["train", str(spec_file), "--tenant", "evil", "--home", str(home), *extra]
+        )
+        assert isinstance(result.exception, SpecError), result.output  # `ulpt` prints it as one line
+        assert "the spec belongs to tenant 'acme'" in str(result.exception)
+    with ulpt.Client(home=home, tenant="acme") as acme, ulpt.Client(home=home, tenant="evil") as evil:
+        assert acme.jobs.list() == [] and len(evil.jobs.list()) == 1
+
+
+def test_the_filesystem_root_and_empty_files_are_refused_in_one_line(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path]
+) -> None:
+    """`path: /` would read every file of the machine; an empty file made `datasets` say 'StopIteration'."""
+    model = tiny_model_dirs["llama"]
+    for root in ("/", "/**/*.jsonl", "/tmp/../"):
+        spec = JobSpec.from_dict(job_dict(model, Path("x"), dataset={"path": root}))
+        with pytest.raises(SpecError, match="reaches the whole filesystem"):
+            make_plan(spec, tmp_path / "home")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ulpt.UlptError, match=rf"^dataset\.path: {empty} is empty: a data file needs"):
+        make_plan(JobSpec.from_dict(job_dict(model, empty)), tmp_path / "home")
+    (tmp_path / "data").mkdir()
+    write_reviews(tmp_path / "data" / "a.jsonl", users=2)
+    (tmp_path / "data" / "notes.txt").write_text("not data")
+    plan = make_plan(JobSpec.from_dict(job_dict(model, tmp_path / "data")), tmp_path / "home")
+    assert plan.rows_read == 12  # the folder's data file, not the text file next to it

@@ -109,6 +109,34 @@ def test_resume_is_refused_while_the_driver_beats_and_after_the_job_is_done(
         JobsAPI(Client(home=client.home, tenant="other")).get(job.id)  # another tenant's job is not found
 
 
+def test_train_wait_exits_non_zero_and_counts_the_failed_fits(
+    client: Client,
+    tiny_models: dict[str, ulpt.BaseModel],
+    tiny_model_dirs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ulpt train --wait` is what scripts check: a job that trained only some adapters is no success."""
+    from ulpt.cli.train import _report
+
+    rows = review_rows("a", 6, 0) + review_rows("b", 6, 0) + [{"user_id": "c", "text": "x", "label": None}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    job_id, _ = create_job(
+        JobsAPI(client).target(), JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], data)), "acme"
+    )
+    run_in_process(client, job_id, tiny_models["llama"])
+    with client.catalog.session() as session:
+        set_job_status(session, job_id, "done")
+    for as_json in (True, False):
+        with pytest.raises(SystemExit) as info:
+            _report(JobsAPI(client).get(job_id), wait=True, as_json=as_json)
+        err = capsys.readouterr().err
+        assert info.value.code == 1
+        assert (
+            err.strip() == f"error: 1 of 3 fit(s) of job {job_id} failed; `ulpt jobs show {job_id}` says why"
+        )
+
+
 def test_a_bad_spec_is_refused_before_anything_is_recorded(
     client: Client, tiny_model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -24,7 +24,6 @@ from typing import Any
 from ulpt.catalog import Catalog
 from ulpt.catalog.jobs import add_fits, fit_counts, get_job, set_job_status
 from ulpt.catalog.jobs import create_job as create_job_row
-from ulpt.catalog.names import check_tenant
 from ulpt.config import ray_env_defaults
 from ulpt.errors import ConflictError, UlptError
 from ulpt.jobspec import JobSpec
@@ -50,13 +49,11 @@ class Target:
 
 
 def create_job(target: Target, spec: JobSpec, tenant: str) -> tuple[str, Plan]:
-    """Validate `spec` against its data and model, then record the job and its fits (pending)."""
-    spec = spec.with_absolute_paths()
-    tenant = check_tenant(spec.tenant or tenant)
-    spec = JobSpec.from_dict({**spec.to_dict(), "tenant": tenant})
+    """Validate `spec` against its data and model, then record the job and its fits (pending) in `tenant`."""
+    spec = spec.owned_by(tenant).with_absolute_paths()  # refused before anything is read or recorded
     plan = make_plan(spec, target.home)
     with target.catalog.session() as session:
-        job = create_job_row(session, tenant, spec.to_dict(), name=spec.job_name)
+        job = create_job_row(session, spec.tenant or tenant, spec.to_dict(), name=spec.job_name)
         add_fits(session, job.id, [(fit.key, fit.record()) for fit in plan.fits])
         state.fail_fits(session, job.id, {fit.key: fit.error for fit in plan.fits if fit.error})
         job_id = str(job.id)

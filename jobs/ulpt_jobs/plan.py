@@ -220,7 +220,7 @@ def _split_by_column(spec: JobSpec, table: Dataset) -> dict[str, _Group]:
 
 def _natural(key: str) -> tuple[int, int | str]:
     """Numeric keys in numeric order (user 2 before user 10), then the rest as text."""
-    return (0, int(key)) if key.isdigit() else (1, key)
+    return (0, int(key)) if key.isascii() and key.isdigit() else (1, key)  # '²' is a digit int() refuses
 
 
 def _rows(spec: JobSpec, columns: Mapping[str, list[Any]]) -> tuple[list[Row], int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from ulpt.jobspec import BIGBENCH_PREFIX, DatasetSpec
 
 DATA_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".json.gz", ".jsonl.gz", ".csv.gz")
 _GLOB_CHARS = "*?["
+MAX_WALK = 100_000
+"""Entries a folder or glob in dataset.path may hold; more means the path is broader than the data."""
 
 
 def expand_paths(paths: Sequence[str], home: Path, where: str = "dataset.path") -> list[str]:
@@ -33,10 +36,8 @@ def expand_paths(paths: Sequence[str], home: Path, where: str = "dataset.path") 
             return [path]
         if path.startswith("s3://"):
             found = _s3_files(path, home)
-        elif any(c in path for c in _GLOB_CHARS):
-            found = sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file())
-        elif Path(path).is_dir():
-            found = sorted(str(p) for p in Path(path).rglob("*") if p.name.endswith(DATA_EXTENSIONS))
+        elif any(c in path for c in _GLOB_CHARS) or Path(path).is_dir():
+            found = _walk(path, where)
         elif Path(path).is_file():
             found = [path]
         else:
@@ -47,6 +48,23 @@ def expand_paths(paths: Sequence[str], home: Path, where: str = "dataset.path") 
     return files
 
 
+def _walk(path: str, where: str) -> list[str]:
+    """Data files under a folder or matching a glob, refusing the filesystem root and bounding the walk:
+    `path: /` (or `/**`) would otherwise read every file of the machine before failing."""
+    base = Path(path.split("*")[0].split("?")[0].split("[")[0] or ".").resolve()
+    if base == Path(base.anchor):
+        raise SpecError(f"{where}: {path} reaches the whole filesystem; name the data's own folder")
+    pattern = path if any(c in path for c in _GLOB_CHARS) else os.path.join(glob.escape(path), "**", "*")
+    folder = Path(path).is_dir()  # a folder keeps only data files; a glob keeps what it matches
+    found = []
+    for seen, name in enumerate(glob.iglob(pattern, recursive=True, include_hidden=True)):
+        if seen >= MAX_WALK:
+            raise SpecError(f"{where}: {path} holds over {MAX_WALK} entries; name a narrower folder or glob")
+        if (name.endswith(DATA_EXTENSIONS) or not folder) and Path(name).is_file():
+            found.append(name)
+    return sorted(found)
+
+
 def read_table(
     dataset: DatasetSpec, files: Sequence[str], home: Path, where: str = "dataset.path"
 ) -> Dataset:
@@ -55,6 +73,9 @@ def read_table(
         from ulpt.data import load_task
 
         return load_task(files[0][len(BIGBENCH_PREFIX) :], home=home)
+    empty = [f for f in files if "://" not in f and os.path.getsize(f) == 0]
+    if empty:  # the datasets library fails on them with a bare "StopIteration"
+        raise DataError(f"{where}: {empty[0]} is empty: a data file needs at least one row")
     fmt = _one_format(dataset, files, where)
     out = _load(fmt, {"train": list(files)}, home, where)
     return out["train"]

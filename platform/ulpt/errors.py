@@ -1,5 +1,18 @@
 """Errors a user can fix. The CLI prints their message as one line and exits non-zero."""
 
+from urllib.parse import urlsplit, urlunsplit
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for a message: a user:password@ part (endpoint URLs may carry one) becomes ***@."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
 
 class UlptError(Exception):
     """An error caused by input, configuration or stored data, not by a bug in ulpt."""

@@ -30,6 +30,7 @@ from ulpt.adapters import AdapterSpec
 from ulpt.catalog.names import check_name, check_tenant, normalize_tags
 from ulpt.errors import SpecError
 from ulpt.training import TrainConfig
+from ulpt.validation import check_number
 
 FORMAT_VERSION = 1
 FORMATS = ("auto", "json", "csv", "parquet")
@@ -81,12 +82,7 @@ class DatasetSpec:
             raise SpecError(f"dataset.per_file must be true or false, got {self.per_file!r}")
         if self.per_file and self.group_by:
             raise SpecError("dataset.group_by and dataset.per_file are exclusive: pick one way to split")
-        if (
-            isinstance(self.eval_fraction, bool)
-            or not isinstance(self.eval_fraction, (int, float))
-            or not 0 <= self.eval_fraction < 1
-        ):
-            raise SpecError(f"dataset.eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
+        check_number("dataset.eval_fraction", self.eval_fraction, ge=0, lt=1)
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) or self.split_seed < 0:
             raise SpecError(f"dataset.split_seed must be a non-negative integer, got {self.split_seed!r}")
         if self.per_file and any(p.startswith(BIGBENCH_PREFIX) for p in self.path):
@@ -303,6 +299,19 @@ class JobSpec:
         _check_epochs(f"{where}.epochs", epochs)
         merged = {**self.train.to_dict(), **overrides}
         return _scoped(where, lambda: TrainConfig.from_dict(merged)), epochs
+
+    def owned_by(self, tenant: str) -> JobSpec:
+        """This spec recorded under `tenant`, the caller's identity; a spec naming another is refused.
+
+        A spec file is data anyone may hand over: its `tenant:` can confirm who submits, never change it.
+        """
+        tenant = check_tenant(tenant)
+        if self.tenant is not None and self.tenant != tenant:
+            raise SpecError(
+                f"tenant: the spec belongs to tenant {self.tenant!r} but is submitted by {tenant!r}; "
+                "remove tenant from the spec or submit as its tenant"
+            )
+        return dataclasses.replace(self, tenant=tenant)
 
     # ---- serialization -------------------------------------------------------------------------
 

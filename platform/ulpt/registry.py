@@ -29,6 +29,7 @@ from ulpt.catalog.find import AdapterQuery, find_adapters
 from ulpt.catalog.jobs import as_uuid, get_job
 from ulpt.catalog.models import AdapterRow, new_id, utcnow
 from ulpt.catalog.names import (
+    MAX_VERSION,
     check_json,
     check_metrics,
     check_name,
@@ -46,6 +47,7 @@ from ulpt.errors import (
     FingerprintMismatchError,
     NotFoundError,
     SpecError,
+    UlptError,
 )
 from ulpt.store import BlobInfo, BlobStore
 
@@ -125,6 +127,16 @@ def record_from(row: AdapterRow | Mapping[str, Any], store: BlobStore | None) ->
     values["tags"] = dict(values["tags"] or {})
     values["metrics"] = dict(values["metrics"] or {})
     return AdapterRecord(**values, _store=store)
+
+
+def _next_version(name: str, last: Mapping[str, int]) -> int:
+    """One more than the name's highest version ever, within the catalog's 32-bit version column."""
+    version = last.get(name, 0) + 1
+    if version > MAX_VERSION:
+        raise ConflictError(
+            f"adapter {name} has used every version up to {MAX_VERSION}; register under another name"
+        )
+    return version
 
 
 def load_adapter(store: BlobStore, record: AdapterRecord) -> Adapter:
@@ -316,7 +328,7 @@ class Registry:
             row = dict(p.row, tenant=tenant, id=new_id(), created_at=now, blob_key=info.key)
             row.update(blob_sha256=info.sha256, blob_size=info.size, job_id=p.job_id)
             if row["version"] is None:
-                row["version"] = next_version[row["name"]] = next_version.get(row["name"], 0) + 1
+                row["version"] = next_version[row["name"]] = _next_version(row["name"], next_version)
             row["parent_id"] = None if p.parent is None else self._parent_id(session, tenant, p.parent)
             out.append(row)
         queries.insert_adapters(session, out)
@@ -445,7 +457,10 @@ class Registry:
     ) -> Path:
         """Write the adapter as a ulpt folder (safetensors + config), or with `peft` as PEFT PROMPT_TUNING."""
         adapter = self.get(ref, tenant=tenant).load()
-        return adapter.export_peft(folder, base_config=base_config) if peft else adapter.save(folder)
+        try:
+            return adapter.export_peft(folder, base_config=base_config) if peft else adapter.save(folder)
+        except OSError as exc:
+            raise UlptError(f"cannot write adapter {ref} to {folder}: {exc.strerror or exc}") from None
 
     def collect_garbage(self, grace: timedelta, *, dry_run: bool = False) -> GcReport:
         """Delete blobs older than `grace` that no live adapter names: orphans and tombstoned adapters' blobs.

@@ -26,10 +26,10 @@ from ulpt.catalog import Catalog, NewApiKey, open_catalog, sqlite_url
 from ulpt.catalog.find import query_from
 from ulpt.catalog.jobs import as_uuid
 from ulpt.catalog.names import check_tenant
-from ulpt.catalog.tenants import create_api_key
 from ulpt.config import ulpt_home
 from ulpt.jobs_api import JobHandle, JobsAPI
 from ulpt.jobspec import JobSpec
+from ulpt.keys_api import Keys
 from ulpt.registry import AdapterRecord, AliasChange, GcReport, Lineage, Page, Registration, Registry
 from ulpt.store import BlobStore, open_store
 
@@ -87,6 +87,11 @@ class Client:
         """Submit, resume, list, get and cancel this tenant's bulk training jobs."""
         return JobsAPI(self)
 
+    @cached_property
+    def keys(self) -> Keys:
+        """Create, list and revoke this tenant's API keys for the HTTP API."""
+        return Keys(self.catalog, self.tenant)
+
     def train(self, spec: JobSpec, **options: Any) -> JobHandle:
         """Validate and start a bulk training job on Ray (ray_address=, detach=, start=)."""
         return self.jobs.submit(spec, **options)
@@ -102,16 +107,15 @@ class Client:
         """Remove blobs older than `grace` that no live adapter needs (orphans, deleted adapters)."""
         return self.registry.collect_garbage(grace, dry_run=dry_run)
 
-    def create_api_key(self, label: str | None = None, *, tenant: str | None = None) -> NewApiKey:
-        """A new API key for the tenant; its plaintext (`.key`) is returned only this once."""
-        with self.catalog.session() as session:
-            return create_api_key(session, check_tenant(tenant or self.tenant), label)
+    def create_api_key(self, label: str | None = None) -> NewApiKey:
+        """`keys.create(label)`: a new key of this client's tenant (no other), its plaintext returned once."""
+        return self.keys.create(label)
 
     def close(self) -> None:
         if "catalog" in self.__dict__:
             self.catalog.close()
             del self.__dict__["catalog"]
-        for name in ("registry", "adapters", "jobs"):
+        for name in ("registry", "adapters", "jobs", "keys"):
             self.__dict__.pop(name, None)
 
     def __enter__(self) -> Client:
@@ -208,9 +212,12 @@ class Adapters:
         metrics: thresholds, {"eval_accuracy": (">=", 0.8)} or ["eval_accuracy>=0.8"].
         order_by: created_at, name, version or metrics.NAME, "-" for descending ("-metrics.eval_accuracy").
         Returns a Page: iterate it or use `.items`; pass `.next_cursor` as `cursor` for the next page.
+        tenant: only adapters owned by this tenant; the client's tenant is who asks, so another tenant
+        named here shows only its public adapters (never its private ones).
         """
         query = query_from(
-            check_tenant(tenant or self.tenant),
+            self.tenant,
+            owner=tenant,
             name=name,
             base_model=base_model,
             method=method,

@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ulpt.errors import ModelNotFoundError, NotFoundError, SpecError, UlptError
+from ulpt.errors import ModelNotFoundError, NotFoundError, SpecError, UlptError, redact_url
 from ulpt.models import BaseModel, SamplingParams, load_base_model
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def _over_http(
     except urllib.error.HTTPError as exc:
         raise _server_error(exc) from None
     except urllib.error.URLError as exc:
-        raise UlptError(f"cannot reach the ulpt server at {endpoint}: {exc.reason}") from None
+        raise UlptError(f"cannot reach the ulpt server at {redact_url(endpoint)}: {exc.reason}") from None
     return str(answer["choices"][0]["text"])
 
 

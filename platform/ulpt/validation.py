@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -15,6 +16,30 @@ def check_int(name: str, value: Any, low: int, high: int) -> None:
         raise SpecError(f"{name} must be an integer, got {value!r}")
     if not low <= value <= high:
         raise SpecError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> float:
+    """`value` is a finite int or float (never a bool: `lr: true` is a typo, not 1.0) within the bounds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{name} must be a finite number, got {value!r}")
+    low = f"({gt}" if gt is not None else f"[{ge}" if ge is not None else "(-inf"
+    high = f"{le}]" if le is not None else f"{lt})" if lt is not None else "inf)"
+    if (
+        (gt is not None and not value > gt)
+        or (ge is not None and not value >= ge)
+        or (le is not None and not value <= le)
+        or (lt is not None and not value < lt)
+    ):
+        raise SpecError(f"{name} must be a number in {low}, {high}, got {value!r}")
+    return float(value)
 
 
 def check_known_fields(cls: type, data: Mapping[str, Any], what: str) -> None:

@@ -1,8 +1,11 @@
-"""Catalog fixtures: catalog tests run on SQLite and a real PostgreSQL; store tests on a folder and S3."""
+"""Catalog fixtures: catalog tests run on SQLite and a real PostgreSQL; store tests on a folder and S3;
+`cli` runs `ulpt` in-process against a fresh catalog, as a user would."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,3 +138,49 @@ def every_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Clie
     """Every catalog with every store (the test's callspec param names which)."""
     with _open_stack(request, tmp_path, request.param) as client:
         yield client
+
+
+_registered = False
+
+
+class Cli:
+    """`cli("adapters", "list")` runs the real entry point; `.err` keeps the last run's stderr."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self.capsys, self.monkeypatch = capsys, monkeypatch
+        self.err = ""
+
+    def __call__(self, *args: str, code: int = 0) -> str:
+        """Run `ulpt ARGS` in-process via ulpt.cli.main; returns stdout, checks the exit code."""
+        import ulpt.cli
+
+        global _registered
+        if not _registered:  # main() registers the sub-commands on every call; once is enough here
+            ulpt.cli._register_commands()
+            _registered = True
+        self.monkeypatch.setattr(ulpt.cli, "_register_commands", lambda: None)
+        self.capsys.readouterr()
+        self.monkeypatch.setattr(sys, "argv", ["ulpt", *args])
+        with pytest.raises(SystemExit) as info:
+            ulpt.cli.main()
+        out, err = self.capsys.readouterr()
+        self.err = err
+        assert (info.value.code or 0) == code, f"exit {info.value.code}: {out}\n{err}"
+        if code:
+            assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+            return err
+        return out
+
+    def json(self, *args: str) -> object:
+        return json.loads(self(*args, "--json"))
+
+
+@pytest.fixture()
+def cli(
+    catalog_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Cli:
+    """The CLI pointed at a fresh catalog and store through the environment, as a user would."""
+    monkeypatch.setenv("ULPT_CATALOG_URL", catalog_url)
+    monkeypatch.setenv("ULPT_STORE_URL", str(tmp_path / "blobs"))
+    monkeypatch.setenv("COLUMNS", "200")
+    return Cli(capsys, monkeypatch)

@@ -11,51 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.catalog.conftest import Cli
 from ulpt.adapters import Adapter
 from ulpt.catalog.db import sqlite_url
 
 MakeAdapter = Callable[..., Adapter]
 REPO = Path(__file__).resolve().parents[2]
-_registered = False
-
-
-class Cli:
-    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-        self.capsys, self.monkeypatch = capsys, monkeypatch
-
-    def __call__(self, *args: str, code: int = 0) -> str:
-        """Run `ulpt ARGS` in-process via ulpt.cli.main; returns stdout, checks the exit code."""
-        import ulpt.cli
-
-        global _registered
-        if not _registered:  # main() registers the sub-commands on every call; once is enough here
-            ulpt.cli._register_commands()
-            _registered = True
-        self.monkeypatch.setattr(ulpt.cli, "_register_commands", lambda: None)
-        self.capsys.readouterr()
-        self.monkeypatch.setattr(sys, "argv", ["ulpt", *args])
-        with pytest.raises(SystemExit) as info:
-            ulpt.cli.main()
-        out, err = self.capsys.readouterr()
-        assert (info.value.code or 0) == code, f"exit {info.value.code}: {out}\n{err}"
-        if code:
-            assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-            return err
-        return out
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json"))
-
-
-@pytest.fixture()
-def cli(
-    catalog_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Cli:
-    """The CLI pointed at a fresh catalog and store through the environment, as a user would."""
-    monkeypatch.setenv("ULPT_CATALOG_URL", catalog_url)
-    monkeypatch.setenv("ULPT_STORE_URL", str(tmp_path / "blobs"))
-    monkeypatch.setenv("COLUMNS", "200")
-    return Cli(capsys, monkeypatch)
 
 
 def test_register_list_show_alias_delete_export_gc(

@@ -112,5 +112,48 @@ def test_bad_queries(populated: Client) -> None:
         populated.adapters.find(limit=0)
     with pytest.raises(SpecError, match="invalid metric filter"):
         populated.adapters.find(metrics=["eval_accuracy~0.5"])
+    for value in (["eval_accuracy>=nan"], ["eval_accuracy<inf"], {"eval_accuracy": True}):
+        with pytest.raises(SpecError, match="needs a finite number"):  # NaN would silently match nothing
+            populated.adapters.find(metrics=value)
     with pytest.raises(SpecError, match="status must be"):
         populated.adapters.find(status="gone")
+
+
+def test_another_tenant_named_as_a_filter_shows_only_its_public_adapters(
+    client: Client, make_adapter: MakeAdapter
+) -> None:
+    """The client's tenant is who asks: naming another tenant never reveals its private adapters,
+    through any filter or sort path (the metric join scopes by tenant on its own)."""
+    acme = Client(home=client.home, catalog_url=client.catalog_url, store_url=client.store_url, tenant="acme")
+    evil = Client(home=client.home, catalog_url=client.catalog_url, store_url=client.store_url, tenant="evil")
+    with acme, evil:
+        acme.adapters.register(make_adapter(1), name="secret", metrics={"eval_accuracy": 0.9})
+        acme.adapters.register(make_adapter(2), name="shared", metrics={"eval_accuracy": 0.8}, public=True)
+        evil.adapters.register(make_adapter(3), name="mine")
+        for extra in (
+            {},
+            {"include_public": True},
+            {"order_by": "-metrics.eval_accuracy"},
+            {"metrics": ["eval_accuracy>=0.5"]},
+            {"name": "secret"},
+        ):
+            found = {(r.tenant, r.name) for r in evil.adapters.iter(tenant="acme", **extra)}
+            assert found <= {("acme", "shared")}, extra
+        assert [r.name for r in evil.adapters.find(tenant="acme", limit=100)] == ["shared"]
+        assert [r.name for r in evil.adapters.find(tenant="evil")] == ["mine"]
+        assert {r.name for r in evil.adapters.find(include_public=True)} == {"mine", "shared"}
+        assert {r.name for r in acme.adapters.find(tenant="acme")} == {"secret", "shared"}
+
+
+def test_another_tenant_s_jobs_are_out_of_reach(client: Client) -> None:
+    from ulpt.catalog.jobs import create_job as create_job_row
+    from ulpt.errors import NotFoundError
+
+    with client.catalog.session() as session:
+        job_id = str(create_job_row(session, "acme", {"base_model": "tiny"}, name="acme-job").id)
+    evil = Client(home=client.home, catalog_url=client.catalog_url, store_url=client.store_url, tenant="evil")
+    with evil:
+        assert evil.jobs.list() == []
+        for action in (evil.jobs.get, evil.jobs.resume, evil.jobs.cancel):
+            with pytest.raises(NotFoundError):
+                action(job_id)

@@ -76,7 +76,8 @@ def test_concurrent_claims_never_share_a_fit(client: Client) -> None:
 
 
 def test_api_keys_are_hashed_and_verifiable(client: Client) -> None:
-    new = client.create_api_key("ci", tenant="acme")
+    with Client(home=client.home, catalog_url=client.catalog_url, tenant="acme") as acme:
+        new = acme.create_api_key("ci")
     assert new.key.startswith(f"ulpt_{new.id}_") and new.key not in repr(new)
     with client.catalog.read() as s:
         row = s.scalars(select(ApiKeyRow)).one()
@@ -87,8 +88,8 @@ def test_api_keys_are_hashed_and_verifiable(client: Client) -> None:
         assert verify_api_key(s, "garbage") is None
     with client.catalog.session() as s:
         other = create_api_key(s, "acme")
-        revoke_api_key(s, new.id)
+        revoke_api_key(s, "acme", new.id)
     with client.catalog.read() as s:
         assert verify_api_key(s, new.key) is None and verify_api_key(s, other.key) == "acme"
     with client.catalog.session() as s, pytest.raises(NotFoundError):
-        revoke_api_key(s, "ffffffffffff")
+        revoke_api_key(s, "acme", "ffffffffffff")

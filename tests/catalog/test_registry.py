@@ -67,6 +67,18 @@ def test_duplicate_name_version_is_a_conflict(client: Client, make_adapter: Make
     assert [r.seed for r in client.adapters.find(name="dup")] == [1]
 
 
+def test_versions_stay_within_the_catalog_column(client: Client, make_adapter: MakeAdapter) -> None:
+    """PostgreSQL's version column is 32-bit: the last version is accepted, the one after is refused."""
+    last = 2**31 - 1
+    assert client.adapters.register(make_adapter(1), name="top", version=last).version == last
+    assert client.adapters.get(f"top:{last}").version == last
+    with pytest.raises(ConflictError, match=rf"top has used every version up to {last}"):
+        client.adapters.register(make_adapter(2), name="top")
+    with pytest.raises(SpecError, match=rf"version must be an integer in \[1, {last}\]"):
+        client.adapters.register(make_adapter(3), name="other", version=last + 1)
+    assert [r.version for r in client.adapters.find(name="top")] == [last]
+
+
 @pytest.mark.parametrize("name", ["", "has space", "-leading", "a:b", "x/y", "é", "a" * 129, None])
 def test_invalid_names_are_refused_before_any_write(
     client: Client, make_adapter: MakeAdapter, name: object

@@ -174,3 +174,12 @@ def test_credentials_in_a_store_url_are_refused_without_echoing_them() -> None:
     with pytest.raises(StoreError) as info:
         open_store("s3://AKIA:topsecret@bucket/x")
     assert "topsecret" not in str(info.value) and "AWS_SECRET_ACCESS_KEY" in str(info.value)
+
+
+def test_an_unreachable_endpoint_is_named_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://admin:hunter2@127.0.0.1:{free_port()}/s3")
+    store = open_store("s3://bucket", access_key="a", secret_key="b")
+    with pytest.raises(StoreError, match="cannot reach the S3 endpoint") as info:
+        store.check()
+    assert "hunter2" not in str(info.value) and "admin" not in str(info.value)
+    assert "http://***@127.0.0.1:" in str(info.value)

@@ -17,15 +17,14 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from ulpt.adapters import methods, projection
+from ulpt.adapters import limits, methods, projection
 from ulpt.adapters.spec import AdapterSpec
 from ulpt.config import atomic_write_bytes
-from ulpt.errors import AdapterFormatError, FingerprintMismatchError, SpecError
+from ulpt.errors import AdapterFormatError, FingerprintMismatchError
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
-_SPEC_KEYS = ("method", "n_tokens", "rank", "seed", "init", "projection", "use_shift", "use_scale")
 
 
 class Adapter(nn.Module):
@@ -110,7 +109,10 @@ class Adapter(nn.Module):
         metadata = _safetensors_metadata(data)
         if "adapter_config" not in metadata:
             raise AdapterFormatError("blob is not a ulpt adapter: no adapter_config in its metadata")
-        return cls.from_parts(_parse_config(metadata["adapter_config"]), _load_tensors(data))
+        config = _parse_config(metadata["adapter_config"])
+        spec, hidden, _ = limits.spec_from_config(config)
+        limits.check_header(data, methods.expected_shapes(spec, hidden))
+        return cls.from_parts(config, _load_tensors(data))
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write adapter.safetensors and adapter_config.json; each file appears whole or not at all."""
@@ -125,31 +127,32 @@ class Adapter(nn.Module):
         """Load and check a saved adapter; refuses files that do not match their config or seed."""
         folder = Path(folder)
         try:
-            config_text = (folder / CONFIG_NAME).read_text()
-            weights = (folder / WEIGHTS_NAME).read_bytes()
+            with open(folder / CONFIG_NAME, "rb") as handle:
+                config = _parse_config(handle.read(limits.MAX_HEADER_BYTES + 1))
+            spec, hidden, _ = limits.spec_from_config(config)
+            with open(folder / WEIGHTS_NAME, "rb") as handle:
+                limits.check_file_size(os.fstat(handle.fileno()).st_size, spec, hidden)
+                weights = handle.read()
         except FileNotFoundError as exc:
             raise AdapterFormatError(f"not an adapter folder: {exc.filename} is missing") from None
-        return cls.from_parts(_parse_config(config_text), _load_tensors(weights))
+        except OSError as exc:
+            raise AdapterFormatError(f"cannot read adapter {folder}: {exc.strerror or exc}") from None
+        limits.check_header(weights, methods.expected_shapes(spec, hidden))
+        return cls.from_parts(config, _load_tensors(weights))
 
     @classmethod
     def from_parts(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Adapter:
-        """Check tensors against the config and regenerate the projection; raise on any mismatch."""
+        """Check tensors against the config and regenerate the projection; raise on any mismatch.
+
+        The config is checked first, against the memory bound of `ulpt.adapters.limits`, so a small
+        file claiming a huge rank or hidden size is refused before anything big is allocated.
+        """
         version = config.get("format_version")
         if version != FORMAT_VERSION:
             raise AdapterFormatError(
                 f"unsupported adapter format_version {version!r} (this ulpt reads {FORMAT_VERSION})"
             )
-        try:
-            spec_fields = {k: config[k] for k in _SPEC_KEYS}
-            proj = spec_fields.pop("projection")
-            spec_fields["projection"] = proj["distribution"] if proj else "xavier_uniform"
-            spec = AdapterSpec(**spec_fields)
-            hidden = config["hidden_size"]
-            spec.check_hidden_size(hidden)
-        except (KeyError, TypeError) as exc:
-            raise AdapterFormatError(f"adapter config is missing or has a malformed field: {exc}") from None
-        except SpecError as exc:
-            raise AdapterFormatError(f"adapter config is invalid: {exc}") from None
+        spec, hidden, proj = limits.spec_from_config(config)  # before P is generated: bounds its size
         expected = methods.expected_shapes(spec, hidden)
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         if found != expected:
@@ -214,7 +217,9 @@ class Adapter(nn.Module):
         )
 
 
-def _parse_config(text: str) -> dict[str, Any]:
+def _parse_config(text: str | bytes) -> dict[str, Any]:
+    if len(text) > limits.MAX_HEADER_BYTES:
+        raise AdapterFormatError(f"adapter config is larger than {limits.MAX_HEADER_BYTES} bytes")
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:

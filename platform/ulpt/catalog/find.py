@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import operator
 import re
 import uuid
@@ -81,17 +82,21 @@ def _threshold(name: str, op: Any, value: Any) -> Threshold:
     if op not in _OPS:
         raise SpecError(f"invalid operator {op!r} for metric {name}: use one of >=, >, <=, <, ==")
     try:
-        number = float(value)
+        number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
-        raise SpecError(f"metric filter {name}{op}{value!r} needs a number") from None
+        number = math.nan
+    if not math.isfinite(number):  # NaN compares false with everything: the filter would match nothing
+        raise SpecError(f"metric filter {name}{op}{value!r} needs a finite number")
     return Threshold(name, "==" if op == "=" else op, number)
 
 
 @dataclass(frozen=True)
 class AdapterQuery:
-    """What `find` looks for; every filter is optional except the tenant."""
+    """What `find` looks for; every filter is optional except the tenant (the caller's identity)."""
 
     tenant: str
+    owner: str | None = None
+    """Only adapters of this tenant; another tenant's adapters only where they are public."""
     name: str | None = None
     base_model: str | None = None
     method: str | None = None
@@ -114,6 +119,8 @@ class AdapterQuery:
 
     def __post_init__(self) -> None:
         check_tenant(self.tenant)
+        if self.owner is not None:
+            check_tenant(self.owner)
         if self.status is not None and self.status not in ADAPTER_STATUSES:
             raise SpecError(
                 f"status must be one of {', '.join(ADAPTER_STATUSES)} (or None for all), got {self.status!r}"
@@ -177,10 +184,14 @@ def _statement(query: AdapterQuery) -> tuple[Select[Any], Any, Any]:
         conditions.append(_OPS[threshold.op](joins[threshold.metric].value, threshold.value))
     if metric is not None and metric not in joins:
         joins[metric] = aliased(AdapterMetricRow)
-    if query.include_public:
+    scope = query.owner or query.tenant
+    everyone = query.include_public and query.owner is None
+    if everyone:
         conditions.append(or_(AdapterRow.tenant == query.tenant, AdapterRow.public.is_(True)))
     elif not joins:
-        conditions.append(AdapterRow.tenant == query.tenant)
+        conditions.append(AdapterRow.tenant == scope)
+    if scope != query.tenant:  # another tenant's catalog shows only what it made public
+        conditions.append(AdapterRow.public.is_(True))
     for attr in ("name", "base_model", "method", "rank", "n_tokens", "job_id", "status"):
         value = getattr(query, attr)
         if value is not None:
@@ -200,8 +211,8 @@ def _statement(query: AdapterQuery) -> tuple[Select[Any], Any, Any]:
     stmt = select(AdapterRow, sort_col)
     for name, table in joins.items():
         on = [table.adapter_id == AdapterRow.id, table.name == name]
-        if not query.include_public:
-            on.append(table.tenant == query.tenant)
+        if not everyone:
+            on.append(table.tenant == scope)
         stmt = stmt.join(table, and_(*on))
     if query.cursor is not None:
         value, last_id = _decode_cursor(query)

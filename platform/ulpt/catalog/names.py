@@ -46,7 +46,7 @@ def check_tenant(tenant: object) -> str:
 
 def check_version(version: object) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
-        raise SpecError(f"version must be a positive integer, got {version!r}")
+        raise SpecError(f"version must be an integer in [1, {MAX_VERSION}], got {version!r}")
     return version
 
 

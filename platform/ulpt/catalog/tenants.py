@@ -2,7 +2,8 @@
 
 API keys are shown once, at creation; the catalog keeps only their SHA-256, so a leaked database
 does not leak usable keys. A key is `ulpt_<12 hex id>_<secret>`: the id finds the row without a scan,
-the hash comparison is constant-time.
+the hash comparison is constant-time. Every query that names a key also names its tenant, so a key id
+of another tenant reads exactly like one that does not exist.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ulpt.catalog.models import ApiKeyRow, BaseModelRow, TenantRow, utcnow
-from ulpt.catalog.names import check_tenant
+from ulpt.catalog.names import check_name, check_tenant
 from ulpt.errors import ConflictError, NotFoundError, SpecError
 
 _KEY = re.compile(r"ulpt_([0-9a-f]{12})_[A-Za-z0-9_-]{20,}")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -92,6 +94,8 @@ def _hash(key: str) -> str:
 
 def create_api_key(session: Session, tenant: str, label: str | None = None) -> NewApiKey:
     """A new key for `tenant` (created if needed); store its plaintext now, it cannot be recovered."""
+    if label is not None:
+        check_name(label, "API key name")
     ensure_tenant(session, tenant)
     key_id = secrets.token_hex(6)
     key = f"ulpt_{key_id}_{secrets.token_urlsafe(32)}"
@@ -111,17 +115,31 @@ def verify_api_key(session: Session, key: str) -> str | None:
     return row.tenant if hmac.compare_digest(row.key_hash, _hash(key)) else None
 
 
-def revoke_api_key(session: Session, key_id: str) -> None:
-    result = session.execute(
+def revoke_api_key(session: Session, tenant: str, key_id: str) -> ApiKeyRow:
+    """Revoke `tenant`'s key `key_id` (again is a no-op); the row stays, so `list` shows when it was revoked.
+
+    Another tenant's key id is "not found", the same as an unknown one. A malformed id is refused
+    without being repeated: a whole key pasted in its place must not end up in a terminal or a log.
+    """
+    if not isinstance(key_id, str) or _KEY_ID.fullmatch(key_id) is None:
+        raise SpecError("an API key id is 12 hex digits, the part after ulpt_ (see `ulpt keys list`)")
+    session.execute(
         update(ApiKeyRow)
-        .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
+        .where(ApiKeyRow.id == key_id, ApiKeyRow.tenant == tenant, ApiKeyRow.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
-    if result.rowcount == 0 and session.get(ApiKeyRow, key_id) is None:  # type: ignore[attr-defined]
-        raise NotFoundError(f"no API key with id {key_id!r}")
+    row = session.scalars(
+        select(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.tenant == tenant)
+    ).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no API key with id {key_id!r} in tenant {tenant!r}")
+    return row
 
 
 def list_api_keys(session: Session, tenant: str) -> list[ApiKeyRow]:
+    """`tenant`'s keys, oldest first, revoked ones included (their rows hold hashes, never a key)."""
     return list(
-        session.scalars(select(ApiKeyRow).where(ApiKeyRow.tenant == tenant).order_by(ApiKeyRow.created_at))
+        session.scalars(
+            select(ApiKeyRow).where(ApiKeyRow.tenant == tenant).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+        )
     )

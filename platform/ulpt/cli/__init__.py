@@ -30,6 +30,7 @@ def _register_commands() -> None:
     from ulpt.cli.demo import demo
     from ulpt.cli.gc import gc
     from ulpt.cli.jobs import jobs_app
+    from ulpt.cli.keys import keys_app
     from ulpt.cli.serve import serve
     from ulpt.cli.train import train
 
@@ -38,6 +39,7 @@ def _register_commands() -> None:
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(adapters_app, name="adapters")
     app.command("serve", help=serve.__doc__)(serve)
+    app.add_typer(keys_app, name="keys")
     app.add_typer(db_app, name="db")
     app.command("gc", help=gc.__doc__)(gc)
 
@@ -49,6 +51,9 @@ def main() -> None:
         app(standalone_mode=True)
     except UlptError as exc:
         fail(str(exc))
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}")
     except KeyboardInterrupt:
         fail("interrupted", code=130)
 

@@ -317,6 +317,8 @@ def export(
     if base_config is not None:
         from transformers import AutoConfig
 
+        if not (base_config / "config.json").is_file():
+            raise SpecError(f"--base-config {base_config}: no config.json there (give a base model folder)")
         config = AutoConfig.from_pretrained(base_config, local_files_only=True)
     with make_client(home, catalog_url, store_url, tenant) as client:
         path = client.adapters.export(ref, out, peft=peft, base_config=config)

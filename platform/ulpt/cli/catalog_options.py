@@ -32,6 +32,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machine
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION_S = 5200 * 604800
+"""About a century: any longer span reaches before year 1 once subtracted from now (OverflowError)."""
 
 
 def make_client(
@@ -45,13 +47,16 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise SpecError(f"invalid duration {text!r}: use e.g. 0, 90s, 30m, 1h, 2d or 1w")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2) or "s"])
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds > MAX_DURATION_S:
+        raise SpecError(f"duration {text!r} is too long: at most {MAX_DURATION_S // _UNITS['w']}w")
+    return timedelta(seconds=seconds)
 
 
 def parse_time(text: str) -> datetime:
     """An ISO date/time (UTC unless it says otherwise) or a duration meaning that long ago (`2d`)."""
     if _DURATION.fullmatch(text.strip()):
-        return datetime.now(timezone.utc) - parse_duration(text)
+        return datetime.now(timezone.utc) - parse_duration(text)  # bounded: cannot reach before year 1
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:

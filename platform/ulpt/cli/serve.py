@@ -40,7 +40,7 @@ def serve(
 ) -> None:
     """Serve adapters over an OpenAI-compatible HTTP API; requests for different adapters share batches.
 
-    Clients send `Authorization: Bearer KEY` (keys from `Client.create_api_key`), or nothing with
+    Clients send `Authorization: Bearer KEY` (keys from `ulpt keys create`), or nothing with
     --no-auth on 127.0.0.1. `model` in a request is an adapter (name, name:version, alias,
     tenant/name for public adapters) or the base model's name.
     """

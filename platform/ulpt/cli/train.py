@@ -18,7 +18,7 @@ import typer
 
 from ulpt.cli.catalog_options import CatalogUrlOption, HomeOption, StoreUrlOption, make_client
 from ulpt.cli.jobs import print_job
-from ulpt.cli.output import console, print_json
+from ulpt.cli.output import console, fail, print_json
 from ulpt.errors import UlptError
 from ulpt.jobs_api import JobHandle, JobsAPI
 from ulpt.jobspec import JobSpec
@@ -152,7 +152,7 @@ def build_spec(
 def _dry_run(jobs: JobsAPI, spec: JobSpec, as_json: bool) -> None:
     from ulpt_jobs.plan import make_plan
 
-    plan = make_plan(spec.with_absolute_paths(), jobs.target().home)
+    plan = make_plan(spec.owned_by(jobs.tenant).with_absolute_paths(), jobs.target().home)
     bad = [fit for fit in plan.fits if fit.error]
     summary = {
         "fits": len(plan.fits),
@@ -189,5 +189,11 @@ def _report(handle: JobHandle, *, wait: bool, as_json: bool) -> None:
         print_json(handle.to_dict(fits=True))
     else:
         print_job(status, handle.fits())
+    failed = status.counts.get("failed", 0)
+    if failed:  # a job that trained only some of its adapters did not do what was asked
+        fail(
+            f"{failed} of {status.n_fits} fit(s) of job {status.id} failed; "
+            f"`ulpt jobs show {status.id}` says why"
+        )
     if status.status != "done":
-        raise typer.Exit(1)
+        fail(f"job {status.id} ended {status.status}: {status.error or 'see `ulpt jobs show`'}")

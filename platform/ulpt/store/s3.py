@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
-from ulpt.errors import BlobNotFoundError, StoreError
+from ulpt.errors import BlobNotFoundError, StoreError, redact_url
 from ulpt.store.base import BLOB_PREFIX, BlobEntry, BlobInfo, BlobStore, sha256_of_key
 
 _AUTH_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
@@ -232,7 +232,7 @@ class S3Store(BlobStore):
         from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
         from botocore.exceptions import ConnectionError as EndpointError
 
-        where = self.url + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        where = redact_url(self.url) + (f" at {redact_url(self.endpoint_url)}" if self.endpoint_url else "")
         if isinstance(exc, StoreError):
             return exc
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):

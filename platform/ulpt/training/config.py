@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ulpt.errors import SpecError
-from ulpt.validation import check_known_fields
+from ulpt.validation import check_known_fields, check_number
 
 
 @dataclass(frozen=True)
@@ -40,16 +40,16 @@ class TrainConfig:
         _positive_int("steps", self.steps)
         _positive_int("batch_size", self.batch_size)
         _positive_int("eval_every", self.eval_every)
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr <= 10):
-            raise SpecError(f"lr must be a number in (0, 10], got {self.lr!r}")
-        if self.warmup_steps is not None and not (
-            isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps
+        check_number("lr", self.lr, gt=0, le=10)
+        if self.warmup_steps is not None and (
+            isinstance(self.warmup_steps, bool)
+            or not isinstance(self.warmup_steps, int)
+            or self.warmup_steps < 0
         ):
             raise SpecError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < 1):
-            raise SpecError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise SpecError(f"max_grad_norm must be positive or null, got {self.max_grad_norm!r}")
+        check_number("weight_decay", self.weight_decay, ge=0, lt=1)
+        if self.max_grad_norm is not None:
+            check_number("max_grad_norm", self.max_grad_norm, gt=0)
         if self.early_stopping_patience is not None:
             _positive_int("early_stopping_patience", self.early_stopping_patience)
         if self.select_on not in ("auto", "eval_loss", "eval_accuracy"):
