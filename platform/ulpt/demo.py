@@ -25,6 +25,7 @@ from ulpt.adapters import Adapter, AdapterSpec
 from ulpt.config import ulpt_home
 from ulpt.data import load_task, prefetch_tasks, split_rows
 from ulpt.demo_report import answers_table, results_table, write_results
+from ulpt.errors import UlptError
 from ulpt.jobspec import JobSpec
 from ulpt.models import BaseModel, load_base_model
 from ulpt.sdk import Client
@@ -142,6 +143,12 @@ def run_demo(
     settings = {"base_model": BASE_MODEL, "steps": size.steps, "batch_size": size.batch_size, "smoke": smoke}
     results_path = write_results(home / "demo" / "results.json", rows, settings)
     console.print(f"adapters saved under {home / 'demo' / 'adapters'}; this table as JSON: {results_path}")
+    failed = [row for row in rows if "error" in row]
+    if failed:  # the demo also checks an installation: it must not end in success without its adapters
+        first = failed[0]
+        raise UlptError(
+            f"{len(failed)} of {len(rows)} demo adapters failed; {first['name']}: {first['error']}"
+        )
 
     mixed = _mixed_batch(model, splits, adapters, size, console)
     served: list[dict[str, str]] = []
