@@ -14,7 +14,7 @@ PIP_LOCKED := $(BIN)/pip install -q --require-hashes
 TORCH_WHEELS ?= /opt/wheels
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) \
-	--override requirements/torch-cpu.txt --no-emit-package torch
+	--override requirements/torch-cpu.txt --no-emit-package torch $(if $(UPGRADE),--upgrade)
 
 .PHONY: demo demo-smoke test test-all reliability audit accuracy lint lock install install-test clean
 
@@ -53,8 +53,9 @@ test: lint
 test-all: lint
 	$(BIN)/pytest -m "slow or not slow"
 
-# Re-resolve both locks from pyproject.toml's ranges (after changing a dependency, or to take
-# upgrades): the test lock is constrained by the runtime lock, so both install the same versions.
+# Re-resolve both locks from pyproject.toml's ranges after changing a dependency (pins that still
+# fit are kept); `make lock UPGRADE=1` takes the newest releases the ranges allow. The test lock is
+# constrained by the runtime lock, so both install the same versions.
 lock: install-test
 	$(UV_COMPILE) -o $(RUNTIME_LOCK)
 	$(UV_COMPILE) --extra dev -c $(RUNTIME_LOCK) -o $(TEST_LOCK)
