@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -333,12 +333,18 @@ class BaseModel:
 
     @torch.no_grad()
     def iter_generate(
-        self, rows: Sequence[Row], params: Sequence[SamplingParams]
+        self,
+        rows: Sequence[Row],
+        params: Sequence[SamplingParams],
+        abandoned: Callable[[], Collection[int]] | None = None,
     ) -> Iterator[dict[int, int]]:
         """Yield, at every decoding step, {row index: new token id} for the rows still running.
 
         One KV cache for the whole batch; each row stops on its own (EOS, a stop string or its
-        max_new_tokens); the loop ends when every row has stopped.
+        max_new_tokens); the loop ends when every row has stopped. `abandoned`, asked after every
+        step, names rows nobody reads any more (a server's disconnected clients): they stop there, so
+        a batch of abandoned rows ends at once instead of decoding to max_new_tokens.
+        A row with no input at all (no prompt and no text) has nothing to continue from and is refused.
         """
         if len(rows) != len(params):
             raise ValueError("one SamplingParams per row")
@@ -346,6 +352,9 @@ class BaseModel:
             return
         sampler = RowSampler(list(params))
         input_ids = [self.encode(text) for _, text in rows]
+        empty = [i for i, ((p, _), ids) in enumerate(zip(rows, input_ids)) if p is None and not ids]
+        if empty:
+            raise ValueError(f"row {empty[0]} has no input tokens (no prompt and an empty text)")
         # Rows with a cached prefix (and some text after it) skip their prompt's prefill; others go inline.
         prefixes = [
             p if isinstance(p, CachedPrompt) and ids and not self.is_encoder_decoder else None
@@ -401,6 +410,8 @@ class BaseModel:
                     if _cut_at_stop(texts[i], params[i].stop) is not None:
                         running[i] = False
             yield emitted
+            for i in abandoned() if abandoned is not None else ():
+                running[i] = False
             if not any(running):
                 break
             feed = torch.tensor(
