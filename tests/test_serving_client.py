@@ -62,6 +62,15 @@ def test_serve_refuses_auth_less_public_hosts_and_busy_ports(tiny_model_dirs: di
     assert taken.returncode == 1 and "already in use" in taken.stderr and "Traceback" not in taken.stderr
 
 
+def test_serve_refuses_a_batch_wait_or_cpus_that_are_not_finite_numbers() -> None:
+    """One line naming the option, before anything starts: a NaN wait gave a healthy server that never
+    answered."""
+    for option, value in (("--batch-wait-ms", "nan"), ("--batch-wait-ms", "inf"), ("--num-cpus", "nan")):
+        refused = _ulpt("serve", option, value)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip() == f"error: {option} must be a finite number, got {value}"
+
+
 @pytest.mark.slow  # starts a second Ray cluster (~20-60 s on 2 busy cores)
 def test_ulpt_serve_runs_until_ctrl_c(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
     """The real command: a fresh local Ray, the app on 127.0.0.1, a query, then a clean Ctrl-C."""

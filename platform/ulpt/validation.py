@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -15,6 +16,18 @@ def check_int(name: str, value: Any, low: int, high: int) -> None:
         raise SpecError(f"{name} must be an integer, got {value!r}")
     if not low <= value <= high:
         raise SpecError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def check_number(name: str, value: Any, low: float, high: float = math.inf) -> None:
+    """`value` is a finite int or float (not a bool) in [low, high], else a SpecError naming the field.
+
+    Comparisons alone let NaN through (`nan < 0` is False), and a NaN or infinite timeout reads as
+    "never": a server that takes one looks healthy and answers nothing.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{name} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise SpecError(f"{name} must be in [{low:g}, {high:g}], got {value:g}")
 
 
 def check_known_fields(cls: type, data: Mapping[str, Any], what: str) -> None:

@@ -28,7 +28,9 @@ def serve(
     tenant: TenantOption = "default",
     replicas: Annotated[int, typer.Option(help="Model replicas (each holds the base model once).")] = 1,
     max_batch_size: Annotated[int, typer.Option(help="Rows decoded together, across adapters.")] = 32,
-    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 10.0,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long a batch waits to fill (finite, 0 to 60000).")
+    ] = 10.0,
     num_cpus: Annotated[float, typer.Option(help="CPUs Ray reserves per replica.")] = 1.0,
     threads: Annotated[int | None, typer.Option(help="torch threads per replica.")] = None,
     ray_address: Annotated[
@@ -45,9 +47,13 @@ def serve(
     tenant/name for public adapters) or the base model's name.
     """
     from ulpt.models.registry import resolve_model_path
+    from ulpt.validation import check_number
     from ulpt_serving.config import ServeConfig
     from ulpt_serving.launch import serve_forever
 
+    # Checked under the names typed here (the config's fields are named and scaled differently).
+    check_number("--batch-wait-ms", batch_wait_ms, 0, 60_000)
+    check_number("--num-cpus", num_cpus, 0, 1e6)
     config = ServeConfig(
         model=model,
         served_model_name=served_model_name or model,
