@@ -105,7 +105,8 @@ class ServeConfig:
     loader_threads: int = 8
     """Threads fetching adapters from the store; concurrent requests for one adapter share one fetch."""
     auth_cache_ttl_s: float = 30.0
-    """How long a verified (or refused) key is remembered; revocations apply within it."""
+    """How long a refused key is remembered (one catalog query per bad key per TTL). Accepted keys are
+    checked against the catalog on every request, so a revocation applies to the next request."""
     resolve_cache_ttl_s: float = 5.0
     """How long a resolved adapter reference is remembered; alias moves apply within it."""
     per_adapter_metrics: bool = True

@@ -43,7 +43,8 @@ def serve(
     """Serve adapters over an OpenAI-compatible HTTP API; requests for different adapters share batches.
 
     Clients send `Authorization: Bearer KEY` (keys from `Client.create_api_key`), or nothing with
-    --no-auth on 127.0.0.1. `model` in a request is an adapter (name, name:version, alias,
+    --no-auth on 127.0.0.1. Keys are checked in the catalog on every request: a revoked key is
+    refused from the next request on. `model` in a request is an adapter (name, name:version, alias,
     tenant/name for public adapters) or the base model's name.
     """
     from ulpt.models.registry import resolve_model_path
