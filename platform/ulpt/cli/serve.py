@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ulpt.cli.catalog_options import CatalogUrlOption, HomeOption, StoreUrlOption, TenantOption
 from ulpt.cli.output import console
 from ulpt.config import ulpt_home
+from ulpt.errors import UlptError
+
+if TYPE_CHECKING:
+    from ulpt_serving.config import ServeConfig
 
 
 def serve(
@@ -75,5 +79,31 @@ def serve(
     # Resolved here, once, with progress on this terminal (a known name may be converted on first use);
     # replicas then just load a folder.
     config = replace(config, model=str(resolve_model_path(model).absolute()))
+    _check_model_folder(model, config.model)
+    _check_catalog(config)
     console.print(f"starting Ray Serve for {config.base_model_name} on {host}:{port} ...", highlight=False)
     serve_forever(config, address=ray_address)
+
+
+def _check_model_folder(given: str, folder: str) -> None:
+    """A folder without a model config fails here in a second, not in a replica after Ray has started
+    (where the cause ends up in the controller's log)."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    if not (Path(folder) / "config.json").is_file():
+        raise UlptError(f"--model {given}: not a model folder (no config.json in {folder})")
+    try:
+        AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UlptError(f"--model {given}: not a loadable model folder ({reason})") from None
+
+
+def _check_catalog(config: ServeConfig) -> None:
+    """Open the catalog the replicas will use (reachable, schema current): one line if it is not."""
+    from ulpt.sdk import Client
+
+    with Client(home=config.home, catalog_url=config.catalog_url, store_url=config.store_url) as client:
+        client.catalog.check_schema()
