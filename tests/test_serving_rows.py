@@ -4,6 +4,7 @@ be decoded fails alone while its batch mates produce exactly what they produce w
 from __future__ import annotations
 
 import pytest
+import torch
 
 import ulpt
 from tests.serve_fixtures import make_adapter
@@ -45,9 +46,23 @@ def test_an_abandoned_row_stops_at_the_next_step_and_its_batch_mates_are_unchang
     full = [i for i, ids in enumerate(alone) if len(ids) == limit]
     assert full, "some row should decode to max_new_tokens"
     gone = full[0]
-    out = _decode(engine, _rows(tiny_model, engine, limit), {gone: 2})
+    rows_per_forward: list[int] = []
+
+    def count_rows(_module: object, _args: object, kwargs: dict[str, torch.Tensor]) -> None:
+        fed = kwargs.get("decoder_input_ids", kwargs.get("input_ids", kwargs.get("inputs_embeds")))
+        rows_per_forward.append(int(fed.shape[0]))
+
+    hook = tiny_model.hf.register_forward_pre_hook(count_rows, with_kwargs=True)
+    try:
+        out = _decode(engine, _rows(tiny_model, engine, limit), {gone: 2})
+    finally:
+        hook.remove()
     assert out[gone] == alone[gone][:2]  # not one token after the reader left
     assert [o for i, o in enumerate(out) if i != gone] == [a for i, a in enumerate(alone) if i != gone]
+    # It left the tensors too: from the third token on, forward passes carry only the other rows.
+    lengths = sorted((len(o) for o in out), reverse=True)
+    assert rows_per_forward[-1] == sum(1 for n in lengths if n == lengths[0])
+    assert 4 not in rows_per_forward[3:] and rows_per_forward[:2] == [4, 4]
 
 
 def test_a_batch_whose_readers_all_left_ends_at_once(tiny_model: ulpt.BaseModel) -> None:
