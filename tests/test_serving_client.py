@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -126,8 +127,31 @@ def test_ulpt_serve_runs_until_ctrl_c(tiny_model_dirs: dict[str, Path], tmp_path
             "tiny",
             "first:1",
         }
+        # The replica can answer a moment before the deployment call returns; a user presses Ctrl-C
+        # once the command says it is serving, so the test does too.
+        announced = _read_until(server, "(Ctrl-C to stop)", timeout=60)
     finally:
         server.send_signal(signal.SIGINT)
         out, err = server.communicate(timeout=60)
     assert server.returncode == 0, err
-    assert f"{url}/v1" in out
+    assert f"{url}/v1" in announced + out
+
+
+def _read_until(process: subprocess.Popen, marker: str, timeout: float) -> str:
+    """stdout of `process` up to and including the line that contains `marker` (read by a thread, so
+    a server that never says it is serving fails the test instead of hanging it)."""
+    assert process.stdout is not None
+    stdout, seen = process.stdout, []
+
+    def read() -> None:
+        while line := stdout.readline():
+            seen.append(line)
+            if marker in line:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    text = "".join(seen)
+    assert marker in text, text
+    return text
