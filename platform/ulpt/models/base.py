@@ -23,6 +23,7 @@ from transformers import (
 from ulpt.adapters import Adapter
 from ulpt.errors import ModelNotFoundError
 from ulpt.models.batch import pack_rows, pad_ids
+from ulpt.models.precision import resolve_device, resolve_dtype
 from ulpt.models.prefix import CachedPrompt, compute_prefixes, prefix_batch, supports_prefix_cache
 from ulpt.models.sampling import RowSampler, SamplingParams
 
@@ -451,17 +452,22 @@ def _eos_ids(hf_model: Any, tokenizer: Any) -> set[int]:
 def load_base_model(
     path_or_id: str | os.PathLike[str],
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     pad_multiple: int = 8,
 ) -> BaseModel:
     """Load any `from_pretrained` folder (or a named model such as 'smollm2-135m'), frozen.
 
     Decoder-only models load as `AutoModelForCausalLM`, encoder-decoder ones (T5) as
-    `AutoModelForSeq2SeqLM` with the prompt on the encoder side.
+    `AutoModelForSeq2SeqLM` with the prompt on the encoder side. `dtype` is "auto" (bf16 on CUDA,
+    float32 on CPU), "float32", "bfloat16", "float16" or a torch dtype; `device` is "auto" (CUDA when
+    present), "cpu", "cuda[:N]" or a torch device. Adapters stay float32 whatever the base runs in
+    (see `ulpt.models.precision`).
     """
     from ulpt.models.registry import resolve_model_path
 
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     name = str(path_or_id)
     path = resolve_model_path(name)
     try:
