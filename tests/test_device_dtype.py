@@ -21,6 +21,7 @@ import torch
 import ulpt
 from tests.test_training import sentiment_rows
 from ulpt.errors import SpecError
+from ulpt.jobspec import JobSpec
 from ulpt.training import FitRequest, PackedTrainer, TrainConfig
 from ulpt.training.api import prepare_fit
 from ulpt.training.packed import FitState
@@ -163,3 +164,21 @@ def test_bad_dtype_or_device_is_refused_in_one_line(tiny_model_dirs: dict[str, P
         ulpt.load_base_model(tiny_model_dirs["llama"], dtype=torch.int8)
     with pytest.raises(SpecError, match=r"^device must be auto, cpu, cuda or cuda:N, got 'gpu0'$"):
         ulpt.load_base_model(tiny_model_dirs["llama"], device="gpu0")
+
+
+def test_job_spec_carries_a_checked_dtype() -> None:
+    base = {"base_model": "./m", "dataset": {"path": "d.jsonl"}}
+    assert JobSpec.from_dict(base).dtype == "auto"
+    spec = JobSpec.from_dict({**base, "dtype": "bfloat16"})
+    assert JobSpec.from_dict(spec.to_dict()).dtype == "bfloat16"
+    with pytest.raises(
+        SpecError, match=r"^dtype must be one of auto, float32, bfloat16, float16, got 'half'$"
+    ):
+        JobSpec.from_dict({**base, "dtype": "half"})
+
+
+def test_ulpt_train_dtype_flag_sets_the_spec_field() -> None:
+    from ulpt.cli.train import build_spec
+
+    spec = build_spec(None, {"base_model": "./m", "dtype": "float16"}, ["d.jsonl"], None)
+    assert spec.dtype == "float16"
