@@ -62,6 +62,30 @@ def test_serve_refuses_auth_less_public_hosts_and_busy_ports(tiny_model_dirs: di
     assert taken.returncode == 1 and "already in use" in taken.stderr and "Traceback" not in taken.stderr
 
 
+def test_serve_refuses_a_batch_wait_or_cpus_that_are_not_finite_numbers() -> None:
+    """One line naming the option, before anything starts: a NaN wait gave a healthy server that never
+    answered."""
+    for option, value in (("--batch-wait-ms", "nan"), ("--batch-wait-ms", "inf"), ("--num-cpus", "nan")):
+        refused = _ulpt("serve", option, value)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip() == f"error: {option} must be a finite number, got {value}"
+
+
+def test_serve_checks_the_model_folder_and_the_catalog_before_starting_ray(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    not_a_model = _ulpt("serve", "--model", "/etc", "--home", str(tmp_path / "home"))
+    assert not_a_model.returncode == 1 and "Traceback" not in not_a_model.stderr
+    assert not_a_model.stderr.startswith("error: --model /etc: not a model folder (no config.json")
+    assert len(not_a_model.stderr.strip().splitlines()) == 1
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"postgresql://ulpt@127.0.0.1:{closed.getsockname()[1]}/ulpt"  # nothing listens there
+        no_catalog = _ulpt("serve", "--model", str(tiny_model_dirs["llama"]), "--catalog-url", dead)
+    assert no_catalog.returncode == 1 and "Traceback" not in no_catalog.stderr
+    assert "catalog" in no_catalog.stderr and len(no_catalog.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.slow  # starts a second Ray cluster (~20-60 s on 2 busy cores)
 def test_ulpt_serve_runs_until_ctrl_c(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
     """The real command: a fresh local Ray, the app on 127.0.0.1, a query, then a clean Ctrl-C."""

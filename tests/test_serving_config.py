@@ -37,6 +37,16 @@ def test_serve_run_arguments_become_typed_fields() -> None:
         ({"hot_cache_count": 0}, "hot_cache_count"),
         ({"max_batch_size": "many"}, "max_batch_size"),
         ({"colour": "blue"}, "unknown serve option"),
+        ({"batch_wait_timeout_s": "nan"}, "batch_wait_timeout_s must be a finite number, got nan"),
+        ({"batch_wait_timeout_s": float("inf")}, "batch_wait_timeout_s must be a finite number"),
+        ({"batch_wait_timeout_s": True}, "batch_wait_timeout_s must be a finite number, got True"),
+        ({"retry_after_s": float("nan")}, "retry_after_s must be a finite number"),
+        ({"auth_cache_ttl_s": "inf"}, "auth_cache_ttl_s must be a finite number"),
+        ({"resolve_cache_ttl_s": "-inf"}, "resolve_cache_ttl_s must be a finite number"),
+        ({"num_cpus": "nan"}, "num_cpus must be a finite number"),
+        ({"num_gpus": False}, "num_gpus must be a finite number"),
+        ({"port": True}, "port must be an integer"),
+        ({"max_batch_size": 8.0}, "max_batch_size must be an integer"),
     ],
 )
 def test_invalid_settings_are_refused_by_name(fields: dict[str, object], message: str) -> None:

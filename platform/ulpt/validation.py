@@ -27,7 +27,11 @@ def check_number(
     le: float | None = None,
     lt: float | None = None,
 ) -> float:
-    """`value` is a finite int or float (never a bool: `lr: true` is a typo, not 1.0) within the bounds."""
+    """`value` is a finite int or float (never a bool: `lr: true` is a typo, not 1.0) within the bounds.
+
+    Comparisons alone let NaN through (`nan < 0` is False), and a NaN or infinite timeout reads as
+    "never": a server that takes one looks healthy and answers nothing.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SpecError(f"{name} must be a finite number, got {value!r}")
     low = f"({gt}" if gt is not None else f"[{ge}" if ge is not None else "(-inf"

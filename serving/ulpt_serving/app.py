@@ -30,25 +30,16 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from ulpt.errors import (
-    AdapterFormatError,
-    BlobIntegrityError,
-    BlobNotFoundError,
-    CatalogError,
-    FingerprintMismatchError,
-    NotFoundError,
-    SpecError,
-    StoreError,
-    UlptError,
-)
+from ulpt.errors import AdapterFormatError, CatalogError, NotFoundError, SpecError, StoreError, UlptError
 from ulpt.models import BaseModel, SamplingParams, load_base_model
 from ulpt.registry import AdapterRecord, Registry
-from ulpt_serving import openapi, protocol
+from ulpt_serving import answers, openapi, protocol
 from ulpt_serving.cache import CompactAdapter
 from ulpt_serving.config import ServeConfig, is_loopback
-from ulpt_serving.engine import BatchItem, Engine, TextStream
+from ulpt_serving.engine import BatchItem, Engine, RowFailure, TextStream
 from ulpt_serving.metrics import ServingMetrics
 from ulpt_serving.protocol import ApiError, ChatCompletionRequest, CompletionRequest
+from ulpt_serving.requestlog import RequestInfo, RequestLog
 from ulpt_serving.tenancy import Authenticator, Resolver
 
 logger = logging.getLogger("ray.serve").getChild("ulpt")
@@ -110,26 +101,9 @@ def _model_entry(model_id: str, record: AdapterRecord, alias_of: str | None = No
     return entry
 
 
-def _internal_error() -> ApiError:
-    return ApiError(
-        500, "internal error while generating; the request was not completed", type="server_error"
-    )
-
-
-def _failed_check(exc: Exception) -> str:
-    """Which check an adapter's stored data failed, for the client: a kind of damage, never keys or paths."""
-    if isinstance(exc, BlobNotFoundError):
-        return "its blob is missing from the store"
-    if isinstance(exc, BlobIntegrityError):
-        return "its blob does not match its recorded SHA-256"
-    if isinstance(exc, FingerprintMismatchError):
-        return "its projection fingerprint does not match"
-    if isinstance(exc, AdapterFormatError):
-        return "its blob and catalog entry do not describe one valid adapter"
-    return "it is no longer available"
-
-
-def _timed_next(steps: Iterator[dict[int, int]]) -> tuple[dict[int, int] | None, float]:
+def _timed_next(
+    steps: Iterator[dict[int, int | RowFailure]],
+) -> tuple[dict[int, int | RowFailure] | None, float]:
     """The next decoding step and the seconds it took in the model (queueing for the thread excluded)."""
     started = time.perf_counter()
     step = next(steps, None)
@@ -195,6 +169,7 @@ class ULPTServer:
         self.auth = Authenticator(self.registry, config.auth_cache_ttl_s)
         self.resolver = Resolver(self.registry, config.resolve_cache_ttl_s)
         self.metrics = ServingMetrics(per_adapter=config.per_adapter_metrics)
+        self.requests = RequestLog(self.metrics, config.log_requests)
         self.decoder = ThreadPoolExecutor(1, thread_name_prefix="ulpt-decode")
         self.max_positions = _max_positions(model)
         self.configure_batching(config.max_batch_size, config.batch_wait_timeout_s)
@@ -232,7 +207,7 @@ class ULPTServer:
             None, pattern="^[A-Za-z0-9_-]+$", description="`next_cursor` of the previous page, unchanged."
         ),
     ) -> Response:
-        started = time.perf_counter()
+        info = RequestInfo("models")
         status = 200
         try:
             tenant = await self._tenant(request)
@@ -241,7 +216,7 @@ class ULPTServer:
             status = exc.status
             return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
         finally:
-            self._log("-", "-", "models", status, started, 0, 0, False)
+            self.requests.record(info, status)
 
     @api.post(
         "/v1/completions",
@@ -264,16 +239,15 @@ class ULPTServer:
     # ---- the request path ----------------------------------------------------------------------
 
     async def _generate(self, request: Request, chat: bool) -> Response:
-        started = time.perf_counter()
-        endpoint = "chat" if chat else "completions"
+        info = RequestInfo("chat" if chat else "completions")
         rid = protocol.new_id("chatcmpl" if chat else "cmpl")
-        tenant, label, status, prompt_tokens = "-", "-", 200, 0
+        items: list[BatchItem] = []
         try:
-            tenant = await self._tenant(request)
+            info.tenant = await self._tenant(request)
             raw = await _read_body(request)
             body: Any = protocol.parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
-            target = await self._target(tenant, body.model)
-            label = target.label
+            target = await self._target(info.tenant, body.model)
+            info.label = target.label
             texts = [self._chat_text(body)] if chat else body.prompts
             if not texts or len(texts) > self.config.max_prompts_per_request:
                 raise ApiError(
@@ -282,50 +256,71 @@ class ULPTServer:
             if body.stream and len(texts) > 1:
                 raise ApiError(400, "stream=true takes a single prompt", param="prompt")
             counts = [self._count_tokens(t, target.n_tokens, chat) for t in texts]
+            if target.n_tokens == 0 and 0 in counts:
+                raise answers.empty_input(chat)
             params = self._params(body, chat, max(counts) + target.n_tokens)
             items = [BatchItem(t, params, target.adapter_key, target.adapter) for t in texts]
-            prompt_tokens = sum(counts)
+            info.prompt_tokens = sum(counts)
             if body.stream:
-                events = self._stream(items[0], body, rid, chat, (tenant, label, started, prompt_tokens))
+                info.stream = True
+                events = self._stream(items[0], body, rid, chat, info)
                 return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-            results = await asyncio.gather(*(self._collect(item) for item in items))
+            results = await self._collect_all(items)
         except ApiError as exc:
-            status = exc.status
-            self._log(tenant, label, endpoint, status, started, prompt_tokens, 0, False)
+            self.requests.record(info, exc.status)
             return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        except asyncio.CancelledError:
+            self.requests.record(info, 499, sum(it.control.generated for it in items))  # client went away
+            raise
         except Exception:
             logger.exception("request %s failed", rid)
-            self._log(tenant, label, endpoint, 500, started, prompt_tokens, 0, False)
-            return JSONResponse(_internal_error().body(), status_code=500)
+            self.requests.record(info, 500, sum(it.control.generated for it in items))
+            return JSONResponse(answers.internal_error().body(), status_code=500)
         completion_tokens = sum(len(r.token_ids) for r in results)
-        self._log(tenant, label, endpoint, status, started, prompt_tokens, completion_tokens, False)
+        self.requests.record(info, 200, completion_tokens)
         if chat:
             out = protocol.chat_body(
                 rid,
                 body.model,
                 results[0].sent,
                 results[0].finish_reason or "length",
-                prompt_tokens,
+                info.prompt_tokens,
                 completion_tokens,
             )
         else:
             choices = [(r.sent, r.finish_reason or "length") for r in results]
-            out = protocol.completion_body(rid, body.model, choices, prompt_tokens, completion_tokens)
+            out = protocol.completion_body(rid, body.model, choices, info.prompt_tokens, completion_tokens)
         return JSONResponse(out)
+
+    async def _collect_all(self, items: list[BatchItem]) -> list[TextStream]:
+        """Every prompt of a request; when one fails (or the client leaves), the others stop decoding."""
+        try:
+            return list(await asyncio.gather(*(self._collect(item) for item in items)))
+        except BaseException:
+            for item in items:
+                item.control.abandon()
+            raise
 
     async def _collect(self, item: BatchItem) -> TextStream:
         stream = TextStream(self.engine.model, item.params, incremental=False)
-        async for token in self._batched(item):
-            stream.push(token)
-            if stream.done:
-                break
+        try:
+            async for token in self._batched(item):
+                if isinstance(token, RowFailure):
+                    raise token.error
+                stream.push(token)
+                if stream.done:
+                    break
+        finally:
+            if not stream.done:
+                item.control.abandon()
         stream.finish()
         return stream
 
     async def _stream(
-        self, item: BatchItem, body: Any, rid: str, chat: bool, context: tuple[str, str, float, int]
+        self, item: BatchItem, body: Any, rid: str, chat: bool, info: RequestInfo
     ) -> AsyncIterator[bytes]:
-        tenant, label, started, prompt_tokens = context
+        """Server-sent events of one row. A client that disconnects (499) abandons the row, which leaves
+        the batch at the next step; its log line is written then, with the tokens really decoded."""
         stream = TextStream(self.engine.model, item.params)
         status = 200
 
@@ -341,6 +336,8 @@ class ULPTServer:
                     protocol.chat_chunk(rid, body.model, {"role": "assistant", "content": ""}, None)
                 )
             async for token in self._batched(item):
+                if isinstance(token, RowFailure):
+                    raise token.error
                 delta = stream.push(token)
                 if delta:
                     yield chunk(delta, None)
@@ -353,20 +350,23 @@ class ULPTServer:
             if body.include_usage:
                 obj = "chat.completion.chunk" if chat else "text_completion"
                 yield protocol.sse(
-                    protocol.usage_chunk(rid, body.model, obj, prompt_tokens, len(stream.token_ids))
+                    protocol.usage_chunk(rid, body.model, obj, info.prompt_tokens, len(stream.token_ids))
                 )
             yield protocol.SSE_DONE
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             status = 499  # the client went away
             raise
         except Exception:
             status = 500
             logger.exception("stream %s failed", rid)
-            yield protocol.sse(_internal_error().body())
+            yield protocol.sse(answers.internal_error().body())
             yield protocol.SSE_DONE
         finally:
-            endpoint = "chat" if chat else "completions"
-            self._log(tenant, label, endpoint, status, started, prompt_tokens, len(stream.token_ids), True)
+            if stream.done or status != 499:
+                item.control.abandon()
+                self.requests.record(info, status, item.control.generated)
+            else:
+                item.control.abandon(partial(self.requests.record, info, status))
 
     @_mixed_batch
     async def _batched(self, items: list[BatchItem]) -> AsyncIterator[list[Any]]:
@@ -374,16 +374,26 @@ class ULPTServer:
         self.metrics.batch([it.adapter_key for it in items])
         loop = asyncio.get_running_loop()
         steps = self.engine.steps(items)
-        compute_s = 0.0
+        compute_s, n_steps = 0.0, 0
+        for item in items:
+            item.control.joined = True
         try:
             while True:
                 step, seconds = await loop.run_in_executor(self.decoder, _timed_next, steps)
                 compute_s += seconds
                 if step is None:
                     break
+                n_steps += 1
+                for i, item in enumerate(items):
+                    if i not in step:
+                        item.control.release()  # ended (or was abandoned) in the step before
+                    elif not isinstance(step[i], RowFailure):
+                        item.control.generated += 1
                 yield [step.get(i, StopIteration) for i in range(len(items))]
         finally:
-            self.metrics.batch_done(compute_s)
+            for item in items:
+                item.control.release()
+            self.metrics.batch_done(compute_s, n_steps)
             self.metrics.cache(self.engine.cache.stats())
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -426,18 +436,7 @@ class ULPTServer:
             adapter = await self.engine.cache.get(record.id, record.load)
         except (AdapterFormatError, StoreError, NotFoundError) as exc:
             logger.error("adapter %s/%s could not be loaded: %s", record.tenant, record.ref, exc)
-            unavailable = type(exc) is StoreError  # the store itself is down, not this adapter's blob
-            raise ApiError(
-                503 if unavailable else 500,
-                f"adapter {ref!r} could not be loaded"
-                + (
-                    "; try again"
-                    if unavailable
-                    else f": its stored data failed checks ({_failed_check(exc)})"
-                ),
-                type="server_error",
-                headers=self._retry_after() if unavailable else None,
-            ) from None
+            raise answers.adapter_unavailable(ref, exc, self._retry_after()) from None
         return Target(f"{record.tenant}/{record.ref}", record.id, adapter, record.n_tokens)
 
     async def _catalog(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -552,34 +551,6 @@ class ULPTServer:
             "has_more": page.next_cursor is not None,
             "next_cursor": page.next_cursor,
         }
-
-    def _log(
-        self,
-        tenant: str,
-        label: str,
-        endpoint: str,
-        status: int,
-        started: float,
-        prompt_tokens: int,
-        completion_tokens: int,
-        stream: bool,
-    ) -> None:
-        latency = time.perf_counter() - started
-        if endpoint != "models":
-            self.metrics.request(label, endpoint, status, latency, completion_tokens)
-        if self.config.log_requests:
-            logger.info(
-                "request endpoint=%s tenant=%s model=%s status=%d stream=%s prompt_tokens=%d "
-                "completion_tokens=%d latency_ms=%.1f",
-                endpoint,
-                tenant,
-                label,
-                status,
-                stream,
-                prompt_tokens,
-                completion_tokens,
-                latency * 1000,
-            )
 
 
 def build_application(config: ServeConfig, deps: Dependencies | None = None) -> Application:

@@ -11,11 +11,21 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ulpt.errors import SpecError
-from ulpt.validation import check_int
+from ulpt.validation import check_int, check_number
 
 FORMAT_VERSION = 1
 LOOPBACK_NAMES = ("localhost",)
 MiB = 1 << 20
+
+NUMBER_LIMITS = {
+    "num_cpus": 1e6,
+    "num_gpus": 1e6,
+    "batch_wait_timeout_s": 60.0,
+    "retry_after_s": 86_400.0,
+    "auth_cache_ttl_s": 3_600.0,
+    "resolve_cache_ttl_s": 3_600.0,
+}
+"""Upper bounds of the float fields (all are at least 0 and finite: NaN or inf would mean "never")."""
 
 
 def is_loopback(host: str) -> bool:
@@ -95,7 +105,8 @@ class ServeConfig:
     loader_threads: int = 8
     """Threads fetching adapters from the store; concurrent requests for one adapter share one fetch."""
     auth_cache_ttl_s: float = 30.0
-    """How long a verified (or refused) key is remembered; revocations apply within it."""
+    """How long a refused key is remembered (one catalog query per bad key per TTL). Accepted keys are
+    checked against the catalog on every request, so a revocation applies to the next request."""
     resolve_cache_ttl_s: float = 5.0
     """How long a resolved adapter reference is remembered; alias moves apply within it."""
     per_adapter_metrics: bool = True
@@ -134,14 +145,8 @@ class ServeConfig:
         for name in ("compact_cache_count", "hot_cache_count", "torch_threads"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 1, 1 << 40)
-        for name in ("num_cpus", "num_gpus", "batch_wait_timeout_s", "retry_after_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise SpecError(f"{name} must be a non-negative number, got {value!r}")
-        for name in ("auth_cache_ttl_s", "resolve_cache_ttl_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise SpecError(f"{name} must be a non-negative number of seconds, got {value!r}")
+        for name, high in NUMBER_LIMITS.items():
+            check_number(name, getattr(self, name), ge=0, le=high)
 
     @property
     def base_model_name(self) -> str:

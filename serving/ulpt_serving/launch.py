@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import time
 from types import TracebackType
+from typing import Any
 
 from ulpt.config import ray_env_defaults
 from ulpt.errors import UlptError
@@ -65,8 +67,38 @@ def start(config: ServeConfig, *, address: str | None = None) -> str:
     check_port_free(config.host, config.port)
     ensure_ray(address)
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_application(config), name=config.app_name, route_prefix=config.route_prefix)
+    deploy(build_application(config), config)
     return base_url(config)
+
+
+def deploy(app: Any, config: ServeConfig) -> None:
+    """`serve.run`, with a failed deployment's real cause (a replica's error) as one line."""
+    from ray import serve
+
+    try:
+        serve.run(app, name=config.app_name, route_prefix=config.route_prefix)
+    except RuntimeError as exc:
+        # Serve's own message only says the application failed; the cause is in the deployment status.
+        status = serve.status().applications.get(config.app_name)
+        messages = [d.message for d in status.deployments.values() if d.message] if status else []
+        cause = failure_cause("\n".join(messages) or str(exc))
+        raise UlptError(f"deploying application {config.app_name!r} failed: {cause}") from None
+
+
+def failure_cause(message: str) -> str:
+    """The line of a deployment's status message that names the error, without Ray's framing.
+
+    A replica whose constructor raised reports its traceback, whose last line is the exception (Ray
+    prefixes it with `ray.exceptions.RayTaskError(...)` or a pid); that line is what a person needs.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    errors = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    line = errors[-1] if errors else (lines[-1] if lines else "no cause reported")
+    return _RAY_PREFIX.sub("", line)
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit)\b(?:\([\w.]+\))?:")
+_RAY_PREFIX = re.compile(r"^(?:ray\.exceptions\.)?RayTaskError\([\w.]+\):\s*(?:\S+\s+\(pid=\d+[^)]*\)\s*)?")
 
 
 class LocalServer:

@@ -32,6 +32,7 @@ class ServingMetrics:
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.latency_sum: defaultdict[str, float] = defaultdict(float)
         self.generated_tokens = 0
+        self.decode_steps = 0
         self.recent_batches: deque[dict[str, int]] = deque(maxlen=RECENT_BATCHES)
         self.batches = 0
         self.compute_s = 0.0
@@ -109,9 +110,11 @@ class ServingMetrics:
             self._ray["batch_rows"].observe(len(adapter_keys))
             self._ray["batch_adapters"].observe(distinct)
 
-    def batch_done(self, compute_s: float) -> None:
-        """Seconds the batch spent in the model (prefill, decode steps, building prefixes)."""
+    def batch_done(self, compute_s: float, steps: int) -> None:
+        """Seconds the batch spent in the model (prefill, decode steps, building prefixes) and its steps:
+        the replica's busy time, which rows nobody reads any more must not extend."""
         self.compute_s += compute_s
+        self.decode_steps += steps
 
     def cache(self, stats: CacheStats) -> None:
         if self._ray:
@@ -136,6 +139,7 @@ class ServingMetrics:
             "generated_tokens": self.generated_tokens,
             "batches": self.batches,
             "compute_s": self.compute_s,
+            "decode_steps": self.decode_steps,
             "recent_batches": list(self.recent_batches),
             "cache": asdict(cache) if cache is not None else None,
         }

@@ -1,10 +1,12 @@
 """Who is calling and what their `model` means: API keys -> tenant, references -> catalog records.
 
 Both answers come from the catalog (keys are stored and compared as SHA-256 hashes, see
-`ulpt.catalog.tenants`) and are remembered for a short TTL, so a busy replica does not query the
-database per request, and a revoked key or a moved alias takes effect within the TTL. Refusals are
-remembered too, so a flood of bad keys or unknown names costs one query each per TTL. Only a hash of
-a key is kept in memory; keys are never logged.
+`ulpt.catalog.tenants`). An accepted key is looked up again on every request (one primary-key read),
+so a revoked key is refused from the next request on, by every replica: remembering acceptances even
+for seconds kept revoked keys working. Refusals are remembered for a TTL, so a flood of bad keys
+costs one query each per TTL (a refused key never becomes valid: keys are random and new ones are
+new strings). Resolved references are remembered for a short TTL, so a moved alias applies within it.
+Only a hash of a key is kept in memory; keys are never logged.
 """
 
 from __future__ import annotations
@@ -56,20 +58,24 @@ class TtlCache(Generic[V]):
 
 
 class Authenticator:
-    """Bearer key -> tenant, or None for a missing, malformed, unknown or revoked key."""
+    """Bearer key -> tenant, or None for a missing, malformed, unknown or revoked key.
 
-    def __init__(self, registry: Registry, ttl_s: float) -> None:
+    Only refusals are cached (`refusal_ttl_s`); an accepted key is verified against the catalog on each
+    call, so revocation is effective on the next request.
+    """
+
+    def __init__(self, registry: Registry, refusal_ttl_s: float) -> None:
         self._registry = registry
-        self._cache: TtlCache[str | None] = TtlCache(ttl_s)
+        self._refused: TtlCache[None] = TtlCache(refusal_ttl_s)
 
     def tenant_for(self, key: str) -> str | None:
         digest = hashlib.sha256(key.encode()).digest()
-        found, tenant = self._cache.get(digest)
-        if found:
-            return tenant
+        if self._refused.get(digest)[0]:
+            return None
         with self._registry.catalog.read() as session:
             tenant = verify_api_key(session, key)
-        self._cache.put(digest, tenant)
+        if tenant is None:
+            self._refused.put(digest, None)
         return tenant
 
 

@@ -177,6 +177,19 @@ def test_sdk_and_cli_scoped_to_a_show_none_of_b_private_adapters(
         assert with_public == {(A, f"{n}:1") for n in SHARED} | {(B, "beta-public:1")}
         assert aliases == {"prod": A}
         assert alpha.adapters.get("prod").tenant == A and alpha.adapters.get("twin-0").version == 1
+        # B named as a filter narrows to B's public adapters, whatever the order or extra filters
+        for query in (
+            {},
+            {"order_by": "name"},
+            {"order_by": "-metrics.eval_accuracy"},
+            {"name": "twin-0"},
+            {"include_public": True},
+            {"status": None},
+        ):
+            attempts += 1
+            found = {(r.tenant, r.ref) for r in alpha.adapters.find(tenant=B, limit=100, **query)}
+            assert found <= {(B, "beta-public:1")}, query
+            successes += bool(found - {(B, "beta-public:1")})
         for ref in FOREIGN + MISSING:
             for action in (
                 alpha.adapters.get,

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ulpt.cli.catalog_options import CatalogUrlOption, HomeOption, StoreUrlOption, TenantOption
 from ulpt.cli.output import console
 from ulpt.config import ulpt_home
+from ulpt.errors import UlptError
+
+if TYPE_CHECKING:
+    from ulpt_serving.config import ServeConfig
 
 
 def serve(
@@ -28,7 +32,9 @@ def serve(
     tenant: TenantOption = "default",
     replicas: Annotated[int, typer.Option(help="Model replicas (each holds the base model once).")] = 1,
     max_batch_size: Annotated[int, typer.Option(help="Rows decoded together, across adapters.")] = 32,
-    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 10.0,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long a batch waits to fill (finite, 0 to 60000).")
+    ] = 10.0,
     num_cpus: Annotated[float, typer.Option(help="CPUs Ray reserves per replica.")] = 1.0,
     threads: Annotated[int | None, typer.Option(help="torch threads per replica.")] = None,
     ray_address: Annotated[
@@ -41,13 +47,18 @@ def serve(
     """Serve adapters over an OpenAI-compatible HTTP API; requests for different adapters share batches.
 
     Clients send `Authorization: Bearer KEY` (keys from `ulpt keys create`), or nothing with
-    --no-auth on 127.0.0.1. `model` in a request is an adapter (name, name:version, alias,
+    --no-auth on 127.0.0.1. Keys are checked in the catalog on every request: a revoked key is
+    refused from the next request on. `model` in a request is an adapter (name, name:version, alias,
     tenant/name for public adapters) or the base model's name.
     """
     from ulpt.models.registry import resolve_model_path
+    from ulpt.validation import check_number
     from ulpt_serving.config import ServeConfig
     from ulpt_serving.launch import serve_forever
 
+    # Checked under the names typed here (the config's fields are named and scaled differently).
+    check_number("--batch-wait-ms", batch_wait_ms, ge=0, le=60_000)
+    check_number("--num-cpus", num_cpus, ge=0, le=1e6)
     config = ServeConfig(
         model=model,
         served_model_name=served_model_name or model,
@@ -68,5 +79,31 @@ def serve(
     # Resolved here, once, with progress on this terminal (a known name may be converted on first use);
     # replicas then just load a folder.
     config = replace(config, model=str(resolve_model_path(model).absolute()))
+    _check_model_folder(model, config.model)
+    _check_catalog(config)
     console.print(f"starting Ray Serve for {config.base_model_name} on {host}:{port} ...", highlight=False)
     serve_forever(config, address=ray_address)
+
+
+def _check_model_folder(given: str, folder: str) -> None:
+    """A folder without a model config fails here in a second, not in a replica after Ray has started
+    (where the cause ends up in the controller's log)."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    if not (Path(folder) / "config.json").is_file():
+        raise UlptError(f"--model {given}: not a model folder (no config.json in {folder})")
+    try:
+        AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UlptError(f"--model {given}: not a loadable model folder ({reason})") from None
+
+
+def _check_catalog(config: ServeConfig) -> None:
+    """Open the catalog the replicas will use (reachable, schema current): one line if it is not."""
+    from ulpt.sdk import Client
+
+    with Client(home=config.home, catalog_url=config.catalog_url, store_url=config.store_url) as client:
+        client.catalog.check_schema()

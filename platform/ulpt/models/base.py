@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -336,12 +336,19 @@ class BaseModel:
 
     @torch.no_grad()
     def iter_generate(
-        self, rows: Sequence[Row], params: Sequence[SamplingParams]
+        self,
+        rows: Sequence[Row],
+        params: Sequence[SamplingParams],
+        abandoned: Callable[[], Collection[int]] | None = None,
     ) -> Iterator[dict[int, int]]:
         """Yield, at every decoding step, {row index: new token id} for the rows still running.
 
         One KV cache for the whole batch; each row stops on its own (EOS, a stop string or its
-        max_new_tokens); the loop ends when every row has stopped.
+        max_new_tokens) and then leaves the batch's tensors; the loop ends when every row has stopped.
+        `abandoned`, asked after every step, names rows nobody reads any more (a server's disconnected
+        clients): they stop there too, so a batch of abandoned rows ends at once instead of decoding to
+        max_new_tokens, and one abandoned row no longer costs its batch mates' forward passes.
+        A row with no input at all (no prompt and no text) has nothing to continue from and is refused.
         """
         if len(rows) != len(params):
             raise ValueError("one SamplingParams per row")
@@ -349,6 +356,9 @@ class BaseModel:
             return
         sampler = RowSampler(list(params))
         input_ids = [self.encode(text) for _, text in rows]
+        empty = [i for i, ((p, _), ids) in enumerate(zip(rows, input_ids)) if p is None and not ids]
+        if empty:
+            raise ValueError(f"row {empty[0]} has no input tokens (no prompt and an empty text)")
         # Rows with a cached prefix (and some text after it) skip their prompt's prefill; others go inline.
         prefixes = [
             p if isinstance(p, CachedPrompt) and ids and not self.is_encoder_decoder else None
@@ -388,13 +398,11 @@ class BaseModel:
         running = [p.max_new_tokens > 0 for p in params]
         texts = [""] * batch
         generated: list[list[int]] = [[] for _ in range(batch)]
+        live = list(range(batch))  # the rows still in the tensors (their index in `rows`), in order
         while any(running):
-            chosen = sampler.choose(logits)
+            tokens: list[int] = sampler.choose(logits).tolist()  # [len(live)], one device sync a step
             emitted: dict[int, int] = {}
-            for i in range(batch):
-                if not running[i]:
-                    continue
-                token = int(chosen[i])
+            for i, token in zip(live, tokens):
                 generated[i].append(token)
                 emitted[i] = token
                 if token in self.eos_ids or len(generated[i]) >= params[i].max_new_tokens:
@@ -404,15 +412,27 @@ class BaseModel:
                     if _cut_at_stop(texts[i], params[i].stop) is not None:
                         running[i] = False
             yield emitted
+            for i in abandoned() if abandoned is not None else ():
+                running[i] = False
             if not any(running):
                 break
-            feed = torch.tensor(
-                [[int(chosen[i]) if running[i] else self.pad_id] for i in range(batch)], device=self.device
-            )
+            keep = [k for k, i in enumerate(live) if running[i]]
+            if len(keep) < len(live):
+                # Stopped rows leave the batch: later steps cost only the rows still decoding.
+                index = torch.tensor(keep, device=self.device)
+                live, tokens = [live[k] for k in keep], [tokens[k] for k in keep]
+                sampler = sampler.select(keep)
+                cache.batch_select_indices(index)
+                mask = mask[index]
+                if self.is_encoder_decoder:  # `step` reads these two names at each call
+                    encoder_out.last_hidden_state = encoder_out.last_hidden_state[index]
+                else:
+                    positions = positions[index]
+            feed = torch.tensor([[token] for token in tokens], device=self.device)
             if self.is_encoder_decoder:
                 logits = step(feed)
             else:
-                mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
                 positions = positions + 1
                 logits = self.hf(
                     input_ids=feed,

@@ -55,6 +55,13 @@ class RowSampler:
             for p in params
         ]
 
+    def select(self, rows: list[int]) -> RowSampler:
+        """The sampler of a batch reduced to `rows`; each kept row keeps its generator's state."""
+        kept = RowSampler.__new__(RowSampler)
+        kept.params = [self.params[k] for k in rows]
+        kept.generators = [self.generators[k] for k in rows]
+        return kept
+
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [B, V] -> next token ids [B]."""
         greedy = logits.argmax(dim=-1)
