@@ -69,7 +69,7 @@ def train_loop(config: dict[str, Any]) -> None:
         job = state.job_status(session, cfg.job_id)
     spec = JobSpec.from_dict(job.spec)
     device = _device(spec.use_gpu)
-    model = load_base_model(spec.base_model, device=device)
+    model = load_base_model(spec.base_model, device=device, dtype=spec.dtype)
     if rank == 0:  # a (re)started worker group: no other worker of this job is alive now
         with catalog.session() as session:
             state.reconcile(session, cfg.job_id)

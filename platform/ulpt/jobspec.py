@@ -29,6 +29,7 @@ from typing import Any
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.names import check_name, check_tenant, normalize_tags
 from ulpt.errors import SpecError
+from ulpt.models.precision import check_dtype_name
 from ulpt.training import TrainConfig
 from ulpt.validation import check_number
 
@@ -199,7 +200,10 @@ class JobSpec:
     cpus_per_worker: int = 1
     """CPUs (and torch threads) per worker."""
     use_gpu: bool = False
-    """Give each worker a GPU (where Ray has them)."""
+    """Give each worker a GPU (where Ray has them); the base model runs on it, else on the CPU."""
+    dtype: str = "auto"
+    """The frozen base model's dtype: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16, float16.
+    Adapters always train in float32."""
     fits_per_worker: int = 64
     """How many fits a worker trains at once, packed in shared forward passes."""
     max_rows_per_forward: int = 64
@@ -236,6 +240,7 @@ class JobSpec:
         _check_int("max_failures", self.max_failures, 0, 1000)
         if not isinstance(self.use_gpu, bool):
             raise SpecError(f"use_gpu must be true or false, got {self.use_gpu!r}")
+        check_dtype_name("dtype", self.dtype)
         object.__setattr__(self, "fits", tuple(self.fits))
         self._check_fits()
 

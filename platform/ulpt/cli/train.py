@@ -42,6 +42,7 @@ _FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "name": ("name",),
     "num_workers": ("num_workers",),
     "use_gpu": ("use_gpu",),
+    "dtype": ("dtype",),
     "job_name": ("job_name",),
 }
 
@@ -76,6 +77,12 @@ def train(
     ] = None,
     num_workers: Annotated[int | None, typer.Option("--num-workers", help="Ray Train workers.")] = None,
     use_gpu: Annotated[bool, typer.Option("--use-gpu", help="One GPU per worker.")] = False,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Base model dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16."
+        ),
+    ] = None,
     job_name: Annotated[str | None, typer.Option("--job-name", help="Label in `ulpt jobs list`.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Run in the foreground until the job ends.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,

@@ -23,6 +23,7 @@ from transformers import (
 from ulpt.adapters import Adapter
 from ulpt.errors import ModelNotFoundError
 from ulpt.models.batch import pack_rows, pad_ids
+from ulpt.models.precision import resolve_device, resolve_dtype
 from ulpt.models.prefix import CachedPrompt, compute_prefixes, prefix_batch, supports_prefix_cache
 from ulpt.models.sampling import RowSampler, SamplingParams
 
@@ -112,6 +113,8 @@ class BaseModel:
             raise ValueError(
                 f"prompt width {prompt.shape[-1]} does not match the model's hidden size {self.hidden_size}"
             )
+        # Cast where the prompt meets the token embeddings: autograd carries the gradient back to the
+        # adapter's float32 parameters (master weights), whatever dtype the frozen base runs in.
         return prompt.to(device=self.device, dtype=self.token_embeddings.dtype)
 
     @cached_property
@@ -184,7 +187,7 @@ class BaseModel:
                 use_cache=False,
                 logits_to_keep=k + 1,
             ).logits[:, :k]
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        logp = _pick(logits, targets)  # float32 whatever the base's dtype
         return logp * mask, mask
 
     @torch.no_grad()
@@ -229,8 +232,8 @@ class BaseModel:
                     [[1] * len(s) for _, s in pairs], 0, left=False, device=self.device
                 ),
             ).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            scores = [logp[i, torch.arange(len(seq)), torch.tensor(seq)] for i, (_, seq) in enumerate(pairs)]
+            wanted = pad_ids([seq for _, seq in pairs], self.pad_id, left=False, device=self.device)
+            token_logp = _pick(logits, wanted)  # [P, L]: each pair's own tokens, float32
         else:
             cache: Any = DynamicCache()
             if any(c is not None for c in prefixes):
@@ -245,10 +248,10 @@ class BaseModel:
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]
-            first_logp = torch.log_softmax(first.float(), dim=-1).index_select(0, index)
+            firsts = index.new_tensor([[seq[0]] for _, seq in pairs])
+            token_logp = _pick(first.index_select(0, index)[:, None], firsts)  # [P, 1]
             rest = [list(seq[:-1]) for _, seq in pairs]
             width = max(len(r) for r in rest)
-            rest_logp = None
             if width:
                 cache.batch_select_indices(index)
                 feed = pad_ids(
@@ -265,16 +268,16 @@ class BaseModel:
                     cache=cache,
                     use_cache=True,
                 ).logits
-                rest_logp = torch.log_softmax(logits.float(), dim=-1)
-            scores = []
-            for i, (_, seq) in enumerate(pairs):
-                token_logps = [first_logp[i, seq[0]]]
-                if len(seq) > 1 and rest_logp is not None:
-                    token_logps += list(rest_logp[i, torch.arange(len(seq) - 1), torch.tensor(seq[1:])])
-                scores.append(torch.stack(token_logps))
+                wanted = pad_ids(
+                    [seq[1:] or [self.pad_id] for _, seq in pairs],
+                    self.pad_id,
+                    left=False,
+                    device=self.device,
+                )
+                token_logp = torch.cat([token_logp, _pick(logits, wanted)], dim=1)  # [P, 1 + width]
         out: list[list[torch.Tensor]] = [[] for _ in continuations]
-        for (row, _), score in zip(pairs, scores):
-            out[row].append(score)
+        for i, (row, seq) in enumerate(pairs):
+            out[row].append(token_logp[i, : len(seq)])
         return out
 
     @torch.no_grad()
@@ -441,6 +444,11 @@ class BaseModel:
                 ).logits[:, -1]
 
 
+def _pick(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log p(ids) [B, L] from logits [B, L, V] (a gather, in float32 whatever the model's dtype)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
 def _cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
     hits = [text.find(s) for s in stops if s and s in text]
     return min(hits) if hits else None
@@ -464,17 +472,22 @@ def _eos_ids(hf_model: Any, tokenizer: Any) -> set[int]:
 def load_base_model(
     path_or_id: str | os.PathLike[str],
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     pad_multiple: int = 8,
 ) -> BaseModel:
     """Load any `from_pretrained` folder (or a named model such as 'smollm2-135m'), frozen.
 
     Decoder-only models load as `AutoModelForCausalLM`, encoder-decoder ones (T5) as
-    `AutoModelForSeq2SeqLM` with the prompt on the encoder side.
+    `AutoModelForSeq2SeqLM` with the prompt on the encoder side. `dtype` is "auto" (bf16 on CUDA,
+    float32 on CPU), "float32", "bfloat16", "float16" or a torch dtype; `device` is "auto" (CUDA when
+    present), "cpu", "cuda[:N]" or a torch device. Adapters stay float32 whatever the base runs in
+    (see `ulpt.models.precision`).
     """
     from ulpt.models.registry import resolve_model_path
 
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     name = str(path_or_id)
     path = resolve_model_path(name)
     try:

@@ -63,14 +63,14 @@ def pack_rows(
 def pad_ids(
     seqs: Sequence[Sequence[int]], pad_value: int, *, left: bool, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """[B, max_len] token ids, padded on the left or the right with `pad_value`."""
+    """[B, max_len] token ids, padded on the left or the right with `pad_value`.
+
+    Padded on the host and copied to `device` once: one transfer per batch, not one per row.
+    """
     width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), pad_value, dtype=torch.long, device=device)
-    for i, s in enumerate(seqs):
-        if s:
-            span = slice(width - len(s), width) if left else slice(0, len(s))
-            out[i, span] = torch.tensor(list(s), dtype=torch.long)
-    return out
+    pads = [[pad_value] * (width - len(s)) for s in seqs]
+    rows = [[*pad, *s] if left else [*s, *pad] for s, pad in zip(seqs, pads)]
+    return torch.tensor(rows, dtype=torch.long, device=device)
 
 
 def plan_chunks(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:

@@ -63,10 +63,16 @@ def evaluate(
         scored = model.continuation_logprobs(
             [prompts[item.key] for item, _ in chunk], [ex.input_ids for _, ex in chunk], continuations
         )
-        for (item, ex), row_labels, (target, *label_scores) in zip(chunk, labels, scored):
-            losses.setdefault(item.key, []).append(float(-target.mean()))
+        # Each row's loss, then its labels' totals, all read back from the device in one transfer.
+        flat = torch.stack(
+            [v for target, *rest in scored for v in (-target.mean(), *(x.sum() for x in rest))]
+        )
+        values = iter(flat.tolist())
+        for (item, ex), row_labels in zip(chunk, labels):
+            losses.setdefault(item.key, []).append(next(values))
+            label_scores = [next(values) for _ in row_labels]
             if row_labels:
-                best = max(range(len(row_labels)), key=lambda k: float(label_scores[k].sum()))
+                best = max(range(len(row_labels)), key=lambda k: label_scores[k])
                 hits.setdefault(item.key, []).append(row_labels[best] == ex.target)
         done += len(chunk)
         if on_rows is not None:

@@ -62,7 +62,7 @@ class FitState:
         batch: list[Example] = []
         while len(batch) < self.config.batch_size:
             if not self._queue:
-                self._queue = torch.randperm(len(self.train), generator=self._order).tolist()
+                self._queue = torch.randperm(len(self.train), generator=self._order, device="cpu").tolist()
             batch.append(self.train[self._queue.pop()])
         return batch
 
@@ -108,19 +108,24 @@ class PackedTrainer:
         """One optimizer step for every running fit; returns each fit's training loss."""
         active = [f for f in fits if f.status == "running" and f.step < f.config.steps]
         rows: list[tuple[FitState, Example]] = [(f, ex) for f in active for ex in f.next_batch()]
-        losses: dict[str, float] = {f.key: 0.0 for f in active}
+        slot = {f.key: i for i, f in enumerate(active)}
+        device = self.model.device
+        fit_loss = torch.zeros(len(active), dtype=torch.float32, device=device)  # summed on the device
         lengths = [f.adapter.spec.n_tokens + len(ex.input_ids) + len(ex.target_ids) for f, ex in rows]
         for indices in plan_chunks(lengths, self.max_rows, self.max_tokens):
             chunk = [rows[i] for i in indices]
             prompts = {f.key: f.adapter.prompt_embeddings() for f in {id(f): f for f, _ in chunk}.values()}
-            row_loss = self._row_losses(chunk, prompts)
-            weights = torch.tensor([1.0 / f.config.batch_size for f, _ in chunk])
+            row_loss = self._row_losses(chunk, prompts)  # [R] float32, on the model's device
+            # Built where the loss lives: a host tensor here breaks every packed step on a GPU.
+            weights = row_loss.new_tensor([1.0 / f.config.batch_size for f, _ in chunk])
+            owner = torch.tensor([slot[f.key] for f, _ in chunk], dtype=torch.long, device=device)
+            # A non-finite row makes its fit's sum non-finite (the fit fails) and adds nothing to the graph.
+            fit_loss.index_add_(0, owner, row_loss.detach() * weights)
             finite = torch.isfinite(row_loss.detach())
-            for (fit, _), loss, ok in zip(chunk, row_loss.detach(), finite):
-                losses[fit.key] += float(loss) / fit.config.batch_size if ok else math.nan
             total = (torch.where(finite, row_loss, torch.zeros_like(row_loss)) * weights).sum()
             if total.requires_grad:
                 total.backward()
+        losses = dict(zip(slot, fit_loss.tolist()))  # one device sync per step, not one per row
         for fit in active:
             if not math.isfinite(losses[fit.key]):
                 fit.fail(f"training loss became non-finite at step {fit.step + 1}")
