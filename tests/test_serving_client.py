@@ -66,10 +66,20 @@ def test_serve_refuses_auth_less_public_hosts_and_busy_ports(tiny_model_dirs: di
 def test_serve_refuses_a_batch_wait_or_cpus_that_are_not_finite_numbers() -> None:
     """One line naming the option, before anything starts: a NaN wait gave a healthy server that never
     answered."""
-    for option, value in (("--batch-wait-ms", "nan"), ("--batch-wait-ms", "inf"), ("--num-cpus", "nan")):
+    for option, value in (
+        ("--batch-wait-ms", "nan"),
+        ("--batch-wait-ms", "inf"),
+        ("--num-cpus", "nan"),
+        ("--num-gpus", "inf"),
+    ):
         refused = _ulpt("serve", option, value)
         assert refused.returncode == 1 and "Traceback" not in refused.stderr
         assert refused.stderr.strip() == f"error: {option} must be a finite number, got {value}"
+    refused = _ulpt("serve", "--dtype", "fp8")
+    assert refused.returncode == 1
+    assert (
+        refused.stderr.strip() == "error: --dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"
+    )
 
 
 def test_serve_checks_the_model_folder_and_the_catalog_before_starting_ray(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from ulpt.errors import SpecError
 from ulpt_serving import ServeConfig
@@ -45,6 +48,7 @@ def test_serve_run_arguments_become_typed_fields() -> None:
         ({"resolve_cache_ttl_s": "-inf"}, "resolve_cache_ttl_s must be a finite number"),
         ({"num_cpus": "nan"}, "num_cpus must be a finite number"),
         ({"num_gpus": False}, "num_gpus must be a finite number"),
+        ({"dtype": "fp8"}, "dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"),
         ({"port": True}, "port must be an integer"),
         ({"max_batch_size": 8.0}, "max_batch_size must be an integer"),
     ],
@@ -57,3 +61,12 @@ def test_invalid_settings_are_refused_by_name(fields: dict[str, object], message
 def test_auth_less_mode_is_allowed_on_loopback_hosts() -> None:
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         assert ServeConfig(auth=False, host=host).auth is False
+
+
+def test_a_replica_loads_the_base_model_in_the_configured_dtype(tiny_model_dirs: dict[str, Path]) -> None:
+    from ulpt_serving.app import default_model
+
+    folder = str(tiny_model_dirs["llama"])
+    assert default_model(ServeConfig(model=folder)).token_embeddings.dtype == torch.float32  # auto on a CPU
+    half = default_model(ServeConfig(model=folder, dtype="bfloat16"))
+    assert half.token_embeddings.dtype == torch.bfloat16 and half.device.type == "cpu"

@@ -63,9 +63,15 @@ class Dependencies:
     """
 
     model_factory: Callable[[], BaseModel] | None = None
-    """Default: `load_base_model(config.model)`."""
+    """Default: `load_base_model(config.model)` in `config.dtype`, on a GPU when `config.num_gpus` > 0."""
     registry_factory: Callable[[], Registry] | None = None
     """Default: the catalog + store of `config.home` / `catalog_url` / `store_url` (as `ulpt.Client`)."""
+
+
+def default_model(config: ServeConfig) -> BaseModel:
+    """The base model in `config.dtype`, on a GPU when the replica reserves one and CUDA is there."""
+    device = "cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    return load_base_model(config.model, device=device, dtype=config.dtype)
 
 
 def default_registry(config: ServeConfig) -> Registry:
@@ -162,8 +168,7 @@ class ULPTServer:
         self.config = config
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        device = "cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        model = deps.model_factory() if deps.model_factory else load_base_model(config.model, device=device)
+        model = deps.model_factory() if deps.model_factory else default_model(config)
         self.engine = Engine.create(model, config)
         self.registry = (deps.registry_factory or partial(default_registry, config))()
         self.auth = Authenticator(self.registry, config.auth_cache_ttl_s)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ulpt.errors import SpecError
+from ulpt.models.precision import check_dtype_name
 from ulpt.validation import check_int, check_number
 
 FORMAT_VERSION = 1
@@ -70,6 +71,9 @@ class ServeConfig:
     """CPUs Ray reserves per replica."""
     num_gpus: float = 0.0
     """GPUs Ray reserves per replica (the model moves to cuda when > 0)."""
+    dtype: str = "auto"
+    """The base model's dtype: auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16 or
+    float16. Adapters' prompts are cast to it where they meet the token embeddings."""
     torch_threads: int | None = None
     """torch intra-op threads per replica (default: what Ray's OMP_NUM_THREADS gives)."""
     max_batch_size: int = 32
@@ -147,6 +151,7 @@ class ServeConfig:
                 check_int(name, getattr(self, name), 1, 1 << 40)
         for name, high in NUMBER_LIMITS.items():
             check_number(name, getattr(self, name), ge=0, le=high)
+        check_dtype_name("dtype", self.dtype)
 
     @property
     def base_model_name(self) -> str:

@@ -36,6 +36,15 @@ def serve(
         float, typer.Option(help="How long a batch waits to fill (finite, 0 to 60000).")
     ] = 10.0,
     num_cpus: Annotated[float, typer.Option(help="CPUs Ray reserves per replica.")] = 1.0,
+    num_gpus: Annotated[
+        float, typer.Option(help="GPUs Ray reserves per replica (0 to 1e6); the model runs on CUDA when > 0.")
+    ] = 0.0,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Base model dtype: auto (bfloat16 on a GPU, else float32), float32, bfloat16, float16."
+        ),
+    ] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch threads per replica.")] = None,
     ray_address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting one.")
@@ -51,6 +60,7 @@ def serve(
     refused from the next request on. `model` in a request is an adapter (name, name:version, alias,
     tenant/name for public adapters) or the base model's name.
     """
+    from ulpt.models.precision import check_dtype_name
     from ulpt.models.registry import resolve_model_path
     from ulpt.validation import check_number
     from ulpt_serving.config import ServeConfig
@@ -59,6 +69,8 @@ def serve(
     # Checked under the names typed here (the config's fields are named and scaled differently).
     check_number("--batch-wait-ms", batch_wait_ms, ge=0, le=60_000)
     check_number("--num-cpus", num_cpus, ge=0, le=1e6)
+    check_number("--num-gpus", num_gpus, ge=0, le=1e6)
+    check_dtype_name("--dtype", dtype)
     config = ServeConfig(
         model=model,
         served_model_name=served_model_name or model,
@@ -71,6 +83,8 @@ def serve(
         port=port,
         num_replicas=replicas,
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        dtype=dtype,
         torch_threads=threads,
         max_batch_size=max_batch_size,
         max_ongoing_requests=max(64, 2 * max_batch_size),
