@@ -11,19 +11,19 @@ from ulpt_serving.tenancy import Authenticator
 
 
 def test_a_revoked_key_is_refused_on_the_next_request(tmp_path: Path) -> None:
-    with Client(home=tmp_path / "home") as client:
-        new = client.create_api_key("laptop", tenant="acme")
+    with Client(home=tmp_path / "home", tenant="acme") as client:
+        new = client.keys.create("laptop")
         auth = Authenticator(client.registry, 30.0)  # the default TTL
         before = [auth.tenant_for(new.key) for _ in range(2)]  # (no key in assertion messages)
         with client.catalog.session() as session:
-            revoke_api_key(session, new.id)
+            revoke_api_key(session, "acme", new.id)
         after = auth.tenant_for(new.key)
         assert before == ["acme", "acme"] and after is None
 
 
 def test_refusals_are_remembered_and_acceptances_are_not(tmp_path: Path) -> None:
-    with Client(home=tmp_path / "home") as client:
-        good = client.create_api_key(tenant="acme").key
+    with Client(home=tmp_path / "home", tenant="acme") as client:
+        good = client.keys.create().key
         bad = good[:-4] + ("aaaa" if not good.endswith("aaaa") else "bbbb")
         auth = Authenticator(client.registry, 30.0)
         queries = 0
