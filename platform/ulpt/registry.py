@@ -10,7 +10,6 @@ Reads verify the blob's SHA-256 and the projection fingerprint before handing ou
 from __future__ import annotations
 
 import json
-import struct
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from ulpt.adapters import Adapter, AdapterSpec
 from ulpt.adapters.adapter import FORMAT_VERSION
+from ulpt.adapters.limits import read_header
 from ulpt.catalog import adapters as queries
 from ulpt.catalog.db import Catalog
 from ulpt.catalog.find import AdapterQuery, find_adapters
@@ -504,8 +504,7 @@ def blob_config(data: bytes) -> dict[str, Any]:
     checked against this config (shapes, projection fingerprint) whenever the blob is loaded.
     """
     try:
-        (length,) = struct.unpack("<Q", data[:8])
-        config = json.loads(json.loads(data[8 : 8 + length])["__metadata__"]["adapter_config"])
+        config = json.loads(read_header(data)[1]["__metadata__"]["adapter_config"])
         if config.get("format_version") != FORMAT_VERSION:
             raise AdapterFormatError(f"unsupported adapter format_version {config.get('format_version')!r}")
         projection = config.get("projection") or {}
@@ -519,7 +518,7 @@ def blob_config(data: bytes) -> dict[str, Any]:
         spec.check_hidden_size(config["hidden_size"])
         if config["num_trainable_params"] != spec.num_trainable_params(config["hidden_size"]):
             raise AdapterFormatError("adapter config's num_trainable_params does not match its shape")
-    except (struct.error, ValueError, KeyError, TypeError, AttributeError, SpecError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, SpecError) as exc:
         if isinstance(exc, AdapterFormatError):
             raise
         raise AdapterFormatError(

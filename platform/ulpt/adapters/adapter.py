@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +238,7 @@ def _load_tensors(data: bytes) -> dict[str, torch.Tensor]:
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` of a safetensors header (8-byte little-endian length, then JSON)."""
     try:
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length])
-        metadata = header.get("__metadata__", {})
-    except (struct.error, ValueError, AttributeError):
+        metadata = limits.read_header(data)[1].get("__metadata__", {})
+    except ValueError:
         raise AdapterFormatError("blob is not a valid safetensors file") from None
     return metadata if isinstance(metadata, dict) else {}

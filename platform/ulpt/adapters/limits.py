@@ -93,13 +93,29 @@ def check_file_size(size: int, spec: AdapterSpec, hidden: int) -> None:
         )
 
 
+def read_header(data: bytes) -> tuple[int, dict[str, Any]]:
+    """(length, parsed JSON) of a safetensors header: an 8-byte little-endian length, then JSON.
+
+    The one reader of the format's header, for the weights check, the blob's config and its metadata;
+    raises ValueError on bytes that do not start with one.
+    """
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+    except struct.error:
+        raise ValueError("shorter than a safetensors header") from None
+    header = json.loads(data[8 : 8 + length])
+    if not isinstance(header, dict):
+        raise ValueError("a safetensors header is a JSON object")
+    return length, header
+
+
 def check_header(data: bytes, expected: dict[str, tuple[int, ...]]) -> None:
     """The safetensors header lists exactly the expected float32 tensors, laid out over the whole file."""
     try:
         (length,) = struct.unpack("<Q", data[:8])
         if length > min(MAX_HEADER_BYTES, len(data) - 8):
             raise ValueError("header length")
-        header = json.loads(data[8 : 8 + length])
+        _, header = read_header(data)
         entries = {k: v for k, v in header.items() if k != "__metadata__"}
         found = {k: tuple(int(n) for n in v["shape"]) for k, v in entries.items()}
         dtypes = {v["dtype"] for v in entries.values()}
