@@ -144,11 +144,26 @@ def serve_stack(
         serve.shutdown()
 
 
-def deploy_app(name: str, config: Any) -> str:
+def tiny_llama_config(stack: ServeStack, **fields: Any) -> Any:
+    """A `ServeConfig` for the tiny llama over `stack`'s catalog, one thread, no reserved CPU."""
+    from ulpt_serving.config import ServeConfig
+
+    return ServeConfig(
+        model=str(stack.model_dirs["llama"]),
+        served_model_name="tiny-llama",
+        home=str(stack.home),
+        num_cpus=0,
+        torch_threads=1,
+        **fields,
+    )
+
+
+def deploy_app(name: str, config: Any, deps: Any = None) -> str:
     """Deploy one more application (a `ServeConfig`) on the session's Serve, at route prefix /NAME.
 
-    For tests that need their own catalog, limits or cache sizes next to `serve_stack`'s apps; the
-    caller removes it with `serve.delete(name)`. Returns the route prefix.
+    For tests that need their own catalog, limits, cache sizes or model (`deps`, a `Dependencies`)
+    next to `serve_stack`'s apps; the caller removes it with `serve.delete(name)`. Returns the route
+    prefix.
     """
     from ray import serve
 
@@ -156,7 +171,7 @@ def deploy_app(name: str, config: Any) -> str:
     from ulpt_serving.config import ServeConfig
 
     config = ServeConfig.from_dict({**config.to_dict(), "app_name": name, "route_prefix": f"/{name}"})
-    deps = Dependencies(model_factory=partial(ulpt.load_base_model, config.model))
+    deps = deps or Dependencies(model_factory=partial(ulpt.load_base_model, config.model))
     serve.run(build_application(config, deps), name=name, route_prefix=f"/{name}")
     return f"/{name}"
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import ulpt
-from tests.serve_fixtures import ServeStack
+from tests.serve_fixtures import ServeStack, deploy_app, tiny_llama_config
 from ulpt.models import BaseModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,23 +40,14 @@ def model_failing_on(marker: str, path: str) -> BaseModel:
 def faulty_app(serve_stack: ServeStack) -> Iterator[str]:
     from ray import serve
 
-    from ulpt_serving.app import Dependencies, build_application
-    from ulpt_serving.config import ServeConfig
+    from ulpt_serving.app import Dependencies
 
-    config = ServeConfig(
-        model=str(serve_stack.model_dirs["llama"]),
-        served_model_name="tiny-llama",
-        home=str(serve_stack.home),
-        app_name=APP,
-        route_prefix=f"/{APP}",
-        num_cpus=0,
-        torch_threads=1,
-        batch_wait_timeout_s=0.5,  # long enough for the concurrent requests below to share a batch
-    )
+    # batch_wait_timeout_s: long enough for the concurrent requests below to share a batch
+    config = tiny_llama_config(serve_stack, batch_wait_timeout_s=0.5)
     deps = Dependencies(model_factory=partial(model_failing_on, MARKER, config.model))
-    serve.run(build_application(config, deps), name=APP, route_prefix=f"/{APP}")
+    prefix = deploy_app(APP, config, deps)
     try:
-        yield f"{serve_stack.url}/{APP}"
+        yield f"{serve_stack.url}{prefix}"
     finally:
         serve.delete(APP)
 

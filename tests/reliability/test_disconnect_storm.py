@@ -18,8 +18,7 @@ import httpx
 import pytest
 
 from tests.reliability_fixtures import ReliabilityRun
-from tests.serve_fixtures import ServeStack, deploy_app
-from ulpt_serving.config import ServeConfig
+from tests.serve_fixtures import ServeStack, deploy_app, tiny_llama_config
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -31,15 +30,7 @@ def storm_app(serve_stack: ServeStack) -> Iterator[str]:
     """The tiny llama over `serve_stack`'s catalog, in an application of its own (its own counters)."""
     from ray import serve
 
-    config = ServeConfig(
-        model=str(serve_stack.model_dirs["llama"]),
-        served_model_name="tiny-llama",
-        home=str(serve_stack.home),
-        num_cpus=0,
-        torch_threads=1,
-        log_requests=True,
-    )
-    prefix = deploy_app(APP, config)
+    prefix = deploy_app(APP, tiny_llama_config(serve_stack, log_requests=True))
     try:
         yield f"{serve_stack.url}{prefix}"
     finally:
