@@ -40,11 +40,15 @@ def test_a_disconnected_stream_stops_decoding_and_the_log_counts_what_was_decode
     not wait for the abandoned row to reach the length it would have had."""
     handle = serve_stack.handle("llama")
     model = "acme/llama-17:1"
-    whole = _post(serve_stack, "llama", {"model": "llama-17", "prompt": "x", "max_tokens": 480})
-    limit = whole.json()["usage"]["completion_tokens"]  # greedy: the stream would decode as many
-    assert limit >= 100, "this row should decode long enough to tell stopping from finishing"
+    limit = 240
+    # ignore_eos: the row decodes exactly `limit` tokens unless it is stopped, whatever the weights.
+    whole = _post(
+        serve_stack, "llama", {"model": "llama-17", "prompt": "x", "max_tokens": limit, "ignore_eos": True}
+    )
+    assert whole.json()["usage"]["completion_tokens"] == limit
+    assert whole.json()["choices"][0]["finish_reason"] == "length"
     before = handle.stats.remote().result()
-    body = {"model": "llama-17", "prompt": "x", "max_tokens": limit, "stream": True}
+    body = {"model": "llama-17", "prompt": "x", "max_tokens": limit, "stream": True, "ignore_eos": True}
     with httpx.stream(
         "POST", f"{serve_stack.base('llama')}/v1/completions", json=body, headers=serve_stack.headers()
     ) as response:

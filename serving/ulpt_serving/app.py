@@ -499,7 +499,9 @@ class ULPTServer:
                     param=field,
                 )
         try:  # a temperature or top_p next to 0 decodes greedily (SamplingParams.greedy)
-            return SamplingParams(max_tokens, body.temperature, body.top_p, body.seed, body.stops)
+            return SamplingParams(
+                max_tokens, body.temperature, body.top_p, body.seed, body.stops, ignore_eos=body.ignore_eos
+            )
         except UlptError as exc:
             raise ApiError(400, str(exc)) from None
 

@@ -219,7 +219,7 @@ class TextStream:
     def __init__(self, model: BaseModel, params: SamplingParams, *, incremental: bool = True) -> None:
         """`incremental=False` (a whole answer, not a stream) decodes text only when stop strings need it."""
         self._tokenizer = model.tokenizer
-        self._eos = model.eos_ids
+        self._eos = set() if params.ignore_eos else model.eos_ids
         self.params = params
         self.incremental = incremental
         self.token_ids: list[int] = []

@@ -88,6 +88,8 @@ class _Request(BaseModel):
     logprobs: Any = Field(default=None, json_schema_extra={"enum": [None, False, 0]})
     logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra={"maxProperties": 0})
     user: str | None = None
+    ignore_eos: bool = False
+    """vLLM's extension: decode to max_tokens even past the end-of-sequence token (load tests)."""
 
     @field_validator("n")
     @classmethod

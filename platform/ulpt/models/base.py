@@ -405,7 +405,9 @@ class BaseModel:
             for i, token in zip(live, tokens):
                 generated[i].append(token)
                 emitted[i] = token
-                if token in self.eos_ids or len(generated[i]) >= params[i].max_new_tokens:
+                if (token in self.eos_ids and not params[i].ignore_eos) or len(generated[i]) >= params[
+                    i
+                ].max_new_tokens:
                     running[i] = False
                 elif params[i].stop:
                     texts[i] = self.tokenizer.decode(generated[i], skip_special_tokens=True)

@@ -27,6 +27,8 @@ class SamplingParams:
     """Seeds this row's sampler, so its output does not depend on the other rows of the batch."""
     stop: tuple[str, ...] = field(default_factory=tuple)
     """Generation ends before the first occurrence of any of these strings."""
+    ignore_eos: bool = False
+    """Keep decoding past the end-of-sequence token (to max_new_tokens): for load tests and benchmarks."""
 
     @property
     def greedy(self) -> bool:
