@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.kuberay_schema import crd_schemas, manifest_errors
@@ -19,7 +20,13 @@ def _docs(name: str) -> list[dict]:
 
 def test_manifests_pass_kuberay_crd_validation() -> None:
     manifests = sorted(DEPLOY.glob("*.yaml"))
-    assert {m.name for m in manifests} >= {"raycluster.yaml", "rayjob-train.yaml", "rayservice.yaml"}
+    assert {m.name for m in manifests} >= {
+        "raycluster.yaml",
+        "rayjob-train.yaml",
+        "rayjob-train-gpu.yaml",
+        "rayservice.yaml",
+        "rayservice-gpu.yaml",
+    }
     assert {kind for _, kind in crd_schemas()} == {"RayCluster", "RayJob", "RayService"}
     errors = [line for manifest in manifests for line in manifest_errors(manifest)]
     assert errors == []
@@ -36,17 +43,50 @@ def test_crd_validation_refuses_an_unknown_field_and_a_wrong_type(tmp_path: Path
     assert any("workerGroupSpecs.0.replicas" in line for line in errors), errors
 
 
-def test_rayservice_embeds_the_serve_config_and_its_args_are_valid() -> None:
+@pytest.mark.parametrize(
+    ("manifest", "serve_config", "gpus"),
+    [("rayservice.yaml", "serve-config.yaml", 0), ("rayservice-gpu.yaml", "serve-config-gpu.yaml", 1)],
+)
+def test_rayservice_embeds_the_serve_config_and_its_args_are_valid(
+    manifest: str, serve_config: str, gpus: int
+) -> None:
     from ulpt_serving.config import ServeConfig
 
-    service = next(d for d in _docs("rayservice.yaml") if d["kind"] == "RayService")
+    service = next(d for d in _docs(manifest) if d["kind"] == "RayService")
     embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
-    standalone = yaml.safe_load((DEPLOY / "serve" / "serve-config.yaml").read_text())
+    standalone = yaml.safe_load((DEPLOY / "serve" / serve_config).read_text())
     assert embedded == standalone
     (app,) = embedded["applications"]
     assert app["import_path"] == "ulpt_serving.app:build_app"
     config = ServeConfig.from_dict(app["args"])
     assert config.auth is True
+    assert config.num_gpus == gpus and config.dtype == ("bfloat16" if gpus else "auto")
+    # A replica that asks for a GPU must find one in a worker group that has them.
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert all(_gpus_per_pod(group) == gpus for group in groups)
+
+
+def _gpus_per_pod(group: dict) -> int:
+    (container,) = group["template"]["spec"]["containers"]
+    limits = container["resources"]["limits"]
+    assert container["image"] == ("ulpt:gpu" if "nvidia.com/gpu" in limits else "ulpt:cpu")
+    return int(limits.get("nvidia.com/gpu", 0))
+
+
+def test_gpu_rayjob_trains_on_gpu_workers_in_bf16() -> None:
+    from ulpt.jobspec import JobSpec
+
+    docs = _docs("rayjob-train-gpu.yaml")
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    job = next(d for d in docs if d["kind"] == "RayJob")
+    spec = JobSpec.from_dict(yaml.safe_load(configmap["data"]["spec.yaml"]))
+    assert spec.use_gpu and spec.dtype == "bfloat16"
+    (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert _gpus_per_pod(group) == 1 and group["replicas"] >= spec.num_workers
+    cpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert cpus >= spec.cpus_per_worker  # one worker (and its GPU) per pod fits
+    volumes = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"]
+    assert volumes[0]["configMap"]["name"] == configmap["metadata"]["name"]
 
 
 def test_rayjob_runs_ulpt_train_on_its_configmap_spec_with_secrets_not_inline() -> None:
@@ -82,7 +122,15 @@ def test_deploy_guide_names_what_the_files_define() -> None:
     for path in set(re.findall(r"`(deploy/[\w./-]+)`", guide)):
         assert (ROOT / path).exists(), path
     names = {d["metadata"]["name"] for f in DEPLOY.glob("*.yaml") for d in _docs(f.name)}
-    assert names == {"ulpt", "ulpt-train-spec", "ulpt-train", "ulpt-serve"}
+    assert names == {
+        "ulpt",
+        "ulpt-train-spec",
+        "ulpt-train",
+        "ulpt-serve",
+        "ulpt-train-spec-gpu",
+        "ulpt-train-gpu",
+        "ulpt-serve-gpu",
+    }
     assert all(f"`{name}`" in guide for name in names)
     manifests = "".join(p.read_text() for p in DEPLOY.glob("*.yaml"))
     assert "name: ulpt-secrets" in manifests and "`ulpt-secrets`" in guide

@@ -499,6 +499,9 @@ def load_base_model(
     auto: Any = (
         AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     )
-    hf_model = auto.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
+    # device_map places each tensor on `device` in `dtype` as it is read from the (memory-mapped)
+    # safetensors file: no float32 host copy of the whole model first, so a GPU pod needs host
+    # memory for about one shard, not for the model twice.
+    hf_model = auto.from_pretrained(path, dtype=dtype, device_map={"": device}, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return BaseModel(hf_model, tokenizer, name=name, path=Path(path), pad_multiple=pad_multiple)
