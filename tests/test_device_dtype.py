@@ -182,3 +182,34 @@ def test_ulpt_train_dtype_flag_sets_the_spec_field() -> None:
 
     spec = build_spec(None, {"base_model": "./m", "dtype": "float16"}, ["d.jsonl"], None)
     assert spec.dtype == "float16"
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_the_serving_decode_loop_builds_its_tensors_on_the_models_device(
+    tiny_model_dirs: dict[str, Path], family: str
+) -> None:
+    """A mixed batch (base rows, adapter rows, a stop string) decodes the same with meta as the default
+    device: the engine, the adapter cache's prompts and prefix keys/values, and the sampler all place
+    their tensors explicitly."""
+    from ulpt_serving import BatchItem, Engine, ServeConfig
+
+    model = ulpt.load_base_model(tiny_model_dirs[family])
+    engine = Engine.create(model, ServeConfig(model=str(tiny_model_dirs[family])))
+    adapters = {
+        f"a{i}": ulpt.Adapter.create(ulpt.AdapterSpec(n_tokens=3, rank=2, seed=i), model.hidden_size)
+        for i in range(2)
+    }
+
+    def batch() -> list[BatchItem]:
+        rows = [BatchItem("the movie", ulpt.SamplingParams(max_new_tokens=5))]
+        for key, adapter in adapters.items():
+            cached = engine.cache.get_sync(key, lambda a=adapter: a)
+            rows.append(
+                BatchItem("one two", ulpt.SamplingParams(max_new_tokens=4, stop=("zz",)), key, cached)
+            )
+        return rows
+
+    expected = [g.token_ids for g in engine.generate(batch())]
+    with default_device_elsewhere():
+        got = [g.token_ids for g in engine.generate(batch())]
+    assert got == expected and all(expected)
