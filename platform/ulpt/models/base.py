@@ -45,9 +45,18 @@ class BaseModel:
     """A frozen transformers model plus its tokenizer; decoder-only or encoder-decoder (T5-style)."""
 
     def __init__(
-        self, hf_model: Any, tokenizer: Any, name: str, path: Path | None = None, pad_multiple: int = 8
+        self,
+        hf_model: Any,
+        tokenizer: Any,
+        name: str,
+        path: Path | None = None,
+        pad_multiple: int = 8,
+        fingerprint: str | None = None,
     ):
+        """`fingerprint`: the weight files' digest when they are not at `path` (shared weights)."""
         self.hf = hf_model.eval().requires_grad_(False)
+        if fingerprint is not None:
+            self.__dict__["fingerprint"] = fingerprint  # the cached_property's slot
         self.tokenizer = tokenizer
         self.name = name
         self.path = path
@@ -77,17 +86,13 @@ class BaseModel:
     @cached_property
     def fingerprint(self) -> str:
         """SHA-256 over the weight files (or the in-memory weights) so adapters name the exact base."""
-        digest = hashlib.sha256()
         files = sorted(self.path.glob("*.safetensors")) if self.path else []
         if files:
-            for f in files:
-                with open(f, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 22), b""):
-                        digest.update(chunk)
-        else:
-            for name, tensor in sorted(self.hf.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+            return weights_fingerprint(files)
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.hf.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
         return "sha256:" + digest.hexdigest()
 
     def encode(self, text: str) -> list[int]:
@@ -471,6 +476,21 @@ def _eos_ids(hf_model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def weights_fingerprint(files: Sequence[Path]) -> str:
+    """SHA-256 over a model's weight files, in order: what the catalog records as its revision."""
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def auto_model_class(config: Any) -> Any:
+    """AutoModelForSeq2SeqLM for encoder-decoder configs (T5), AutoModelForCausalLM otherwise."""
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
 def load_base_model(
     path_or_id: str | os.PathLike[str],
     *,
@@ -496,9 +516,7 @@ def load_base_model(
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"{name}: not a loadable model folder ({exc})") from None
-    auto: Any = (
-        AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    )
+    auto = auto_model_class(config)
     # device_map places each tensor on `device` in `dtype` as it is read from the (memory-mapped)
     # safetensors file: no float32 host copy of the whole model first, so a GPU pod needs host
     # memory for about one shard, not for the model twice.
