@@ -86,6 +86,9 @@ def test_train_wait_json_prints_the_finished_job(cli_job: dict[str, Any]) -> Non
         assert fit["metrics"]["steps"] == 10 and fit["metrics"]["eval_loss"] > 0
         assert 0 <= fit["metrics"]["eval_accuracy"] <= 1
     assert all(fit["worker"].endswith(("rank0", "rank1")) for fit in out["fits"] if fit["worker"])
+    # Two workers: the driver put the base into Ray's object store and both used that one copy.
+    assert "share_weights_s" in out["timings"]
+    assert {fit["timings"]["base_weights"] for fit in out["fits"] if fit["status"] == "done"} == {"shared"}
 
 
 def test_bad_fits_fail_alone_with_their_reason(cli_job: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from ulpt.catalog.jobs import create_job as create_job_row
 from ulpt.config import ray_env_defaults
 from ulpt.errors import ConflictError, UlptError
 from ulpt.jobspec import JobSpec
+from ulpt.models.shared import put_base_model
 from ulpt_jobs import state
 from ulpt_jobs.plan import Plan, make_plan
 from ulpt_jobs.worker import WorkerConfig, train_loop
@@ -79,8 +80,11 @@ def run_job(target: Target, job_id: str, *, force: bool = False) -> state.JobSta
     try:
         if recovered["open"]:  # otherwise every fit already ended: no workers needed
             timings["ray_start_s"] = round(ensure_ray(target.ray_address), 3)
+            shared_at = time.monotonic()
+            weights = share_weights(spec)
+            timings["share_weights_s"] = round(time.monotonic() - shared_at, 3)
             fit_started = time.monotonic()
-            result = _trainer(target, job_id, spec, attempt).fit()
+            result = _trainer(target, job_id, spec, attempt, weights).fit()
             timings["train_s"] = round(time.monotonic() - fit_started, 3)
             if result.error is not None:
                 error = f"Ray Train failed after {spec.max_failures} restart(s): {_first_line(result.error)}"
@@ -138,7 +142,20 @@ def cancel_job(catalog: Catalog, job_id: str, tenant: str | None = None) -> None
         set_job_status(session, job_id, "cancelled", error="cancelled")
 
 
-def _trainer(target: Target, job_id: str, spec: JobSpec, attempt: int) -> Any:
+def share_weights(spec: JobSpec) -> Any | None:
+    """The base model in Ray's object store for the workers (a reference the driver keeps), or None.
+
+    One worker gains nothing from sharing, so it loads from disk as before. The workers' dtype is
+    resolved here as a worker would: bf16 on GPUs for "auto"; a worker whose GPU lacks bf16 loads
+    from disk instead.
+    """
+    if spec.num_workers < 2:
+        return None
+    dtype = spec.dtype if spec.dtype != "auto" else ("bfloat16" if spec.use_gpu else "float32")
+    return put_base_model(spec.base_model, dtype)
+
+
+def _trainer(target: Target, job_id: str, spec: JobSpec, attempt: int, weights: Any | None = None) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -149,6 +166,7 @@ def _trainer(target: Target, job_id: str, spec: JobSpec, attempt: int) -> Any:
         home=str(target.home),
         store_options=dict(target.store_options),
         threads=spec.cpus_per_worker,
+        shared_weights=weights,
     )
     resources = {"CPU": spec.cpus_per_worker} | ({"GPU": 1} if spec.use_gpu else {})
     return TorchTrainer(

@@ -8,6 +8,7 @@ Progress goes to the catalog, not through `ray.train.report`, which is a barrier
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import resource
@@ -29,12 +30,16 @@ from ulpt.catalog.tenants import ensure_base_model
 from ulpt.errors import CatalogError, ConflictError, MigrationRequiredError, StoreError, UlptError
 from ulpt.jobspec import JobSpec
 from ulpt.models import BaseModel, load_base_model
+from ulpt.models.precision import resolve_dtype
+from ulpt.models.shared import load_shared_base_model
 from ulpt.registry import Registration, Registry
 from ulpt.store import open_store
 from ulpt.training import FitRequest, FitState, PackedTrainer, TrainConfig
 from ulpt.training.api import fit_metrics, prepare_fit
 from ulpt_jobs import state
 from ulpt_jobs.plan import PlannedFit, make_plan
+
+log = logging.getLogger(__name__)
 
 STOP_CHECK_S = 0.5
 """How often a worker reads the job's status (a cancel takes effect within this)."""
@@ -50,6 +55,8 @@ class WorkerConfig:
     home: str
     store_options: Mapping[str, Any]
     threads: int = 1
+    shared_weights: Any = None
+    """The base model in Ray's object store (`put_base_model`), or None: each worker reads the disk."""
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "store_options": dict(self.store_options)}
@@ -69,7 +76,7 @@ def train_loop(config: dict[str, Any]) -> None:
         job = state.job_status(session, cfg.job_id)
     spec = JobSpec.from_dict(job.spec)
     device = _device(spec.use_gpu)
-    model = load_base_model(spec.base_model, device=device, dtype=spec.dtype)
+    model = base_model(spec, device, cfg.shared_weights)
     if rank == 0:  # a (re)started worker group: no other worker of this job is alive now
         with catalog.session() as session:
             state.reconcile(session, cfg.job_id)
@@ -79,6 +86,19 @@ def train_loop(config: dict[str, Any]) -> None:
     worker = f"{socket.gethostname()}:{os.getpid()}:rank{rank}"
     FitRunner(model, registry, job.id, job.tenant, spec, plan, worker, device).run()
     catalog.close()
+
+
+def base_model(spec: JobSpec, device: torch.device, shared: Any | None) -> BaseModel:
+    """The node's shared copy of the base when the driver put one in this worker's dtype, else the disk's."""
+    dtype = resolve_dtype(spec.dtype, device)
+    if shared is not None:
+        import ray
+
+        weights = ray.get(shared)
+        if weights.dtype == str(dtype).removeprefix("torch."):
+            return load_shared_base_model(weights, device=device)
+        log.warning("shared weights are %s, this worker runs %s: loading from disk", weights.dtype, dtype)
+    return load_base_model(spec.base_model, device=device, dtype=dtype)
 
 
 def _record_base_model(catalog: Catalog, job_id: str, model: BaseModel) -> None:
@@ -212,7 +232,11 @@ class FitRunner:
                 if fit.key in adapter_ids:
                     metrics = _finite(fit_metrics(fit))
                     # the worker's so far: memory budgets, and CPU cost that contention does not distort
-                    timings = {"peak_rss_mb": _peak_rss_mb(), "loop_cpu_s": self._loop_cpu_s()}
+                    timings = {
+                        "peak_rss_mb": _peak_rss_mb(),
+                        "loop_cpu_s": self._loop_cpu_s(),
+                        "base_weights": "shared" if self.model.shared_weights else "private",
+                    }
                     mark_fit_done(
                         session, row.id, adapter_id=adapter_ids[fit.key], metrics=metrics, timings=timings
                     )

@@ -55,6 +55,8 @@ class BaseModel:
     ):
         """`fingerprint`: the weight files' digest when they are not at `path` (shared weights)."""
         self.hf = hf_model.eval().requires_grad_(False)
+        self.shared_weights = False
+        """True when the weights are read-only views of a node-wide copy (`ulpt.models.shared`)."""
         if fingerprint is not None:
             self.__dict__["fingerprint"] = fingerprint  # the cached_property's slot
         self.tokenizer = tokenizer

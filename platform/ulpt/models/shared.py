@@ -172,9 +172,11 @@ def load_shared_base_model(
     if unset:
         raise ValueError(f"{shared.name}: the shared weights lack {', '.join(unset[:5])}")
     hf_model.to(device)  # the skeleton's buffers (e.g. rotary frequencies); weights are already there
-    return BaseModel(
+    model = BaseModel(
         hf_model, tokenizer, name=shared.name, pad_multiple=pad_multiple, fingerprint=shared.fingerprint
     )
+    model.shared_weights = on_host
+    return model
 
 
 def _skeleton(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -216,4 +218,4 @@ def _libc_mprotect() -> Callable[[int, int, int], int] | None:
         return None
     function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    return function
