@@ -183,9 +183,12 @@ def _skeleton(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """The model's modules with parameters on the meta device (no memory), plus its tokenizer."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoTokenizer
+    from transformers.initialization import no_init_weights
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    with init_empty_weights(include_buffers=False):
+    # Buffers (rotary frequencies) are computed for real; parameters stay on meta and skip their
+    # random initialization, which would be thrown away.
+    with init_empty_weights(include_buffers=False), no_init_weights():
         hf_model = auto_model_class(config).from_config(config, dtype=dtype)
     return hf_model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
