@@ -36,7 +36,7 @@ def _dump(body: BaseModel) -> dict[str, Any]:
     return body.model_dump(mode="json", exclude_unset=True)
 
 
-def _finish(reason: str | None) -> openapi.FinishReason:
+def _finish(reason: str) -> openapi.FinishReason:
     """The engine's finish reason, typed as the API names it; the model checks the value when built."""
     return cast(openapi.FinishReason, reason)
 
@@ -127,7 +127,10 @@ def error_response(error: ApiError) -> JSONResponse:
 
 def completion_chunk(rid: str, model: str, text: str, finish_reason: str | None) -> dict[str, Any]:
     choice = openapi.CompletionChunkChoice(
-        index=0, text=text, logprobs=None, finish_reason=_finish(finish_reason)
+        index=0,
+        text=text,
+        logprobs=None,
+        finish_reason=None if finish_reason is None else _finish(finish_reason),
     )
     body = openapi.CompletionChunk(
         id=rid, object="text_completion", created=_now(), model=model, choices=[choice]
@@ -137,7 +140,10 @@ def completion_chunk(rid: str, model: str, text: str, finish_reason: str | None)
 
 def chat_chunk(rid: str, model: str, delta: openapi.ChatDelta, finish_reason: str | None) -> dict[str, Any]:
     choice = openapi.ChatChunkChoice(
-        index=0, delta=delta, logprobs=None, finish_reason=_finish(finish_reason)
+        index=0,
+        delta=delta,
+        logprobs=None,
+        finish_reason=None if finish_reason is None else _finish(finish_reason),
     )
     body = openapi.ChatCompletionChunk(
         id=rid, object="chat.completion.chunk", created=_now(), model=model, choices=[choice]
