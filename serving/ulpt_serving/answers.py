@@ -6,14 +6,24 @@ one place. Messages say what went wrong in terms a client can act on, never keys
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
 from ulpt.errors import (
     AdapterFormatError,
     BlobIntegrityError,
     BlobNotFoundError,
+    CatalogError,
     FingerprintMismatchError,
+    SpecError,
     StoreError,
 )
 from ulpt_serving.protocol import ApiError
+
+logger = logging.getLogger("ray.serve").getChild("ulpt")
+T = TypeVar("T")
 
 
 def internal_error() -> ApiError:
@@ -56,3 +66,29 @@ def failed_check(exc: Exception) -> str:
     if isinstance(exc, AdapterFormatError):
         return "its blob and catalog entry do not describe one valid adapter"
     return "it is no longer available"
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The Retry-After header of a 503, in whole seconds (at least 1), as Serve's own 429 sends it."""
+    return {"Retry-After": str(max(1, round(seconds)))}
+
+
+async def from_catalog(fn: Callable[..., T], *args: Any, retry_after: dict[str, str]) -> T:
+    """Run a catalog query off the event loop; an unreachable catalog answers 503 (try again), not 500,
+    and a reference the catalog refuses as malformed answers 400."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except CatalogError as exc:
+        logger.error("catalog unavailable: %s", exc)
+        raise ApiError(
+            503, "the adapter catalog is unavailable; try again", type="server_error", headers=retry_after
+        ) from None
+    except SpecError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def invalid_parameter(errors: Sequence[Any]) -> ApiError:
+    """A bad query parameter gets the same OpenAI error (400) as a bad body field, not FastAPI's 422."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+    return ApiError(400, f"{where}: {first.get('msg', 'invalid value')}", param=where or None)

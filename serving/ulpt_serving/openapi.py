@@ -2,7 +2,8 @@
 
 The handlers read their bodies themselves (authentication first, a size cap before parsing, OpenAI
 error bodies), so FastAPI cannot infer the request schemas: they come from `protocol`'s pydantic
-models here, along with the response bodies and every error status a route can answer.
+models here, along with the response bodies and every error status a route can answer. The bodies
+sent are built from these same models (`responses`), so the schema and the wire cannot drift apart.
 """
 
 from __future__ import annotations
@@ -59,6 +60,50 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None
+    finish_reason: FinishReason | None
+
+
+class CompletionChunk(BaseModel):
+    """One event of a streamed completion; with `stream_options.include_usage` a last one carries only
+    `usage` (no choices)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
+class ChatDelta(BaseModel):
+    """What a chat chunk adds to the message: the role once, first, then content; empty at the end."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: None
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a streamed chat completion; the usage-only last one as for `CompletionChunk`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
 
 
 class ModelEntry(BaseModel):

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible wire format: request bodies (validated), response bodies, stream chunks, errors.
+"""The OpenAI-compatible wire format of requests: bodies (validated) and the errors that refuse them.
 
 Bodies are parsed from JSON by pydantic (never unpickled). Fields the OpenAI API defines but ulpt does
 not implement are accepted at their neutral value and refused with a 400 naming the field otherwise,
@@ -7,9 +7,6 @@ so a client never silently gets something other than what it asked for.
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,7 +17,7 @@ MAX_SEED = 2**63 - 1
 
 
 class ApiError(Exception):
-    """An error answered as an OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
+    """An error answered as an OpenAI error body (`responses.error_body`): message, type, param, code."""
 
     def __init__(
         self,
@@ -39,9 +36,6 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def unauthorized() -> ApiError:
@@ -218,100 +212,3 @@ def parse_body(raw: bytes, model: type[_Request]) -> Any:
             raise ApiError(400, "the request body must be a JSON object") from None
         param = where or None
         raise ApiError(400, f"{where}: {message}" if where else message, param=param) from None
-
-
-# ---- responses ----------------------------------------------------------------------------------
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def now() -> int:
-    return int(time.time())
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def completion_body(
-    rid: str, model: str, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int
-) -> dict[str, Any]:
-    """choices: (text, finish_reason) per prompt."""
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": now(),
-        "model": model,
-        "choices": [
-            {"index": i, "text": text, "logprobs": None, "finish_reason": reason}
-            for i, (text, reason) in enumerate(choices)
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-
-
-def chat_body(
-    rid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
-) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": now(),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-
-
-def completion_chunk(rid: str, model: str, text: str, finish_reason: str | None) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": now(),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-    }
-
-
-def chat_chunk(rid: str, model: str, delta: dict[str, str], finish_reason: str | None) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": now(),
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-
-
-def usage_chunk(rid: str, model: str, obj: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """The last chunk when `stream_options.include_usage` is set: no choices, only usage."""
-    return {
-        "id": rid,
-        "object": obj,
-        "created": now(),
-        "model": model,
-        "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-
-
-def sse(data: dict[str, Any] | str) -> bytes:
-    """One server-sent event."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode()
-
-
-SSE_DONE = sse("[DONE]")

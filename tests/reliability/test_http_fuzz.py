@@ -24,7 +24,7 @@ from schemathesis.core.failures import FailureGroup
 
 from tests.reliability_fixtures import ReliabilityRun
 from tests.serve_fixtures import SideApp, make_adapter, replica_process
-from ulpt_serving.app import MAX_BODY_BYTES
+from ulpt_serving.admission import MAX_BODY_BYTES
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_torch_thread")]
 
