@@ -16,7 +16,7 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --py
 	--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) \
 	--override requirements/torch-cpu.txt --no-emit-package torch $(if $(UPGRADE),--upgrade)
 
-.PHONY: demo demo-smoke test test-all reliability audit accuracy lint lock install install-test clean
+.PHONY: demo demo-smoke test test-all reliability audit accuracy lint lock install install-test clean schema
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The published JSON Schema of job spec files, generated from the JobSpec model (a test compares them).
+schema: install
+	$(BIN)/python -c "import json, ulpt.jobspec as j; print(json.dumps(j.json_schema(), indent=2))" \
+		> docs/jobspec.schema.json
 
 test: lint
 	$(BIN)/pytest

@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -362,7 +362,7 @@ def timing_probe(
 
     def probe_request(key: str, c: Config, seed: int) -> Any:
         request = fit_request(key, c, seed, run.chosen_lr[c.name], task, s)
-        request.config = replace(request.config, steps=s.probe_steps, eval_every=10_000)
+        request.config = request.config.model_copy(update={"steps": s.probe_steps, "eval_every": 10_000})
         request.eval_rows = ()
         return request
 

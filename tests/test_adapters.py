@@ -59,9 +59,9 @@ def test_baseline_and_ablation_param_counts() -> None:
     ("field", "value", "message"),
     [
         ("method", "lora", "method must be one of"),
-        ("n_tokens", 0, "n_tokens must be in"),
+        ("n_tokens", 0, "n_tokens must be greater than or equal to 1, got 0"),
         ("rank", "2", "rank must be an integer"),
-        ("seed", -1, "seed must be in"),
+        ("seed", -1, "seed must be greater than or equal to 0, got -1"),
         ("projection", "uniform", "projection must be one of"),
         ("use_shift", 1, "use_shift must be true or false"),
     ],

@@ -86,8 +86,8 @@ def test_yaml_with_the_issue_keys_round_trips(tmp_path: Path) -> None:
         and spec.dataset.group_by == "user_id"
         and spec.dataset.path == ("data/reviews.jsonl",)
     )
-    assert spec.adapter == ulpt.AdapterSpec(method="ulpt", n_tokens=10, rank=2, seed=1234)
-    assert spec.seed_policy == "per_fit" and spec.epochs == 2 and spec.train.batch_size == 8
+    assert spec.adapter.seed_policy == "per_fit" and spec.train.epochs == 2 and spec.train.batch_size == 8
+    assert spec.adapter_for(None) == ulpt.AdapterSpec(method="ulpt", n_tokens=10, rank=2, seed=1234)
     assert spec.tags == {"project": "demo"}
     assert JobSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
@@ -95,32 +95,41 @@ def test_yaml_with_the_issue_keys_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"train": {"lr": -1}}, r"^train\.lr must be a number in \(0, 10\]"),
-        ({"train": {"steps": 0}}, r"^train\.steps must be a positive integer"),
-        ({"train": {"stepz": 3}}, r"^train: unknown training field\(s\): stepz"),
-        ({"train": {"epochs": 0}}, r"^train\.epochs must be a positive number"),
+        ({"train": {"lr": -1}}, r"^train\.lr must be greater than 0, got -1"),
+        ({"train": {"steps": 0}}, r"^train\.steps must be greater than or equal to 1, got 0"),
+        ({"train": {"stepz": 3}}, r"^train\.stepz is not a known field; known: batch_size, "),
+        ({"train": {"epochs": 0}}, r"^train\.epochs must be greater than 0, got 0"),
         ({"train": {"lr": True}}, r"^train\.lr must be a finite number, got True"),
         ({"train": {"lr": float("nan")}}, r"^train\.lr must be a finite number"),
         ({"train": {"weight_decay": False}}, r"^train\.weight_decay must be a finite number"),
         ({"train": {"max_grad_norm": "abc"}}, r"^train\.max_grad_norm must be a finite number, got 'abc'"),
         ({"train": {"max_grad_norm": float("inf")}}, r"^train\.max_grad_norm must be a finite number"),
-        ({"train": {"warmup_steps": True}}, r"^train\.warmup_steps must be a non-negative integer"),
-        ({"train": {"epochs": float("inf")}}, r"^train\.epochs must be a positive number"),
+        ({"train": {"warmup_steps": True}}, r"^train\.warmup_steps must be an integer, got True"),
+        ({"train": {"epochs": float("inf")}}, r"^train\.epochs must be a finite number"),
         ({"dataset": {"eval_fraction": float("nan")}}, r"^dataset\.eval_fraction must be a finite"),
-        ({"adapter": {"rank": 0}}, r"^adapter\.rank must be in \[1, 65536\]"),
-        ({"adapter": {"method": "lora"}}, r"^adapter\.method must be one of ulpt, pt, dpt, lopt1, lopt2"),
-        ({"adapter": {"seed_policy": "random"}}, r"^adapter\.seed_policy must be one of shared, per_fit"),
-        ({"dataset": {"eval_fraction": 1.5}}, r"^dataset\.eval_fraction must be a number in \[0, 1\)"),
+        ({"adapter": {"rank": 0}}, r"^adapter\.rank must be greater than or equal to 1, got 0"),
+        (
+            {"adapter": {"method": "lora"}},
+            r"^adapter\.method must be one of 'ulpt', 'pt', 'dpt', 'lopt1' or 'lopt2'",
+        ),
+        (
+            {"adapter": {"seed_policy": "random"}},
+            r"^adapter\.seed_policy must be one of 'shared' or 'per_fit'",
+        ),
+        ({"dataset": {"eval_fraction": 1.5}}, r"^dataset\.eval_fraction must be less than 1, got 1\.5"),
         ({"dataset": {"format": "xml"}}, r"^dataset\.format must be one of"),
-        ({"dataset": {"per_file": True}}, r"^dataset\.group_by and dataset\.per_file are exclusive"),
-        ({"dataset": {"colour": "red"}}, r"^dataset: unknown field\(s\) colour"),
+        ({"dataset": {"per_file": True}}, r"^dataset: group_by and per_file are exclusive"),
+        ({"dataset": {"colour": "red"}}, r"^dataset\.colour is not a known field; known: choices, "),
         ({"name": "user-{user}"}, r"^name: unknown placeholder \{user\}"),
         ({"tags": {"owner": "{nobody}"}}, r"^tags\.owner: unknown placeholder \{nobody\}"),
-        ({"num_workers": 0}, r"^num_workers must be an integer in \[1, 4096\]"),
+        ({"num_workers": 0}, r"^num_workers must be greater than or equal to 1, got 0"),
         ({"fits_per_worker": "many"}, r"^fits_per_worker must be an integer"),
         ({"tenant": "bad tenant"}, r"^tenant: invalid tenant"),
-        ({"gpus": 2}, r"^unknown job field\(s\): gpus"),
-        ({"fits": [{"key": "3", "adapter": {"rank": -2}}]}, r"^fits\[3\]\.adapter\.rank must be in"),
+        ({"gpus": 2}, r"^gpus is not a known field; known: adapter, base_model, "),
+        (
+            {"fits": [{"key": "3", "adapter": {"rank": -2}}]},
+            r"^fits\[3\]\.adapter\.rank must be greater than",
+        ),
         ({"fits": [{"key": "3", "path": "x.jsonl"}]}, r"^fits\[3\]\.path: a job split by group_by"),
         ({"fits": [{"key": "3"}, {"key": "3"}]}, r"^fits: key '3' appears twice"),
     ],
@@ -140,7 +149,7 @@ def test_the_constructor_reads_sections_like_the_yaml() -> None:
     )
     assert spec.dataset.path == ("d.jsonl",) and spec.adapter.rank == 4 and spec.train.steps == 5
     assert spec.fits[0].train == {"lr": 0.5}
-    with pytest.raises(SpecError, match=r"^train\.steps must be a positive integer"):
+    with pytest.raises(SpecError, match=r"^train\.steps must be greater than or equal to 1"):
         JobSpec(base_model="m", dataset=DatasetSpec(path=("d.jsonl",)), train={"steps": 0})
 
 
@@ -160,8 +169,7 @@ def test_per_fit_seeds_are_derived_deterministically() -> None:
     spec = JobSpec(
         base_model="m",
         dataset=DatasetSpec(path=("d.jsonl",), group_by="user_id"),
-        adapter=ulpt.AdapterSpec(seed=7),
-        seed_policy="per_fit",
+        adapter={"seed": 7, "seed_policy": "per_fit"},
         fits=(FitSpec(key="pinned", adapter={"seed": 5}),),
     )
     seeds = {key: spec.adapter_for(None, key).seed for key in ("u1", "u2")}

@@ -39,7 +39,7 @@ def test_serve_run_arguments_become_typed_fields() -> None:
         ({"route_prefix": "v1"}, "route_prefix"),
         ({"hot_cache_count": 0}, "hot_cache_count"),
         ({"max_batch_size": "many"}, "max_batch_size"),
-        ({"colour": "blue"}, "unknown serve option"),
+        ({"colour": "blue"}, "^colour is not a known field; known: "),
         ({"batch_wait_timeout_s": "nan"}, "batch_wait_timeout_s must be a finite number, got nan"),
         ({"batch_wait_timeout_s": float("inf")}, "batch_wait_timeout_s must be a finite number"),
         ({"batch_wait_timeout_s": True}, "batch_wait_timeout_s must be a finite number, got True"),

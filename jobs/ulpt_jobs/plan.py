@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +262,9 @@ def _plan_fit(spec: JobSpec, index: int, key: str, group: _Group, fit: FitSpec |
         except DataError as exc:
             error = str(exc)
     if epochs is not None and train_rows:
-        train = replace(train, steps=max(1, math.ceil(epochs * len(train_rows) / train.batch_size)))
+        train = train.model_copy(
+            update={"steps": max(1, math.ceil(epochs * len(train_rows) / train.batch_size))}
+        )
     fingerprint = dataset_fingerprint(train_rows, eval_rows) if error is None else None
     return PlannedFit(key, index, name, adapter, train, tags, train_rows, eval_rows, fingerprint, error)
 

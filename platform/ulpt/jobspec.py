@@ -1,7 +1,8 @@
 """`JobSpec`: one bulk training job (a base model, a dataset split into fits, how to train each fit).
 
-The same object travels SDK / YAML -> catalog (JSON) -> Ray workers, so every field is plain data
-with a default, a docstring, and validation that names the field:
+The same object travels SDK / YAML -> catalog (JSON) -> Ray workers, and its shape is the YAML's
+shape (one `model_validate` in, one `model_dump` out); every field has a default, a docstring, and
+validation that names the field path. `docs/jobspec.schema.json` is generated from it:
 
     tenant: acme
     base_model: ./models/tiny            # a from_pretrained folder, or a known model name
@@ -17,77 +18,77 @@ names, rank below the hidden size) happen in `ulpt_jobs.plan`, still before anyt
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.names import check_name, check_tenant, normalize_tags
 from ulpt.errors import SpecError
-from ulpt.models.precision import check_dtype_name
+from ulpt.models.precision import DtypeName
 from ulpt.training import TrainConfig
-from ulpt.validation import check_number
+from ulpt.validation import NonBlank, SpecModel
 
-FORMAT_VERSION = 1
-FORMATS = ("auto", "json", "csv", "parquet")
-SEED_POLICIES = ("shared", "per_fit")
+FORMAT_VERSION: Final = 1
 BIGBENCH_PREFIX = "bigbench:"
 """`bigbench:TASK` reads a BIG-bench task through `ulpt.data.load_task` instead of files."""
 _EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _SEED_MASK = (1 << 63) - 1
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
+def _as_tuple(value: Any) -> Any:
+    """YAML writes one path as a string and several as a list; both become a tuple."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _key_as_str(value: Any) -> Any:
+    """`key: 3` in YAML is the group value "3" (group values are compared as strings)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Paths = Annotated[tuple[NonBlank, ...], BeforeValidator(_as_tuple, json_schema_input_type=str | list[str])]
+Column = Annotated[str, Field(min_length=1)]
+Tags = Annotated[
+    dict[str, str],
+    BeforeValidator(normalize_tags, json_schema_input_type=dict[str, str | int | float] | list[str]),
+]
+
+
+class DatasetSpec(SpecModel):
     """Where the rows come from and how they split into fits."""
 
-    path: tuple[str, ...] = ()
+    path: Paths = ()
     """Data files for `datasets`: paths, globs, `s3://` URLs; or `bigbench:TASK`."""
-    format: str = "auto"
+    format: Literal["auto", "json", "csv", "parquet"] = "auto"
     """json, csv or parquet; auto picks it from the file extension."""
-    input: str = "input"
+    input: Column = "input"
     """Column holding the model's input text."""
-    target: str = "target"
+    target: Column = "target"
     """Column holding the text the model should produce (a label or free text)."""
-    choices: str | None = None
+    choices: Column | None = None
     """Optional column of candidate labels per row (multiple-choice accuracy)."""
-    group_by: str | None = None
+    group_by: Column | None = None
     """One fit per distinct value of this column (e.g. user_id)."""
     per_file: bool = False
     """One fit per data file, keyed by the file name without its extension."""
-    eval_fraction: float = 0.2
+    eval_fraction: float = Field(default=0.2, ge=0, lt=1)
     """Share of each fit's rows held out for evaluation (at least one row when positive)."""
-    split_seed: int = 0
+    split_seed: int = Field(default=0, ge=0)
     """Seeds the deterministic train/eval split of every fit."""
 
-    def __post_init__(self) -> None:
-        paths = (self.path,) if isinstance(self.path, str) else self.path
-        if not isinstance(paths, (tuple, list)) or not all(isinstance(p, str) and p.strip() for p in paths):
-            raise SpecError(f"dataset.path must be a path or a list of paths, got {self.path!r}")
-        object.__setattr__(self, "path", tuple(paths))
-        if self.format not in FORMATS:
-            raise SpecError(f"dataset.format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        for name in ("input", "target"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise SpecError(f"dataset.{name} must be a column name, got {getattr(self, name)!r}")
-        for name in ("choices", "group_by"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise SpecError(f"dataset.{name} must be a column name or null, got {value!r}")
-        if not isinstance(self.per_file, bool):
-            raise SpecError(f"dataset.per_file must be true or false, got {self.per_file!r}")
+    @model_validator(mode="after")
+    def _one_way_to_split(self) -> DatasetSpec:
         if self.per_file and self.group_by:
-            raise SpecError("dataset.group_by and dataset.per_file are exclusive: pick one way to split")
-        check_number("dataset.eval_fraction", self.eval_fraction, ge=0, lt=1)
-        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) or self.split_seed < 0:
-            raise SpecError(f"dataset.split_seed must be a non-negative integer, got {self.split_seed!r}")
+            raise ValueError("group_by and per_file are exclusive: pick one way to split")
         if self.per_file and any(p.startswith(BIGBENCH_PREFIX) for p in self.path):
-            raise SpecError("dataset.per_file needs files; bigbench: tasks are one fit each (use fits)")
+            raise ValueError("per_file needs files; bigbench: tasks are one fit each (use fits)")
+        return self
 
     @property
     def splits(self) -> bool:
@@ -107,166 +108,98 @@ class DatasetSpec:
             )
         return _EXTENSIONS[suffix]
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["path"] = list(self.path)
-        return out
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DatasetSpec:
-        return cls(**_known(cls, data, "dataset"))
-
-
-@dataclass(frozen=True)
-class FitSpec:
+class FitSpec(SpecModel):
     """One explicit fit: selects a group (or file), or names its own data; may override the job's settings."""
 
-    key: str
+    key: Annotated[
+        str,
+        BeforeValidator(_key_as_str, json_schema_input_type=str | int),
+        Field(min_length=1, max_length=256),
+    ]
     """The group value (group_by), the file name (per_file), or any name when the fit brings its own data."""
-    path: tuple[str, ...] = ()
+    path: Paths = ()
     """This fit's own data (only when the job is not split by group_by or per_file); default: the job's."""
-    adapter: Mapping[str, Any] = field(default_factory=dict)
+    adapter: dict[str, Any] = Field(default_factory=dict)
     """Overrides of the job's adapter fields (method, n_tokens, rank, seed...)."""
-    train: Mapping[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
     """Overrides of the job's training fields (steps, lr, batch_size... and epochs)."""
-    name: str | None = None
+    name: Annotated[str, AfterValidator(check_name)] | None = None
     """This fit's adapter name (default: the job's name template)."""
-    tags: Mapping[str, Any] = field(default_factory=dict)
+    tags: Tags = Field(default_factory=dict)
     """Added to the job's tags for this fit's adapter."""
 
-    def __post_init__(self) -> None:
-        if isinstance(self.key, int) and not isinstance(self.key, bool):
-            object.__setattr__(self, "key", str(self.key))
-        if not isinstance(self.key, str) or not 1 <= len(self.key) <= 256:
-            raise SpecError(f"fits: key must be a string of 1-256 characters, got {self.key!r}")
-        paths = (self.path,) if isinstance(self.path, str) else self.path
-        if not isinstance(paths, (tuple, list)) or not all(isinstance(p, str) and p for p in paths):
-            raise SpecError(f"fits[{self.key}].path must be a path or a list of paths, got {self.path!r}")
-        object.__setattr__(self, "path", tuple(paths))
-        for section in ("adapter", "train", "tags"):
-            if not isinstance(getattr(self, section), Mapping):
-                raise SpecError(f"fits[{self.key}].{section} must be a mapping")
-            object.__setattr__(self, section, dict(getattr(self, section)))
-        if self.name is not None:
-            _scoped(f"fits[{self.key}].name", lambda: check_name(self.name))
-        _scoped(f"fits[{self.key}].tags", lambda: normalize_tags(self.tags))
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"key": self.key}
-        if self.path:
-            out["path"] = list(self.path)
-        for section in ("adapter", "train", "tags"):
-            if getattr(self, section):
-                out[section] = dict(getattr(self, section))
-        if self.name is not None:
-            out["name"] = self.name
-        return out
+class JobAdapterSpec(AdapterSpec):
+    """The job's `adapter:` section: every fit's AdapterSpec, and how each fit's seed is chosen."""
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FitSpec:
-        if not isinstance(data, Mapping):
-            raise SpecError(f"fits: each fit must be a mapping with at least a key, got {data!r}")
-        return cls(**_known(cls, data, "fits[]"))
+    seed_policy: Literal["shared", "per_fit"] = "shared"
+    """shared: every adapter uses seed; per_fit: a seed derived from seed and the fit key."""
 
 
-@dataclass(frozen=True)
-class JobSpec:
+class JobTrainConfig(TrainConfig):
+    """The job's `train:` section: every fit's TrainConfig, and optionally a length in epochs."""
+
+    epochs: float | None = Field(default=None, gt=0, le=1e6)
+    """If set, each fit trains ceil(epochs * train rows / batch_size) steps instead of steps."""
+
+
+class JobSpec(SpecModel):
     """A bulk training job: many adapters of one base model, trained packed on Ray Train workers."""
 
-    base_model: str
-    """A `from_pretrained` folder or a known model name (e.g. smollm2-135m)."""
-    dataset: DatasetSpec = field(default_factory=DatasetSpec)
-    """The rows and how they split into fits (may stay empty when every fit names its own path)."""
-    tenant: str | None = None
+    format_version: Literal[1] = FORMAT_VERSION
+    """The spec format this ulpt reads and writes."""
+    tenant: Annotated[str, AfterValidator(check_tenant)] | None = None
     """Owner of the job and its adapters; None: the client's tenant."""
-    adapter: AdapterSpec = field(default_factory=AdapterSpec)
-    """Method, n_tokens, rank and seed of every adapter (overridable per fit)."""
-    seed_policy: str = "shared"
-    """shared: every adapter uses adapter.seed; per_fit: a seed derived from adapter.seed and the fit key."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    base_model: NonBlank
+    """A `from_pretrained` folder or a known model name (e.g. smollm2-135m)."""
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    """The rows and how they split into fits (may stay empty when every fit names its own path)."""
+    adapter: JobAdapterSpec = Field(default_factory=JobAdapterSpec)
+    """Method, n_tokens, rank, seed and seed_policy of every adapter (overridable per fit)."""
+    train: JobTrainConfig = Field(default_factory=JobTrainConfig)
     """Hyperparameters of every fit (overridable per fit)."""
-    epochs: float | None = None
-    """If set, each fit trains ceil(epochs * train rows / batch_size) steps instead of train.steps."""
     name: str = "{key}"
     """Adapter name template: {key}, {index}, and the group_by column (e.g. user-{user_id})."""
-    tags: Mapping[str, Any] = field(default_factory=dict)
+    tags: Tags = Field(default_factory=dict)
     """Tags of every adapter; values may use the same placeholders as name."""
-    fits: tuple[FitSpec, ...] = ()
+    fits: tuple[FitSpec, ...] = Field(default=(), strict=False)
     """Explicit fits: select (and override) groups or files, or list fits with their own data."""
-    job_name: str | None = None
+    job_name: str | None = Field(default=None, max_length=128)
     """A label for the job in `ulpt jobs list`."""
-    num_workers: int = 1
+    num_workers: int = Field(default=1, ge=1, le=4096)
     """Ray Train workers; each loads the base model once and trains its fits packed."""
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = Field(default=1, ge=1, le=1024)
     """CPUs (and torch threads) per worker."""
     use_gpu: bool = False
     """Give each worker a GPU (where Ray has them); the base model runs on it, else on the CPU."""
-    dtype: str = "auto"
+    dtype: DtypeName = "auto"
     """The frozen base model's dtype: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16, float16.
     Adapters always train in float32."""
-    fits_per_worker: int = 64
+    fits_per_worker: int = Field(default=64, ge=1, le=1_000_000)
     """How many fits a worker trains at once, packed in shared forward passes."""
-    max_rows_per_forward: int = 64
+    max_rows_per_forward: int = Field(default=64, ge=1, le=1_000_000)
     """Rows per forward/backward pass through the base model (bounds activation memory)."""
-    max_failures: int = 3
+    max_failures: int = Field(default=3, ge=0, le=1000)
     """Worker-group restarts (a dead worker or node) before the job fails; unfinished fits are retried."""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.base_model, str) or not self.base_model.strip():
-            raise SpecError(f"base_model must be a model folder or name, got {self.base_model!r}")
-        self._accept_mappings()
-        for name, kind in (("dataset", DatasetSpec), ("adapter", AdapterSpec), ("train", TrainConfig)):
-            if not isinstance(getattr(self, name), kind):
-                raise SpecError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
-        if self.tenant is not None:
-            _scoped("tenant", lambda: check_tenant(self.tenant))
-        if self.seed_policy not in SEED_POLICIES:
-            raise SpecError(
-                f"adapter.seed_policy must be one of {', '.join(SEED_POLICIES)}, got {self.seed_policy!r}"
-            )
-        _check_epochs("train.epochs", self.epochs)
+    @field_validator("adapter", "train", mode="before")
+    @classmethod
+    def _widen_plain_sections(cls, value: Any) -> Any:
+        """`JobSpec(adapter=AdapterSpec(...), train=TrainConfig(...))` reads like the YAML sections."""
+        if isinstance(value, (AdapterSpec, TrainConfig)) and not isinstance(
+            value, (JobAdapterSpec, JobTrainConfig)
+        ):
+            return value.model_dump()
+        return value
+
+    @model_validator(mode="after")
+    def _check_templates_and_fits(self) -> JobSpec:
         check_template("name", self.name, self.placeholders)
-        if not isinstance(self.tags, Mapping):
-            raise SpecError(f"tags must be a mapping, got {self.tags!r}")
-        object.__setattr__(self, "tags", _scoped("tags", lambda: normalize_tags(self.tags)))
         for key, value in self.tags.items():
             check_template(f"tags.{key}", value, self.placeholders)
-        if self.job_name is not None and (not isinstance(self.job_name, str) or len(self.job_name) > 128):
-            raise SpecError(f"job_name must be a string of at most 128 characters, got {self.job_name!r}")
-        _check_int("num_workers", self.num_workers, 1, 4096)
-        _check_int("cpus_per_worker", self.cpus_per_worker, 1, 1024)
-        _check_int("fits_per_worker", self.fits_per_worker, 1, 1_000_000)
-        _check_int("max_rows_per_forward", self.max_rows_per_forward, 1, 1_000_000)
-        _check_int("max_failures", self.max_failures, 0, 1000)
-        if not isinstance(self.use_gpu, bool):
-            raise SpecError(f"use_gpu must be true or false, got {self.use_gpu!r}")
-        check_dtype_name("dtype", self.dtype)
-        object.__setattr__(self, "fits", tuple(self.fits))
-        self._check_fits()
-
-    def _accept_mappings(self) -> None:
-        """`JobSpec(dataset={...}, adapter={...}, train={...}, fits=[{...}])` reads like the YAML."""
-        readers: dict[str, Any] = {"dataset": DatasetSpec, "adapter": AdapterSpec, "train": TrainConfig}
-        for name, kind in readers.items():
-            value = getattr(self, name)
-            if isinstance(value, Mapping):
-                parsed = _scoped(name, lambda kind=kind, value=value: kind.from_dict(dict(value)))
-                object.__setattr__(self, name, parsed)
-        if isinstance(self.fits, (list, tuple)):
-            fits = tuple(FitSpec.from_dict(f) if isinstance(f, Mapping) else f for f in self.fits)
-            object.__setattr__(self, "fits", fits)
-
-    @property
-    def placeholders(self) -> tuple[str, ...]:
-        """Names a template may use: the fit key, its index, and the group_by column."""
-        extra = (self.dataset.group_by,) if self.dataset.group_by else ()
-        return ("key", "index", *extra)
-
-    def _check_fits(self) -> None:
         seen: set[str] = set()
         for fit in self.fits:
-            if not isinstance(fit, FitSpec):
-                raise SpecError(f"fits must hold FitSpec entries, got {type(fit).__name__}")
             where = f"fits[{fit.key}]"
             if fit.key in seen:
                 raise SpecError(f"fits: key {fit.key!r} appears twice")
@@ -282,6 +215,13 @@ class JobSpec:
             self.train_for(fit)
         if not self.dataset.path and not self.fits:
             raise SpecError("dataset.path is required (or list fits that each name their own path)")
+        return self
+
+    @property
+    def placeholders(self) -> tuple[str, ...]:
+        """Names a template may use: the fit key, its index, and the group_by column."""
+        extra = (self.dataset.group_by,) if self.dataset.group_by else ()
+        return ("key", "index", *extra)
 
     # ---- per-fit resolution --------------------------------------------------------------------
 
@@ -289,21 +229,19 @@ class JobSpec:
         """The adapter spec of one fit: the job's, its overrides, and the seed policy."""
         overrides = dict(fit.adapter) if fit else {}
         where = f"fits[{fit.key}].adapter" if fit else "adapter"
-        merged = {**self.adapter.to_dict(), **overrides}
-        spec: AdapterSpec = _scoped(where, lambda: AdapterSpec.from_dict(merged))
+        merged = {**self.adapter.model_dump(exclude={"seed_policy"}), **overrides}
+        spec = AdapterSpec.from_dict(merged, where=where)
         fit_key = key if key is not None else (fit.key if fit else None)
-        if self.seed_policy == "per_fit" and "seed" not in overrides and fit_key is not None:
-            spec = dataclasses.replace(spec, seed=derive_seed(spec.seed, fit_key))
+        if self.adapter.seed_policy == "per_fit" and "seed" not in overrides and fit_key is not None:
+            spec = spec.model_copy(update={"seed": derive_seed(spec.seed, fit_key)})
         return spec
 
     def train_for(self, fit: FitSpec | None) -> tuple[TrainConfig, float | None]:
         """The training config of one fit and its epochs (None: train.steps)."""
         overrides = dict(fit.train) if fit else {}
-        epochs = overrides.pop("epochs", self.epochs)
         where = f"fits[{fit.key}].train" if fit else "train"
-        _check_epochs(f"{where}.epochs", epochs)
-        merged = {**self.train.to_dict(), **overrides}
-        return _scoped(where, lambda: TrainConfig.from_dict(merged)), epochs
+        merged = JobTrainConfig.from_dict({**self.train.model_dump(), **overrides}, where=where)
+        return TrainConfig(**merged.model_dump(exclude={"epochs"})), merged.epochs
 
     def owned_by(self, tenant: str) -> JobSpec:
         """This spec recorded under `tenant`, the caller's identity; a spec naming another is refused.
@@ -316,64 +254,9 @@ class JobSpec:
                 f"tenant: the spec belongs to tenant {self.tenant!r} but is submitted by {tenant!r}; "
                 "remove tenant from the spec or submit as its tenant"
             )
-        return dataclasses.replace(self, tenant=tenant)
+        return self.model_copy(update={"tenant": tenant})
 
-    # ---- serialization -------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """The YAML/JSON form (the same keys `from_dict` and `from_yaml` read)."""
-        train = self.train.to_dict()
-        if self.epochs is not None:
-            train["epochs"] = self.epochs
-        out: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "tenant": self.tenant,
-            "base_model": self.base_model,
-            "dataset": self.dataset.to_dict(),
-            "adapter": {**self.adapter.to_dict(), "seed_policy": self.seed_policy},
-            "train": train,
-            "name": self.name,
-            "tags": dict(self.tags),
-            "fits": [fit.to_dict() for fit in self.fits],
-        }
-        for f in fields(self):
-            if f.name not in out and f.name not in ("seed_policy", "epochs"):
-                out[f.name] = getattr(self, f.name)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
-        if not isinstance(data, Mapping):
-            raise SpecError(f"a job spec must be a mapping, got {type(data).__name__}")
-        data = dict(data)
-        version = data.pop("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise SpecError(f"format_version {version!r} is not supported (this ulpt reads {FORMAT_VERSION})")
-        known = {f.name for f in fields(cls)} - {"seed_policy", "epochs"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"unknown job field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        for section in ("dataset", "adapter", "train"):
-            if not isinstance(data.get(section, {}), Mapping):
-                raise SpecError(f"{section} must be a mapping, got {data[section]!r}")
-        if "base_model" not in data:
-            raise SpecError("base_model is required: a model folder or a known model name")
-        adapter = dict(data.pop("adapter", None) or {})
-        seed_policy = adapter.pop("seed_policy", "shared")
-        train = dict(data.pop("train", None) or {})
-        epochs = train.pop("epochs", None)
-        fits = data.pop("fits", None) or ()
-        if not isinstance(fits, (list, tuple)):
-            raise SpecError("fits must be a list of mappings, each with a key")
-        return cls(
-            dataset=DatasetSpec.from_dict(data.pop("dataset", None) or {}),
-            adapter=_scoped("adapter", lambda: AdapterSpec.from_dict(adapter)),
-            seed_policy=seed_policy,
-            train=_scoped("train", lambda: TrainConfig.from_dict(train)),
-            epochs=epochs,
-            fits=tuple(FitSpec.from_dict(fit) for fit in fits),
-            **data,
-        )
+    # ---- files ---------------------------------------------------------------------------------
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> JobSpec:
@@ -400,11 +283,19 @@ class JobSpec:
         root = cwd or Path.cwd()
         base = Path(self.base_model).expanduser()
         base_model = str((root / base).resolve()) if (root / base).is_dir() else self.base_model
-        dataset = dataclasses.replace(self.dataset, path=tuple(_absolute(p, root) for p in self.dataset.path))
-        fits = tuple(
-            dataclasses.replace(fit, path=tuple(_absolute(p, root) for p in fit.path)) for fit in self.fits
+        dataset = self.dataset.model_copy(
+            update={"path": tuple(_absolute(p, root) for p in self.dataset.path)}
         )
-        return dataclasses.replace(self, base_model=base_model, dataset=dataset, fits=fits)
+        fits = tuple(
+            fit.model_copy(update={"path": tuple(_absolute(p, root) for p in fit.path)}) for fit in self.fits
+        )
+        return self.model_copy(update={"base_model": base_model, "dataset": dataset, "fits": fits})
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a job spec file, for editors and CI checks; `make schema` writes it to
+    docs/jobspec.schema.json (a test keeps the published file equal to this)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **JobSpec.model_json_schema()}
 
 
 def derive_seed(job_seed: int, key: str) -> int:
@@ -439,39 +330,3 @@ def _absolute(path: str, root: Path) -> str:
     if "://" in path or path.startswith(BIGBENCH_PREFIX):
         return path
     return str((root / Path(path).expanduser()).absolute())
-
-
-def _known(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    if not isinstance(data, Mapping):
-        raise SpecError(f"{where} must be a mapping, got {data!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return dict(data)
-
-
-_FIELD_FIRST = re.compile(r"[a-z_]+ (must|is|needs)\b")
-
-
-def _scoped(where: str, check: Any) -> Any:
-    """Run `check()`, prefixing a SpecError with the section it came from (train.lr must be ...)."""
-    try:
-        return check()
-    except SpecError as exc:
-        message = str(exc)
-        if _FIELD_FIRST.match(message):
-            raise SpecError(f"{where}.{message}") from None
-        raise SpecError(f"{where}: {message}") from None
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SpecError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-
-
-def _check_epochs(name: str, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1e6:
-        raise SpecError(f"{name} must be a positive number of epochs or null, got {value!r}")

@@ -53,7 +53,9 @@ def generate(
 
     `base_model` (in process only) overrides the model the adapter's record names, e.g. a local folder.
     """
-    params = SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop))
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop)
+    )
     url = base_url or os.environ.get("ULPT_SERVE_URL")
     if url:
         return _over_http(url, api_key or os.environ.get("ULPT_API_KEY"), model, text, params, timeout)

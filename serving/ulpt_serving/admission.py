@@ -146,7 +146,12 @@ class Admission:
                 )
         try:  # a temperature or top_p next to 0 decodes greedily (SamplingParams.greedy)
             return SamplingParams(
-                max_tokens, body.temperature, body.top_p, body.seed, body.stops, ignore_eos=body.ignore_eos
+                max_new_tokens=max_tokens,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                seed=body.seed,
+                stop=body.stops,
+                ignore_eos=body.ignore_eos,
             )
         except UlptError as exc:
             raise ApiError(400, str(exc)) from None

@@ -1,32 +1,23 @@
-"""`ServeConfig`: everything one serving application needs, as one frozen, validated dataclass.
+"""`ServeConfig`: everything one serving application needs, as one frozen, validated model.
 
 The same object travels CLI -> `build_application` -> every replica; `serve run` and a RayService pass
-it as plain `args` (`ServeConfig.from_dict`).
+it as plain `args` (`ServeConfig.from_dict`). Float fields are finite (NaN or inf would mean "never").
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, model_validator
 
 from ulpt.errors import SpecError
-from ulpt.models.precision import check_dtype_name
-from ulpt.validation import check_int, check_number
+from ulpt.models.precision import DtypeName
+from ulpt.validation import NonBlank, SpecModel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 LOOPBACK_NAMES = ("localhost",)
 MiB = 1 << 20
-
-NUMBER_LIMITS = {
-    "num_cpus": 1e6,
-    "num_gpus": 1e6,
-    "batch_wait_timeout_s": 60.0,
-    "retry_after_s": 86_400.0,
-    "auth_cache_ttl_s": 3_600.0,
-    "resolve_cache_ttl_s": 3_600.0,
-}
-"""Upper bounds of the float fields (all are at least 0 and finite: NaN or inf would mean "never")."""
 
 
 def is_loopback(host: str) -> bool:
@@ -39,11 +30,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class ServeConfig:
+def _rooted(prefix: str) -> str:
+    if not prefix.startswith("/"):
+        raise ValueError(f"must start with '/', got {prefix!r}")
+    return prefix
+
+
+class ServeConfig(SpecModel):
     """How `ulpt serve` runs: the model, where adapters come from, limits, batching and caches."""
 
-    model: str = "smollm2-135m"
+    format_version: Literal[1] = FORMAT_VERSION
+    """The config format this ulpt reads and writes."""
+    model: NonBlank = "smollm2-135m"
     """Base model: a known name (smollm2-135m) or a `from_pretrained` folder."""
     served_model_name: str | None = None
     """Base model name in requests and /v1/models; adapters' base_model must equal it. Default: `model`."""
@@ -59,144 +57,106 @@ class ServeConfig:
     """The tenant whose adapters an auth-less server serves."""
     host: str = "127.0.0.1"
     """Address the HTTP proxy binds (used by `ulpt serve`; a RayService sets its own)."""
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     """Port the HTTP proxy binds."""
     app_name: str = "ulpt"
     """Ray Serve application name."""
-    route_prefix: str = "/"
+    route_prefix: Annotated[str, AfterValidator(_rooted)] = "/"
     """URL prefix of the application (`/v1/...` lives under it)."""
-    num_replicas: int = 1
+    num_replicas: int = Field(default=1, ge=1, le=10_000)
     """Model replicas; each holds the base model once and its own adapter cache."""
-    num_cpus: float = 1.0
+    num_cpus: float = Field(default=1.0, ge=0, le=1e6)
     """CPUs Ray reserves per replica."""
-    num_gpus: float = 0.0
+    num_gpus: float = Field(default=0.0, ge=0, le=1e6)
     """GPUs Ray reserves per replica (the model moves to cuda when > 0)."""
-    dtype: str = "auto"
+    dtype: DtypeName = "auto"
     """The base model's dtype: auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16 or
     float16. Adapters' prompts are cast to it where they meet the token embeddings."""
-    torch_threads: int | None = None
+    torch_threads: int | None = Field(default=None, ge=1, le=1 << 40)
     """torch intra-op threads per replica (default: what Ray's OMP_NUM_THREADS gives)."""
-    max_batch_size: int = 32
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
     """Rows decoded together in one batch, across adapters."""
-    batch_wait_timeout_s: float = 0.01
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=60.0)
     """How long a batch waits to fill before it starts anyway."""
-    max_ongoing_requests: int = 64
+    max_ongoing_requests: int = Field(default=64, ge=1, le=1_000_000)
     """Requests a replica holds at once (decoding or waiting for the next batch)."""
-    max_queued_requests: int = 256
+    max_queued_requests: int = Field(default=256, ge=0, le=1_000_000)
     """Requests waiting for a replica; beyond it requests get 429 with Retry-After."""
-    retry_after_s: float = 1.0
+    retry_after_s: float = Field(default=1.0, ge=0, le=86_400.0)
     """Retry-After sent with 429/503 answers."""
-    default_max_tokens: int = 16
+    default_max_tokens: int = Field(default=16, ge=1)
     """max_tokens of a completion request that gives none (OpenAI's completions default)."""
-    default_chat_max_tokens: int = 256
+    default_chat_max_tokens: int = Field(default=256, ge=1)
     """max_tokens of a chat request that gives none."""
-    max_tokens_limit: int = 2048
+    max_tokens_limit: int = Field(default=2048, ge=1, le=100_000)
     """Largest max_tokens a request may ask for."""
-    max_prompt_tokens: int = 4096
+    max_prompt_tokens: int = Field(default=4096, ge=1, le=10_000_000)
     """Longest input (prompt tokens + adapter tokens) accepted, further capped by the model's positions."""
-    max_prompts_per_request: int = 32
+    max_prompts_per_request: int = Field(default=32, ge=1, le=4096)
     """Largest list of prompts in one /v1/completions request."""
-    compact_cache_bytes: int = 256 * MiB
+    compact_cache_bytes: int = Field(default=256 * MiB, ge=0, le=1 << 50)
     """Budget of verified compact adapters (Z, scale, shift) per replica: ~50,000 ULPT adapters at d=576."""
-    compact_cache_count: int | None = None
+    compact_cache_count: int | None = Field(default=None, ge=1, le=1 << 40)
     """Optional cap on the number of compact adapters."""
-    hot_cache_bytes: int = 512 * MiB
+    hot_cache_bytes: int = Field(default=512 * MiB, ge=0, le=1 << 50)
     """Budget of materialized prompts and their prefix key/values per replica."""
-    hot_cache_count: int | None = None
+    hot_cache_count: int | None = Field(default=None, ge=1, le=1 << 40)
     """Optional cap on the number of materialized adapters."""
     prefix_cache: bool = True
     """Keep hot adapters' per-layer keys/values (decoder-only models) instead of re-running their prompts."""
-    loader_threads: int = 8
+    loader_threads: int = Field(default=8, ge=1, le=1024)
     """Threads fetching adapters from the store; concurrent requests for one adapter share one fetch."""
-    auth_cache_ttl_s: float = 30.0
+    auth_cache_ttl_s: float = Field(default=30.0, ge=0, le=3_600.0)
     """How long a refused key is remembered (one catalog query per bad key per TTL). Accepted keys are
     checked against the catalog on every request, so a revocation applies to the next request."""
-    resolve_cache_ttl_s: float = 5.0
+    resolve_cache_ttl_s: float = Field(default=5.0, ge=0, le=3_600.0)
     """How long a resolved adapter reference is remembered; alias moves apply within it."""
     per_adapter_metrics: bool = True
     """Tag request metrics with the adapter (one time series per adapter served)."""
     log_requests: bool = True
     """One log line per request (ids, sizes, status, latency; never keys or prompt text)."""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise SpecError("model must name a base model or a model folder")
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeConfig:
         if not self.auth and not is_loopback(self.host):
             raise SpecError(
                 "auth can only be turned off on a loopback host (127.0.0.1, ::1, localhost), "
                 f"got host {self.host!r}"
             )
-        if not self.route_prefix.startswith("/"):
-            raise SpecError(f"route_prefix must start with '/', got {self.route_prefix!r}")
-        check_int("port", self.port, 1, 65535)
-        check_int("num_replicas", self.num_replicas, 1, 10_000)
-        check_int("max_batch_size", self.max_batch_size, 1, 4096)
-        check_int("max_ongoing_requests", self.max_ongoing_requests, 1, 1_000_000)
-        check_int("max_queued_requests", self.max_queued_requests, 0, 1_000_000)
-        check_int("default_max_tokens", self.default_max_tokens, 1, self.max_tokens_limit)
-        check_int("default_chat_max_tokens", self.default_chat_max_tokens, 1, self.max_tokens_limit)
+        for name in ("default_max_tokens", "default_chat_max_tokens"):
+            if (value := getattr(self, name)) > self.max_tokens_limit:
+                raise SpecError(
+                    f"{name} must be at most max_tokens_limit ({self.max_tokens_limit}), got {value}"
+                )
         if self.max_ongoing_requests < self.max_batch_size:
             raise SpecError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least max_batch_size "
                 f"({self.max_batch_size}), or batches can never fill"
             )
-        check_int("max_tokens_limit", self.max_tokens_limit, 1, 100_000)
-        check_int("max_prompt_tokens", self.max_prompt_tokens, 1, 10_000_000)
-        check_int("max_prompts_per_request", self.max_prompts_per_request, 1, 4096)
-        check_int("compact_cache_bytes", self.compact_cache_bytes, 0, 1 << 50)
-        check_int("hot_cache_bytes", self.hot_cache_bytes, 0, 1 << 50)
-        check_int("loader_threads", self.loader_threads, 1, 1024)
-        for name in ("compact_cache_count", "hot_cache_count", "torch_threads"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), 1, 1 << 40)
-        for name, high in NUMBER_LIMITS.items():
-            check_number(name, getattr(self, name), ge=0, le=high)
-        check_dtype_name("dtype", self.dtype)
+        return self
 
     @property
     def base_model_name(self) -> str:
         """What clients pass as `model` for the bare base model, and what adapters' base_model must be."""
         return self.served_model_name or self.model
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, **asdict(self)}
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
-        """From `serve run ... key=value` args or a config file; unknown keys are refused by name."""
-        data = dict(data)
-        version = data.pop("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise SpecError(
-                f"unsupported ServeConfig format_version {version!r} (this ulpt reads {FORMAT_VERSION})"
-            )
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise SpecError(
-                f"unknown serve option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**{k: _coerce(known[k].type, v) for k, v in data.items()})
+    def from_dict(cls, data: Any, *, where: str = "") -> ServeConfig:
+        """From `serve run ... key=value` args (strings, typed here by pydantic) or a config file."""
+        if isinstance(data, dict):
+            data = {key: _from_string(key, value) for key, value in data.items()}
+        return super().from_dict(data, where=where)
 
 
-def _coerce(annotation: Any, value: Any) -> Any:
-    """`serve run app:build_app port=8001` passes strings: turn them into the field's type."""
-    if not isinstance(value, str):
+def _from_string(key: str, value: Any) -> Any:
+    """`serve run app:build_app port=8001` passes strings: read them as the field's type, leaving a
+    string that does not parse for validation to refuse by name."""
+    field = ServeConfig.model_fields.get(key)
+    if not isinstance(value, str) or field is None or field.annotation is None:
         return value
-    kind = str(annotation)
-    if value.lower() in ("none", "null") and "None" in kind:
+    if value.lower() in ("none", "null") and not field.is_required() and field.default is None:
         return None
     try:
-        if kind.startswith("bool"):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            return value
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-    except ValueError:
-        return value  # validation then names the field
-    return value
+        return TypeAdapter(field.annotation).validate_strings(value)
+    except ValidationError:
+        return value

@@ -2,59 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Literal, get_args
+
+from pydantic import Field, model_validator
 
 from ulpt.errors import SpecError
-from ulpt.validation import check_int, check_known_fields
+from ulpt.validation import SpecModel
 
-METHODS = ("ulpt", "pt", "dpt", "lopt1", "lopt2")
+Method = Literal["ulpt", "pt", "dpt", "lopt1", "lopt2"]
+METHODS: tuple[str, ...] = get_args(Method)
 """ulpt: Z P * scale + shift, P frozen from the seed; pt: the full [n, d] prompt; dpt: A B, both learned;
 lopt1: U V, both learned (LoPT-1); lopt2: tanh(X0 U) V, U and V learned, X0 frozen from the seed (LoPT-2)."""
 
 LOW_RANK_METHODS = ("ulpt", "dpt", "lopt1", "lopt2")
 
-PROJECTIONS = ("xavier_uniform", "normal")
-INITS = ("normal", "vocab")
+Projection = Literal["xavier_uniform", "normal"]
+Init = Literal["normal", "vocab"]
 MAX_SEED = 2**63 - 1
+MAX_HIDDEN_SIZE = 1 << 20
 
 
-@dataclass(frozen=True)
-class AdapterSpec:
+class AdapterSpec(SpecModel):
     """The shape and randomness of one adapter; travels SDK -> catalog -> worker -> file -> server."""
 
-    method: str = "ulpt"
+    method: Method = "ulpt"
     """One of METHODS."""
-    n_tokens: int = 10
+    n_tokens: int = Field(default=10, ge=1, le=4096)
     """Number of prompt tokens `n` prepended to every input."""
-    rank: int = 2
+    rank: int = Field(default=2, ge=1, le=65536)
     """Low dimension `r` of the low-rank methods (ignored by pt)."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seeds the frozen projection P and the initial values; any integer in [0, 2**63)."""
-    init: str = "normal"
+    init: Init = "normal"
     """normal: Z ~ N(0, 1) (ulpt, dpt), rows of norm ~1 (pt); vocab: pt rows copied from token embeddings."""
-    projection: str = "xavier_uniform"
+    projection: Projection = "xavier_uniform"
     """Distribution of P: xavier_uniform U(+-sqrt(6/(r+d))) as the official ULPT code, or normal N(0, 1)."""
     use_shift: bool = True
     """ulpt only: learn the shift vector (the paper's ablation turns it off)."""
     use_scale: bool = True
     """ulpt only: learn the scale vector."""
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise SpecError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        check_int("n_tokens", self.n_tokens, 1, 4096)
-        check_int("rank", self.rank, 1, 65536)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        if self.init not in INITS:
-            raise SpecError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+    @model_validator(mode="after")
+    def _vocab_init_is_for_pt(self) -> AdapterSpec:
         if self.init == "vocab" and self.method != "pt":
-            raise SpecError("init='vocab' applies to method 'pt' only")
-        if self.projection not in PROJECTIONS:
-            raise SpecError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
-        for name in ("use_shift", "use_scale"):
-            if not isinstance(getattr(self, name), bool):
-                raise SpecError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            raise ValueError("init='vocab' applies to method 'pt' only")
+        return self
 
     @property
     def is_low_rank(self) -> bool:
@@ -62,7 +54,10 @@ class AdapterSpec:
 
     def check_hidden_size(self, hidden_size: int) -> None:
         """A low-rank prompt only saves parameters (and is only well defined) below the model's width."""
-        check_int("hidden_size", hidden_size, 1, 1 << 20)
+        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int):
+            raise SpecError(f"hidden_size must be an integer, got {hidden_size!r}")
+        if not 1 <= hidden_size <= MAX_HIDDEN_SIZE:
+            raise SpecError(f"hidden_size must be in [1, {MAX_HIDDEN_SIZE}], got {hidden_size}")
         if self.is_low_rank and self.rank >= hidden_size:
             raise SpecError(f"rank must be below the model's hidden size {hidden_size}, got {self.rank}")
 
@@ -75,11 +70,3 @@ class AdapterSpec:
         if self.method == "lopt2":
             return 2 * r * d
         return n * r + d * (int(self.use_shift) + int(self.use_scale))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AdapterSpec:
-        check_known_fields(cls, data, "adapter")
-        return cls(**data)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -10,7 +10,7 @@ import typer
 from ulpt.cli.catalog_options import CatalogUrlOption, HomeOption, StoreUrlOption, TenantOption
 from ulpt.cli.output import console
 from ulpt.config import ulpt_home
-from ulpt.errors import UlptError
+from ulpt.errors import SpecError, UlptError
 
 if TYPE_CHECKING:
     from ulpt_serving.config import ServeConfig
@@ -62,14 +62,13 @@ def serve(
     """
     from ulpt.models.precision import check_dtype_name
     from ulpt.models.registry import resolve_model_path
-    from ulpt.validation import check_number
     from ulpt_serving.config import ServeConfig
     from ulpt_serving.launch import serve_forever
 
     # Checked under the names typed here (the config's fields are named and scaled differently).
-    check_number("--batch-wait-ms", batch_wait_ms, ge=0, le=60_000)
-    check_number("--num-cpus", num_cpus, ge=0, le=1e6)
-    check_number("--num-gpus", num_gpus, ge=0, le=1e6)
+    _check_finite("--batch-wait-ms", batch_wait_ms, 60_000)
+    _check_finite("--num-cpus", num_cpus, 1e6)
+    _check_finite("--num-gpus", num_gpus, 1e6)
     check_dtype_name("--dtype", dtype)
     config = ServeConfig(
         model=model,
@@ -92,11 +91,20 @@ def serve(
     )
     # Resolved here, once, with progress on this terminal (a known name may be converted on first use);
     # replicas then just load a folder.
-    config = replace(config, model=str(resolve_model_path(model).absolute()))
+    config = config.model_copy(update={"model": str(resolve_model_path(model).absolute())})
     _check_model_folder(model, config.model)
     _check_catalog(config)
     console.print(f"starting Ray Serve for {config.base_model_name} on {host}:{port} ...", highlight=False)
     serve_forever(config, address=ray_address)
+
+
+def _check_finite(option: str, value: float, high: float) -> None:
+    """Checked under the option's name before the config scales it: a NaN wait or CPU count gave a
+    healthy-looking server that never answered."""
+    if not math.isfinite(value):
+        raise SpecError(f"{option} must be a finite number, got {value}")
+    if not 0 <= value <= high:
+        raise SpecError(f"{option} must be a number in [0, {high:g}], got {value}")
 
 
 def _check_model_folder(given: str, folder: str) -> None:

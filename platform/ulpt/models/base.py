@@ -321,7 +321,9 @@ class BaseModel:
         stop: Sequence[str] = (),
     ) -> list[str]:
         """Generated text for each row; rows of different adapters share every forward pass."""
-        params = SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop))
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop)
+        )
         return [g.text for g in self.generate_batch(rows, [params] * len(rows))]
 
     @torch.no_grad()

@@ -13,7 +13,10 @@ do not change with the default.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import AfterValidator, Field
 
 from ulpt.errors import SpecError
 
@@ -31,6 +34,14 @@ def check_dtype_name(name: str, value: object) -> str:
     if not isinstance(value, str) or value not in DTYPE_CHOICES:
         raise SpecError(f"{name} must be one of {', '.join(DTYPE_CHOICES)}, got {value!r}")
     return value
+
+
+DtypeName = Annotated[
+    str,
+    AfterValidator(lambda value: check_dtype_name("dtype", value)),
+    Field(json_schema_extra={"enum": list(DTYPE_CHOICES)}),
+]
+"""A spec's `dtype` field: one of DTYPE_CHOICES, refused by name otherwise."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

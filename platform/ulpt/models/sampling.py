@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
+from pydantic import Field
 
-from ulpt.errors import SpecError
+from ulpt.validation import SpecModel
 
 GREEDY_BELOW = 1e-6
 """A temperature or top_p below this decodes greedily, the limit both tend to: float32 logits divided
 by a temperature like 1e-40 overflow to inf/NaN, and a top_p that small keeps only the top token."""
 
 
-@dataclass(frozen=True)
-class SamplingParams:
+class SamplingParams(SpecModel):
     """How one row is decoded; every row of a mixed batch has its own."""
 
-    max_new_tokens: int = 16
+    max_new_tokens: int = Field(default=16, ge=0, le=100_000)
     """Upper bound on generated tokens."""
-    temperature: float = 0.0
+    temperature: float = Field(default=0.0, ge=0.0, le=100.0)
     """0 means greedy; otherwise logits are divided by it before sampling."""
-    top_p: float = 1.0
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
     seed: int | None = None
     """Seeds this row's sampler, so its output does not depend on the other rows of the batch."""
-    stop: tuple[str, ...] = field(default_factory=tuple)
+    stop: tuple[str, ...] = Field(default=(), strict=False)
     """Generation ends before the first occurrence of any of these strings."""
     ignore_eos: bool = False
     """Keep decoding past the end-of-sequence token (to max_new_tokens): for load tests and benchmarks."""
@@ -33,16 +31,6 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW or self.top_p < GREEDY_BELOW
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
-            raise SpecError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
-        if not 0 <= self.max_new_tokens <= 100_000:
-            raise SpecError(f"max_new_tokens must be in [0, 100000], got {self.max_new_tokens}")
-        if not 0.0 <= float(self.temperature) <= 100.0:
-            raise SpecError(f"temperature must be in [0, 100], got {self.temperature}")
-        if not 0.0 < float(self.top_p) <= 1.0:
-            raise SpecError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 class RowSampler:
