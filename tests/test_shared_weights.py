@@ -9,10 +9,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
 import ulpt
+from tests.serve_fixtures import ServeStack, deploy_app, tiny_llama_config
 from ulpt.models.shared import load_shared_base_model, pack_base_model
 from ulpt.training import train_adapter
 
@@ -116,3 +118,28 @@ def test_two_ray_processes_on_a_node_map_one_buffer_and_a_writer_cannot_change_i
         ray.get(second.write.remote())
     assert ray.get(first.checksum.remote()) == before
     ray.kill(first)
+
+
+def test_serve_replicas_share_the_base_and_answer_as_a_private_copy_does(serve_stack: ServeStack) -> None:
+    """Two replicas built by the default model path map the node's one copy; their greedy answers equal
+    those of serve_stack's llama app, whose replica loaded a private copy from disk."""
+    from ray import serve
+
+    from ulpt_serving.app import Dependencies
+
+    config = tiny_llama_config(serve_stack, auth=True, num_replicas=2)
+    prefix = deploy_app("shared", config, Dependencies())
+    try:
+        handle = serve.get_app_handle("shared")
+        assert {handle.stats.remote().result()["base_weights"] for _ in range(8)} == {"shared"}
+        assert serve_stack.handle("llama").stats.remote().result()["base_weights"] == "private"
+        for model in ("llama-03", "llama-best", "tiny-llama"):
+            body = {"model": model, "prompt": "the food was", "max_tokens": 6, "temperature": 0}
+            answers = [
+                httpx.post(f"{base}/v1/completions", json=body, headers=serve_stack.headers(), timeout=60)
+                for base in (f"{serve_stack.url}{prefix}", serve_stack.base("llama"))
+            ]
+            assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+            assert answers[0].json()["choices"][0]["text"] == answers[1].json()["choices"][0]["text"]
+    finally:
+        serve.delete("shared")

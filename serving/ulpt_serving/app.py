@@ -42,6 +42,7 @@ from ulpt_serving.protocol import ApiError, ChatCompletionRequest, CompletionReq
 from ulpt_serving.requestlog import RequestInfo, RequestLog
 from ulpt_serving.resolve import AdapterResolution, default_registry
 from ulpt_serving.tenancy import Authenticator
+from ulpt_serving.weights import shared_base_model
 
 # Everything the deployment class uses is defined above it: serve.ingress wraps the class in a new
 # one that Ray pickles by value when it is decorated, capturing only the globals that exist by then.
@@ -68,8 +69,11 @@ class Dependencies:
 
 
 def default_model(config: ServeConfig) -> BaseModel:
-    """The base model in `config.dtype`, on a GPU when the replica reserves one and CUDA is there."""
-    device = "cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    """The base model in `config.dtype`, on a GPU when the replica reserves one and CUDA is there;
+    built on the node's shared copy of the weights unless `share_weights` is off."""
+    device = torch.device("cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+    if config.share_weights:
+        return shared_base_model(config.model, config.dtype, device)
     return load_base_model(config.model, device=device, dtype=config.dtype)
 
 
@@ -112,7 +116,8 @@ class ULPTServer:
 
     def stats(self) -> dict[str, Any]:
         """Per-adapter counts, recent batch compositions and cache state of this replica."""
-        return self.metrics.summary(self.engine.cache.stats())
+        summary = self.metrics.summary(self.engine.cache.stats())
+        return {**summary, "base_weights": "shared" if self.engine.model.shared_weights else "private"}
 
     # ---- HTTP --------------------------------------------------------------------------------
 

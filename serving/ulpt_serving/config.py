@@ -69,6 +69,9 @@ class ServeConfig(SpecModel):
     """CPUs Ray reserves per replica."""
     num_gpus: float = Field(default=0.0, ge=0, le=1e6)
     """GPUs Ray reserves per replica (the model moves to cuda when > 0)."""
+    share_weights: bool = True
+    """Replicas on a node map one copy of the base model from Ray's object store (read-only) instead of
+    each loading its own from disk."""
     dtype: DtypeName = "auto"
     """The base model's dtype: auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16 or
     float16. Adapters' prompts are cast to it where they meet the token embeddings."""
