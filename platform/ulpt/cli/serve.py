@@ -30,7 +30,14 @@ def serve(
         typer.Option("--no-auth", help="Serve --tenant without API keys (only on a loopback --host)."),
     ] = False,
     tenant: TenantOption = "default",
-    replicas: Annotated[int, typer.Option(help="Model replicas (each holds the base model once).")] = 1,
+    replicas: Annotated[int, typer.Option(help="Model replicas (each runs the base model once).")] = 1,
+    share_weights: Annotated[
+        bool,
+        typer.Option(
+            help="Replicas on a node map one read-only copy of the base from Ray's object store "
+            "(--no-share-weights: each loads its own from disk)."
+        ),
+    ] = True,
     max_batch_size: Annotated[int, typer.Option(help="Rows decoded together, across adapters.")] = 32,
     batch_wait_ms: Annotated[
         float, typer.Option(help="How long a batch waits to fill (finite, 0 to 60000).")
@@ -81,6 +88,7 @@ def serve(
         host=host,
         port=port,
         num_replicas=replicas,
+        share_weights=share_weights,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         dtype=dtype,
