@@ -135,7 +135,7 @@ class FitStack:
         fit.slot = None
 
     def prompts(self, slots: Sequence[int]) -> torch.Tensor:
-        """[R, n, d] float32 prompts of the fits in `slots` (repeats allowed), differentiable into `flat`."""
+        """[R, n, d] float32 prompts of the fits in `slots`, in one batched op, differentiable into `flat`."""
         index = torch.tensor(slots, dtype=torch.long, device=self.device)
         rows = self.flat.index_select(0, index)  # [R, P]
         params, offset = {}, 0
@@ -219,7 +219,15 @@ class FitStacks:
                 runs[-1][1].append(slot)
             else:
                 runs.append((stack, [slot]))
-        parts = [stack.prompts(slots).flatten(0, 1) for stack, slots in runs]  # [R_s * n, d] each
+        parts = []
+        for stack, slots in runs:  # each fit's prompt built once, however many of its rows the chunk holds
+            unique = list(dict.fromkeys(slots))
+            prompts = stack.prompts(unique)  # [U, n, d]
+            if len(unique) < len(slots):
+                position = {slot: i for i, slot in enumerate(unique)}
+                rows = torch.tensor([position[s] for s in slots], dtype=torch.long, device=prompts.device)
+                prompts = prompts.index_select(0, rows)  # [R_s, n, d]
+            parts.append(prompts.flatten(0, 1))  # [R_s * n, d]
         return RowPrompts(
             torch.cat(parts) if len(parts) > 1 else parts[0], [f.adapter.spec.n_tokens for f in fits]
         )
