@@ -5,9 +5,13 @@
 (b) K=64 fits on SmolLM2-135M packed in shared forward passes vs the same fits one after another in
     one process, same steps (the sequential side is measured on a subset and extrapolated);
 (c) the 1,000-fit Ray job vs the same packed worker loop run in-process (no Ray): Ray's overhead;
-(d) the 1,000-fit job on 1 vs 2 Ray Train workers.
+(d) the 1,000-fit job on 1 vs 2 Ray Train workers;
+(e) the per-fit cost of a packed step: 1,000 fits of 1 row vs 1 fit of 1,000 rows per step on the
+    tiny model (same rows through the same forward/backward passes, interleaved in one run), printed
+    as microseconds per fit-step and as the ratio of the two.
 
     PYTHONPATH=platform:jobs:serving .venv/bin/python benchmarks/training.py   # ~15 min on 2 CPUs
+    PYTHONPATH=platform:jobs:serving .venv/bin/python benchmarks/training.py --skip tiny --skip smollm  # (e)
 
 Prints a table and writes benchmarks/results/training.json.
 """
@@ -245,9 +249,106 @@ def smollm_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def overhead_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """What stepping F fits costs beyond the rows themselves: F fits of 1 row vs 1 fit of F rows per step.
+
+    Each of the F fits has one row and the single fit has all F of them, so every step both sides
+    run the very same rows through the same packed forward and backward passes (interleaved step by
+    step in one run): the difference is the per-fit cost (optimizer, clipping, schedules, prompts,
+    packing) and nothing else. Near zero, the difference is within the step-to-step noise of a
+    shared machine (every step's CPU time is kept in the results).
+    """
+    import ulpt
+    from ulpt.models.tiny import build_tiny_model
+    from ulpt.training import FitRequest, PackedTrainer, TrainConfig
+    from ulpt.training.api import prepare_fit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = ulpt.load_base_model(build_tiny_model(root / "tiny-overhead", "llama"))
+        fits_n, steps = args.overhead_fits, args.overhead_steps
+        spec = {"n_tokens": 4, "rank": 2}
+        config = {"steps": 10 * (steps + 1), "lr": 0.01, "eval_every": 10_000}
+
+        def rows(user: int, n: int) -> list[dict[str, Any]]:
+            return [{"input": r["text"], "target": r["label"]} for r in review_rows(user, n)]
+
+        many = [
+            prepare_fit(
+                model,
+                FitRequest(
+                    str(i),
+                    ulpt.AdapterSpec(**spec, seed=i),
+                    rows(i, 1),
+                    (),
+                    TrainConfig(batch_size=1, **config),
+                ),
+            )
+            for i in range(fits_n)
+        ]
+        pooled = [row for i in range(fits_n) for row in rows(i, 1)]  # every step: the same rows as `many`
+        one = [
+            prepare_fit(
+                model,
+                FitRequest(
+                    "one",
+                    ulpt.AdapterSpec(**spec, seed=0),
+                    pooled,
+                    (),
+                    TrainConfig(batch_size=fits_n, **config),
+                ),
+            )
+        ]
+        trainer = PackedTrainer(model, max_rows_per_forward=64)
+        # CPU seconds of this process (what contention on a shared machine distorts least) and wall
+        cpu: dict[str, list[float]] = {"many": [], "one": []}
+        wall: dict[str, list[float]] = {"many": [], "one": []}
+        for step in range(steps + 1):  # the first step of each side warms up (shapes, stacking)
+            sides = [("many", many), ("one", one)]
+            for side, fits in sides if step % 2 else sides[::-1]:
+                started, started_cpu = time.perf_counter(), time.process_time()
+                trainer.train_step(fits)
+                if step:
+                    cpu[side].append(time.process_time() - started_cpu)
+                    wall[side].append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    # the least disturbed step of each side, as `fastest`: on a shared machine noise only adds time
+    many_s, one_s = min(cpu["many"]), min(cpu["one"])
+    many_wall, one_wall = min(wall["many"]), min(wall["one"])
+    return {
+        "model": "tiny llama (random)",
+        "fits": fits_n,
+        "rows_per_step": fits_n,
+        "measured_steps": steps,
+        "torch_threads": 1,
+        "many_fits_step_cpu_s": round(many_s, 4),
+        "one_fit_step_cpu_s": round(one_s, 4),
+        "overhead_us_per_fit_step": round((many_s - one_s) / fits_n * 1e6, 1),
+        "ratio_many_vs_one": round(many_s / one_s, 3),
+        "many_fits_step_wall_s": round(many_wall, 4),
+        "one_fit_step_wall_s": round(one_wall, 4),
+        "overhead_us_per_fit_step_wall": round((many_wall - one_wall) / fits_n * 1e6, 1),
+        "ratio_many_vs_one_wall": round(many_wall / one_wall, 3),
+        "all_cpu_s": cpu,
+        "load_average": round(os.getloadavg()[0], 1),
+    }
+
+
 def table(results: dict[str, Any]) -> str:
-    tiny, smol = results.get("tiny", {}), results.get("smollm", {})
+    tiny, smol, over = results.get("tiny", {}), results.get("smollm", {}), results.get("overhead", {})
     rows: list[tuple[str, str]] = []
+    if over:
+        n = over["fits"]
+        rows += [
+            (f"(e) one step, CPU: {n:,} fits x 1 row / 1 fit x {n:,} rows",
+             f"{over['many_fits_step_cpu_s'] * 1e3:.0f} / {over['one_fit_step_cpu_s'] * 1e3:.0f} ms"),
+            (f"(e) per-fit cost of a step at {n:,} fits beyond its rows, CPU / wall",
+             f"{over['overhead_us_per_fit_step']:.1f} / {over['overhead_us_per_fit_step_wall']:.1f} us"),
+            (f"(e) {n:,} fits x 1 row vs 1 fit x {n:,} rows, CPU / wall",
+             f"{over['ratio_many_vs_one']:.3f}x / {over['ratio_many_vs_one_wall']:.3f}x"),
+        ]  # fmt: skip
     if tiny:
         n, ip, w1, w2 = tiny["fits"], tiny["in_process"], tiny["ray_1_worker"], tiny["ray_2_workers"]
         naive = statistics.mean(x["trainer_fit_s"] for x in tiny["naive_per_fit"])
@@ -295,7 +396,9 @@ def main() -> None:
     parser.add_argument("--smollm-steps", type=int, default=2)
     parser.add_argument("--smollm-batch", type=int, default=2)
     parser.add_argument("--smollm-sequential", type=int, default=16, help="fits measured sequentially")
-    parser.add_argument("--skip", choices=["tiny", "smollm"], action="append", default=[])
+    parser.add_argument("--overhead-fits", type=int, default=1000)
+    parser.add_argument("--overhead-steps", type=int, default=10, help="measured steps (after one warm-up)")
+    parser.add_argument("--skip", choices=["overhead", "tiny", "smollm"], action="append", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -307,6 +410,7 @@ def main() -> None:
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="ulpt-bench-") as tmp:
         for section, run in (
+            ("overhead", lambda: overhead_benchmark(args, Path(tmp))),
             ("smollm", lambda: smollm_benchmark(args)),
             ("tiny", lambda: tiny_benchmarks(args, Path(tmp))),
         ):

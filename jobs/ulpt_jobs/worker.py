@@ -220,7 +220,7 @@ class FitRunner:
         )
         fit = prepare_fit(self.model, request)
         if self.device is not None and self.device.type != "cpu":
-            fit.adapter.to(self.device)  # in place: the optimizer keeps the same Parameter objects
+            fit.adapter.to(self.device)  # before its first step, where it joins a stack on that device
         return fit
 
     def _record(self, ended: Sequence[FitState]) -> None:

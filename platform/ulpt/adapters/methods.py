@@ -66,13 +66,17 @@ def frozen_tensors(spec: AdapterSpec, hidden: int) -> dict[str, torch.Tensor]:
 def materialize(
     spec: AdapterSpec, params: Mapping[str, torch.Tensor], frozen: Mapping[str, torch.Tensor]
 ) -> torch.Tensor:
-    """The [n, d] prompt prepended to the token embeddings."""
+    """The [n, d] prompt prepended to the token embeddings.
+
+    Every tensor may also carry one leading dimension F (a stack of same-shaped fits, each with its
+    own frozen tensors): the result is then [F, n, d], all prompts in one batched op.
+    """
     if spec.method == "ulpt":
-        prompt = params["ulpt_z"] @ frozen["proj"]  # [n, r] @ [r, d] -> [n, d]
+        prompt = params["ulpt_z"] @ frozen["proj"]  # [..., n, r] @ [..., r, d] -> [..., n, d]
         if "ulpt_scale" in params:
-            prompt = prompt * params["ulpt_scale"]
+            prompt = prompt * params["ulpt_scale"].unsqueeze(-2)  # [..., 1, d]
         if "ulpt_shift" in params:
-            prompt = prompt + params["ulpt_shift"]
+            prompt = prompt + params["ulpt_shift"].unsqueeze(-2)
         return prompt
     if spec.method == "dpt":
         return params["dpt_a"] @ params["dpt_b"]  # [n, r] @ [r, d]

@@ -22,7 +22,7 @@ from transformers import (
 
 from ulpt.adapters import Adapter
 from ulpt.errors import ModelNotFoundError
-from ulpt.models.batch import pack_rows, pad_ids
+from ulpt.models.batch import RowPrompts, pack_rows, pad_ids
 from ulpt.models.precision import resolve_device, resolve_dtype
 from ulpt.models.prefix import CachedPrompt, compute_prefixes, prefix_batch, supports_prefix_cache
 from ulpt.models.sampling import RowSampler, SamplingParams
@@ -141,14 +141,21 @@ class BaseModel:
             raise ValueError("cache_prompts needs a prompt for every source")
         return compute_prefixes(self.hf, [p for p in prompts if p is not None])
 
-    def _embed(self, ids: Sequence[int]) -> torch.Tensor:
-        return self.hf.get_input_embeddings()(torch.tensor(list(ids), dtype=torch.long, device=self.device))
-
-    def _pack(self, prompts: Sequence[RowSource], input_ids: Sequence[Sequence[int]]) -> Any:
+    def _pack(self, prompts: Sequence[RowSource] | RowPrompts, input_ids: Sequence[Sequence[int]]) -> Any:
+        if not isinstance(prompts, RowPrompts):
+            prompts = RowPrompts.of([self._prompt(p) for p in prompts])
+        elif prompts.embeds is not None and prompts.embeds.shape[-1] != self.hidden_size:
+            raise ValueError(
+                f"prompt width {prompts.embeds.shape[-1]} does not match the model's hidden size "
+                f"{self.hidden_size}"
+            )
         return pack_rows(
-            [self._prompt(p) for p in prompts],
-            [self._embed(ids) for ids in input_ids],
+            prompts,
+            input_ids,
+            self.hf.get_input_embeddings(),
             left_pad=not self.is_encoder_decoder,
+            pad_id=self.pad_id,
+            device=self.device,
             pad_multiple=self.pad_multiple,
         )
 
@@ -156,7 +163,7 @@ class BaseModel:
 
     def target_logprobs(
         self,
-        prompts: Sequence[PromptSource],
+        prompts: Sequence[PromptSource] | RowPrompts,
         input_ids: Sequence[Sequence[int]],
         target_ids: Sequence[Sequence[int]],
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,7 +44,7 @@ def prepare_fit(model: BaseModel, request: FitRequest) -> FitState:
         model.hidden_size,
         token_embeddings=model.token_embeddings if request.spec.init == "vocab" else None,
         base_model=model.name,
-    ).to(model.device)  # before the optimizer exists; float32 master weights, whatever the base's dtype
+    ).to(model.device)  # float32 master weights whatever the base's dtype; stacked at its first step
     return FitState(
         key=request.key,
         adapter=adapter,

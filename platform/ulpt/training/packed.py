@@ -1,18 +1,21 @@
 """Many fits stepped together: one forward/backward through the shared frozen base per step.
 
-Each fit owns its adapter, AdamW state, learning-rate schedule, step count, clipping and early
-stopping. The packed loss is the SUM of each fit's mean row loss, so (parameters being disjoint)
-one backward pass yields exactly the gradient each fit would get alone: a fit's curve does not
-depend on which fits it was packed with, beyond float noise.
+Each fit keeps its own parameters, AdamW state, learning-rate schedule, step count, clipping and
+early stopping; fits of one method and shape keep them as rows of shared stacked tensors
+(`ulpt.training.stack`), so one vectorized update steps them all. The packed loss is the SUM of
+each fit's mean row loss, so (parameters being disjoint) one backward pass yields exactly the
+gradient each fit would get alone, and every per-fit quantity of the update (gradient norm, lr,
+bias correction) is computed from its own row: a fit's curve does not depend on which fits it was
+packed with, beyond float noise.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -23,6 +26,7 @@ from ulpt.models.batch import plan_chunks
 from ulpt.training.config import TrainConfig
 from ulpt.training.evaluate import EvalItem, evaluate
 from ulpt.training.examples import Example
+from ulpt.training.stack import FitStack, FitStacks
 
 
 @dataclass
@@ -45,28 +49,45 @@ class FitState:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
+    slot: tuple[FitStack, int] | None = field(default=None, repr=False)  # (stack, row) while training
+
     def __post_init__(self) -> None:
-        params = list(self.adapter.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        warmup, total = self.config.warmup, self.config.steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)),
-        )
         self._order = make_generator(self.config.seed, f"order:{self.key}")
         self._queue: list[int] = []
-        self._best_params = copy.deepcopy(self.adapter.state_dict())
+        self._best_params = self._snapshot()
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        # clone, not deepcopy: a stacked parameter is a view, and deepcopy would copy the whole stack
+        return {name: tensor.detach().clone() for name, tensor in self.adapter.state_dict().items()}
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        """This fit's AdamW state (step, exp_avg, exp_avg_sq per parameter), None before it trains."""
+        return None if self.slot is None else self.slot[0].optimizer_state(self.slot[1])
+
+    def leave_stack(self) -> None:
+        """Give the adapter parameters of its own, so the stacked row can go to another fit."""
+        if self.slot is not None:
+            self.slot[0].leave(self)
 
     def next_batch(self) -> list[Example]:
         """The next `batch_size` rows, epoch by epoch in a seeded order of this fit's own."""
         batch: list[Example] = []
-        while len(batch) < self.config.batch_size:
+        size = self.config.batch_size
+        while len(batch) < size:
             if not self._queue:
-                self._queue = torch.randperm(len(self.train), generator=self._order, device="cpu").tolist()
-            batch.append(self.train[self._queue.pop()])
+                self._queue = self._epoch_order()
+            take = min(size - len(batch), len(self._queue))
+            batch += [self.train[i] for i in reversed(self._queue[-take:])]  # popped from the end
+            del self._queue[-take:]
         return batch
 
+    def _epoch_order(self) -> list[int]:
+        if len(self.train) == 1:
+            return [0]  # the only order there is, without a generator call every step
+        return torch.randperm(len(self.train), generator=self._order, device="cpu").tolist()
+
     def fail(self, reason: str) -> None:
+        self.leave_stack()
         self.status, self.error, self.finished = "failed", reason, time.monotonic()
 
     def record_eval(self, metrics: dict[str, float]) -> None:
@@ -78,7 +99,7 @@ class FitState:
         )
         if better:
             self.best = {"step": self.step, **metrics}
-            self._best_params = copy.deepcopy(self.adapter.state_dict())
+            self._best_params = self._snapshot()
             self.evals_without_gain = 0
         else:
             self.evals_without_gain += 1
@@ -91,6 +112,7 @@ class FitState:
     def finish(self) -> None:
         if self.best is not None:
             self.adapter.load_state_dict(self._best_params)
+        self.leave_stack()
         self.status, self.finished = "done", time.monotonic()
 
 
@@ -103,51 +125,61 @@ class PackedTrainer:
         self.model = model
         self.max_rows = max_rows_per_forward
         self.max_tokens = max_tokens_per_forward
+        self.stacks = FitStacks()
 
     def train_step(self, fits: Sequence[FitState]) -> dict[str, float]:
-        """One optimizer step for every running fit; returns each fit's training loss."""
+        """One optimizer step for every running fit; returns each fit's training loss.
+
+        Fits join their stack the first time they train here. No tensor op and no device sync per
+        fit: per-fit work on the host is bookkeeping (its rows, its step count, its loss).
+        """
         active = [f for f in fits if f.status == "running" and f.step < f.config.steps]
-        rows: list[tuple[FitState, Example]] = [(f, ex) for f in active for ex in f.next_batch()]
-        slot = {f.key: i for i, f in enumerate(active)}
+        if not active:
+            return {}
+        self.stacks.join(active)
+        rows: list[tuple[int, FitState, Example]] = [
+            (i, f, ex) for i, f in enumerate(active) for ex in f.next_batch()
+        ]
         device = self.model.device
         fit_loss = torch.zeros(len(active), dtype=torch.float32, device=device)  # summed on the device
-        lengths = [f.adapter.spec.n_tokens + len(ex.input_ids) + len(ex.target_ids) for f, ex in rows]
+        # each row's fit and weight (1 / its fit's batch size) once per step, picked per chunk on the device
+        row_owner = torch.tensor([i for i, _, _ in rows], dtype=torch.long, device=device)
+        row_weight = torch.tensor([f.config.batch_size for f in active], device=device).reciprocal()[
+            row_owner
+        ]
+        lengths = [f.adapter.spec.n_tokens + len(ex.input_ids) + len(ex.target_ids) for _, f, ex in rows]
         for indices in plan_chunks(lengths, self.max_rows, self.max_tokens):
-            chunk = [rows[i] for i in indices]
-            prompts = {f.key: f.adapter.prompt_embeddings() for f in {id(f): f for f, _ in chunk}.values()}
-            row_loss = self._row_losses(chunk, prompts)  # [R] float32, on the model's device
-            # Built where the loss lives: a host tensor here breaks every packed step on a GPU.
-            weights = row_loss.new_tensor([1.0 / f.config.batch_size for f, _ in chunk])
-            owner = torch.tensor([slot[f.key] for f, _ in chunk], dtype=torch.long, device=device)
+            # rows of one stack side by side: each stack builds its prompts in one batched op
+            indices.sort(key=lambda r: id(rows[r][1].slot[0]))  # type: ignore[index]
+            chunk = [rows[r] for r in indices]
+            logp, mask = self.model.target_logprobs(
+                self.stacks.row_prompts([f for _, f, _ in chunk]),
+                [ex.input_ids for _, _, ex in chunk],
+                [ex.target_ids for _, _, ex in chunk],
+            )
+            row_loss = -logp.sum(1) / mask.sum(1)  # [R] float32, on the model's device
+            picked = torch.tensor(indices, dtype=torch.long, device=device)
+            owner, weights = row_owner[picked], row_weight[picked]
             # A non-finite row makes its fit's sum non-finite (the fit fails) and adds nothing to the graph.
             fit_loss.index_add_(0, owner, row_loss.detach() * weights)
             finite = torch.isfinite(row_loss.detach())
             total = (torch.where(finite, row_loss, torch.zeros_like(row_loss)) * weights).sum()
             if total.requires_grad:
                 total.backward()
-        losses = dict(zip(slot, fit_loss.tolist()))  # one device sync per step, not one per row
-        for fit in active:
-            if not math.isfinite(losses[fit.key]):
+        losses = fit_loss.tolist()  # one device sync per step, not one per fit or row
+        stepped: dict[FitStack, list[int]] = {}
+        for fit, loss in zip(active, losses):
+            stack, slot = fit.slot  # type: ignore[misc]
+            slots = stepped.setdefault(stack, [])
+            if not math.isfinite(loss):
                 fit.fail(f"training loss became non-finite at step {fit.step + 1}")
                 continue
-            if fit.config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(fit.adapter.parameters(), fit.config.max_grad_norm)
-            fit.optimizer.step()
-            fit.scheduler.step()
-            fit.optimizer.zero_grad(set_to_none=True)
+            slots.append(slot)
             fit.step += 1
-            fit.train_losses.append(losses[fit.key])
-        return losses
-
-    def _row_losses(
-        self, chunk: Sequence[tuple[FitState, Example]], prompts: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        logp, mask = self.model.target_logprobs(
-            [prompts[f.key] for f, _ in chunk],
-            [ex.input_ids for _, ex in chunk],
-            [ex.target_ids for _, ex in chunk],
-        )
-        return -logp.sum(1) / mask.sum(1)
+            fit.train_losses.append(loss)
+        for stack, slots in stepped.items():
+            stack.step(slots)  # also clears the stack's gradient, failed fits' rows included
+        return {fit.key: loss for fit, loss in zip(active, losses)}
 
     def evaluate(self, fits: Sequence[FitState]) -> dict[str, dict[str, float]]:
         """Held-out metrics of every fit, batched across fits."""
