@@ -119,12 +119,16 @@ class FitState:
 class PackedTrainer:
     """Steps a set of fits together on one frozen base model."""
 
+    TOKENS_PER_ROW = 64
+    """Default token budget per forward, per row of `max_rows_per_forward`: raising the rows (on a GPU)
+    raises the tokens with them instead of leaving a fixed cap to split every pass."""
+
     def __init__(
-        self, model: BaseModel, max_rows_per_forward: int = 64, max_tokens_per_forward: int = 4096
+        self, model: BaseModel, max_rows_per_forward: int = 64, max_tokens_per_forward: int | None = None
     ) -> None:
         self.model = model
         self.max_rows = max_rows_per_forward
-        self.max_tokens = max_tokens_per_forward
+        self.max_tokens = max_tokens_per_forward or self.TOKENS_PER_ROW * max_rows_per_forward
         self.stacks = FitStacks()
 
     def train_step(self, fits: Sequence[FitState]) -> dict[str, float]:
