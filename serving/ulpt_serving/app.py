@@ -32,7 +32,7 @@ from ray.serve.config import BackpressureConfig
 
 from ulpt.errors import AdapterFormatError, CatalogError, NotFoundError, SpecError, StoreError, UlptError
 from ulpt.models import BaseModel, SamplingParams, load_base_model
-from ulpt.registry import AdapterRecord, Registry
+from ulpt.registry import AdapterRecord, Locations, Registry
 from ulpt_serving import answers, openapi, protocol
 from ulpt_serving.cache import CompactAdapter
 from ulpt_serving.config import ServeConfig, is_loopback
@@ -75,9 +75,7 @@ def default_model(config: ServeConfig) -> BaseModel:
 
 
 def default_registry(config: ServeConfig) -> Registry:
-    from ulpt.sdk import Client
-
-    return Client(home=config.home, catalog_url=config.catalog_url, store_url=config.store_url).registry
+    return Locations.resolve(config.home, config.catalog_url, config.store_url).open_registry()
 
 
 @dataclass(frozen=True)
@@ -535,8 +533,6 @@ class ULPTServer:
             ) from None
 
     def _list_models(self, tenant: str, limit: int, after: str | None) -> dict[str, Any]:
-        from ulpt.catalog.find import query_from
-
         base = self.config.base_model_name
         data: list[dict[str, Any]] = []
         if after is None:
@@ -544,10 +540,8 @@ class ULPTServer:
             for alias, record in self.registry.list_aliases(tenant=tenant):
                 if record.base_model == base:
                     data.append(_model_entry(alias, record, alias_of=record.ref))
-        page = self.registry.find(
-            query_from(
-                tenant, base_model=base, include_public=True, order_by="name", limit=limit, cursor=after
-            )
+        page = self.registry.for_tenant(tenant).find(
+            base_model=base, include_public=True, order_by="name", limit=limit, cursor=after
         )
         for record in page:
             ref = record.ref if record.tenant == tenant else f"{record.tenant}/{record.ref}"
