@@ -46,6 +46,7 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The published JSON Schema of job spec files, generated from the JobSpec model (a test compares them).
 schema: install

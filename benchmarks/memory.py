@@ -4,14 +4,17 @@
     python benchmarks/memory.py --model tiny     # a tiny random model, seconds per case
 
 Training: N processes on one node each take the base model exactly as a job's Ray Train worker does
-(`ulpt_jobs.worker.base_model`: the driver's shared reference, or the disk) and run one packed training
-step of 8 fits. Serving: an application with N replicas (`ServeConfig.share_weights` on or off) answers
-one request. For every case the node's memory is the sum of the proportional set sizes (PSS) of the
-processes that hold the model (workers or replicas, the driver that put the weights, the owner actor
-of serving's shared weights): a page shared by k processes counts 1/k in each, so a shared copy counts
-once. "added per process" is (memory(N) - memory(1)) / (N - 1) as a fraction of the weights' bytes.
-Times: `load_s` is the model load inside a process (object store vs disk, the page cache warm in both),
-`ready_s` the time from asking Ray for the process(es) to the first step / first answer.
+(`ulpt_jobs.worker.base_model`: the driver's shared reference, or the disk), touch every weight with
+one forward pass (a disk load maps its files lazily), then run one packed training step of 8 fits.
+The model's bytes on the node are what the loads added to the workers' proportional set sizes (PSS),
+plus what the put added to the driver's: a page shared by k processes counts 1/k in each, so a shared
+copy counts once and private copies N times. Serving: an application with N replicas
+(`ServeConfig.share_weights` on or off) answers one request; its memory is the PSS of the replicas
+and of the weights' owner actor (runtime included: a replica's PSS before loading is not observable).
+"added per process" is (memory(N) - memory(1)) / (N - 1) as a fraction of the weights' bytes.
+Times: `load_s` is the model load inside a process (object store vs disk, the page cache warm in both;
+the disk load then finishes mapping at the first forward, `first_forward_s`), `ready_s` the time from
+asking Ray for the processes to all of them holding the model / the first answer.
 
 Writes benchmarks/results/memory.json and prints one table.
 """
@@ -52,24 +55,34 @@ ROWS = [
 class TrainingWorker:
     """What a Ray Train worker does before its first step: take the base model, prepare fits, step."""
 
-    def first_step(self, model: str, shared: list[Any]) -> dict[str, Any]:
+    def load(self, model: str, shared: list[Any]) -> dict[str, Any]:
+        """Take the base model as a job's worker does and touch every weight once (a forward pass:
+        a disk load maps its files lazily). Returns this process's PSS before the load as well."""
         torch.set_num_threads(1)
+        before = psutil.Process().memory_full_info().pss
         spec = ulpt.JobSpec.from_dict({"base_model": model, "dataset": {"path": "unused.jsonl"}})
         started = time.perf_counter()
-        base = base_model(spec, torch.device("cpu"), shared[0])
+        self.base = base_model(spec, torch.device("cpu"), shared[0])
         loaded = time.perf_counter()
-        config = TrainConfig(steps=1, batch_size=4)
-        fits = [
-            prepare_fit(base, FitRequest(f"f{i}", ulpt.AdapterSpec(seed=i), ROWS, (), config))
-            for i in range(8)
-        ]
-        PackedTrainer(base).train_step(fits)
+        with torch.no_grad():
+            self.base.hf(input_ids=torch.tensor([self.base.encode("The room was clean.")]))
         return {
             "pid": os.getpid(),
-            "shared": base.shared_weights,
+            "shared": self.base.shared_weights,
+            "pss_before_load": before,
             "load_s": loaded - started,
-            "step_s": time.perf_counter() - loaded,
+            "first_forward_s": time.perf_counter() - loaded,
         }
+
+    def step(self) -> float:
+        config = TrainConfig(steps=1, batch_size=4)
+        fits = [
+            prepare_fit(self.base, FitRequest(f"f{i}", ulpt.AdapterSpec(seed=i), ROWS, (), config))
+            for i in range(8)
+        ]
+        started = time.perf_counter()
+        PackedTrainer(self.base).train_step(fits)
+        return time.perf_counter() - started
 
 
 def pss(pids: list[int]) -> int:
@@ -83,22 +96,31 @@ def ray_children(marker: str) -> list[int]:
 
 
 def training_case(model: str, workers: int, shared: bool) -> dict[str, Any]:
+    """Model memory on the node: what loading added to the workers' PSS, plus what the put added to
+    the driver's (the object it wrote). Private copies count N times, a shared one once."""
+    driver_before = pss([os.getpid()])
     started = time.perf_counter()
     ref = put_base_model(model, "float32") if shared else None
     put_s = time.perf_counter() - started
     actors = [TrainingWorker.remote() for _ in range(workers)]  # type: ignore[attr-defined]
-    reports = ray.get([a.first_step.remote(model, [ref]) for a in actors])
+    reports = ray.get([a.load.remote(model, [ref]) for a in actors])
     ready_s = time.perf_counter() - started
     assert all(r["shared"] == shared for r in reports), reports
-    memory = pss([r["pid"] for r in reports] + [os.getpid()])
+    pids = [r["pid"] for r in reports]
+    model_bytes = pss(pids) - sum(r["pss_before_load"] for r in reports) + pss([os.getpid()]) - driver_before
+    step_s = max(ray.get([a.step.remote() for a in actors]))
+    after_step = pss([*pids, os.getpid()])
     for actor in actors:
         ray.kill(actor)
     del ref
     return {
         "processes": workers,
-        "node_pss_bytes": memory,
+        "model_bytes_on_node": model_bytes,
+        "node_pss_after_first_step": after_step,
         "load_s": max(r["load_s"] for r in reports),
+        "first_forward_s": max(r["first_forward_s"] for r in reports),
         "ready_s": ready_s,
+        "first_step_s": step_s,
         "put_s": put_s,
     }
 
@@ -125,27 +147,29 @@ def serving_case(model: str, replicas: int, shared: bool, home: Path, port: int)
     return {"processes": replicas, "node_pss_bytes": memory, "ready_s": ready_s}
 
 
-def summarize(cases: list[dict[str, Any]], weight_bytes: int) -> None:
-    one = cases[0]["node_pss_bytes"]
+def summarize(cases: list[dict[str, Any]], key: str, weight_bytes: int) -> None:
+    one = cases[0][key]
     for case in cases[1:]:
-        added = (case["node_pss_bytes"] - one) / (case["processes"] - 1)
+        added = (case[key] - one) / (case["processes"] - 1)
         case["added_per_process_of_weights"] = round(added / weight_bytes, 3)
 
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        f"{results['model']} fp32, weights {results['weight_bytes'] / 1e9:.2f} GB",
-        "| what | processes | weights | node PSS GB | added per process | load s | ready s |",
+        f"{results['model']} fp32, weights {results['weight_bytes'] / 1e9:.2f} GB. Training: the model's"
+        " bytes on the node (loads' PSS); serving: the replicas' whole PSS.",
+        "| what | processes | weights | GB | added per process | load s | ready s |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
-    for kind in ("training", "serving"):
+    for kind, key in (("training", "model_bytes_on_node"), ("serving", "node_pss_bytes")):
         for mode in ("private", "shared"):
             for case in results[kind][mode]:
                 added = case.get("added_per_process_of_weights")
+                load = f"{case['load_s']:.2f}" if "load_s" in case else "-"
                 lines.append(
-                    f"| {kind} | {case['processes']} | {mode} | {case['node_pss_bytes'] / 1e9:.2f} "
+                    f"| {kind} | {case['processes']} | {mode} | {case[key] / 1e9:.2f} "
                     f"| {f'{100 * added:.0f}% of weights' if added is not None else '-'} "
-                    f"| {case.get('load_s', float('nan')):.2f} | {case['ready_s']:.1f} |"
+                    f"| {load} | {case['ready_s']:.1f} |"
                 )
     return "\n".join(lines)
 
@@ -176,12 +200,12 @@ def main() -> None:
     try:
         for mode in ("private", "shared"):
             results["training"][mode] = [training_case(model, n, mode == "shared") for n in (1, 2, 4)]
-            summarize(results["training"][mode], weight_bytes)
+            summarize(results["training"][mode], "model_bytes_on_node", weight_bytes)
             print(f"training {mode}: {results['training'][mode]}", flush=True)
         for mode in ("private", "shared"):
             cases = [serving_case(model, n, mode == "shared", tmp / "home", port) for n in (1, 2)]
             results["serving"][mode] = cases
-            summarize(cases, weight_bytes)
+            summarize(cases, "node_pss_bytes", weight_bytes)
             print(f"serving {mode}: {cases}", flush=True)
     finally:
         serve.shutdown()

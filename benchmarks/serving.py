@@ -341,9 +341,9 @@ def http_benchmark(args: argparse.Namespace, requests: list[Request], tiny_root:
 
     from ray import serve
 
+    from ulpt.config import ensure_ray
     from ulpt.sdk import Client
     from ulpt_serving.app import Dependencies, build_application
-    from ulpt_serving.launch import ensure_ray
 
     home = Path(tempfile.mkdtemp(prefix="ulpt-bench-"))
     tiny_dir = str(tiny_root / "llama")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ulpt.catalog.tenants import revoke_api_key
+from ulpt.catalog.api_keys import revoke_api_key
 from ulpt.sdk import Client
 from ulpt_serving.tenancy import Authenticator
 

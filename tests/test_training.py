@@ -92,6 +92,21 @@ def test_a_diverging_fit_fails_alone(tiny_models) -> None:
     assert fits[1].status == "failed" and "non-finite" in (fits[1].error or "")
 
 
+def test_eval_rows_are_optional(tiny_models) -> None:
+    """`FitRequest(..., eval_rows=None)` trains like `()`: no held-out metrics, the same adapter."""
+    model = tiny_models["llama"]
+    config = TrainConfig(steps=3, batch_size=2)
+    rows = sentiment_rows(8, 5)
+    trained = [
+        ulpt.train_adapters(model, [FitRequest("fit", ulpt.AdapterSpec(seed=3), rows, evals, config)])["fit"]
+        for evals in (None, ())
+    ]
+    (none, none_metrics), (empty, empty_metrics) = trained
+    assert none is not None and empty is not None, (none_metrics, empty_metrics)
+    assert none_metrics["steps"] == 3 and "eval_loss" not in none_metrics
+    torch.testing.assert_close(none.prompt_embeddings(), empty.prompt_embeddings())
+
+
 def test_early_stopping_and_best_checkpoint(tiny_models) -> None:
     model = tiny_models["llama"]
     request = FitRequest(

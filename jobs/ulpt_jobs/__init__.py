@@ -4,7 +4,8 @@
     driver.run_job      run (or resume) it as one TorchTrainer; workers claim fits from the catalog
     worker.train_loop   load the base once, keep a pack of fits stepping, register each as it ends
     state               the job's durable state: reconcile after failures, progress, per-fit status
+    handle.JobsAPI      submit, resume, list, get and cancel a tenant's jobs; JobHandle waits on one
 
-The SDK entry points are `ulpt.Client.train` / `client.jobs` (`ulpt.jobs_api`); the CLI's are
+The SDK entry points are `ulpt.Client.train` / `client.jobs` (built on `handle`); the CLI's are
 `ulpt train` and `ulpt jobs`.
 """

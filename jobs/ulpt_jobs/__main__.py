@@ -8,8 +8,40 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 
+from ulpt.catalog.db import Catalog
+from ulpt.catalog.names import check_tenant
 from ulpt.errors import UlptError
+from ulpt.registry import Locations
+from ulpt_jobs.driver import JobTarget
+from ulpt_jobs.handle import JobsAPI
+
+
+@dataclass
+class FromEnvironment:
+    """A tenant's jobs where the environment puts the catalog and the store (`ulpt.registry.Locations`)."""
+
+    tenant: str
+    locations: Locations = field(default_factory=Locations.resolve)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return self.locations.open_catalog()
+
+    def job_target(self) -> JobTarget:
+        return JobTarget(
+            catalog=self.catalog,
+            catalog_url=self.locations.catalog_url,
+            store_url=self.locations.store_url,
+            home=Path(self.locations.home).absolute(),
+        )
+
+    def close(self) -> None:
+        if "catalog" in self.__dict__:
+            self.catalog.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,16 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="run even if another driver seems alive")
     args = parser.parse_args(argv)
 
-    from ulpt.jobs_api import JobsAPI
-    from ulpt.sdk import Client
-
+    owner = None
     try:
-        with Client(tenant=args.tenant) as client:
-            handle = JobsAPI(client, ray_address=args.address).resume(args.job_id, force=args.force)
-            status = handle.wait()
+        owner = FromEnvironment(check_tenant(args.tenant))
+        handle = JobsAPI(owner, ray_address=args.address).resume(args.job_id, force=args.force)
+        status = handle.wait()
     except UlptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if owner is not None:
+            owner.close()
     print(f"job {status.id} {status.status}: {status.counts}")
     return 0 if status.status == "done" else 1
 

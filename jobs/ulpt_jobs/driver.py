@@ -9,7 +9,6 @@ records the outcome.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import sys
@@ -21,11 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ulpt.catalog import Catalog
+from ulpt.catalog.db import Catalog
 from ulpt.catalog.jobs import add_fits, fit_counts, get_job, set_job_status
 from ulpt.catalog.jobs import create_job as create_job_row
-from ulpt.config import ray_env_defaults
-from ulpt.errors import ConflictError, UlptError
+from ulpt.config import ensure_ray
+from ulpt.errors import ConflictError, UlptError, first_line
 from ulpt.jobspec import JobSpec
 from ulpt.models.shared import put_base_model
 from ulpt_jobs import state
@@ -38,7 +37,7 @@ STALE_AFTER_S = 30.0
 
 
 @dataclass(frozen=True)
-class Target:
+class JobTarget:
     """Where a job's state lives and where it runs: catalog, store, local cache folder, Ray."""
 
     catalog: Catalog
@@ -49,7 +48,7 @@ class Target:
     ray_address: str | None = None
 
 
-def create_job(target: Target, spec: JobSpec, tenant: str) -> tuple[str, Plan]:
+def create_job(target: JobTarget, spec: JobSpec, tenant: str) -> tuple[str, Plan]:
     """Validate `spec` against its data and model, then record the job and its fits (pending) in `tenant`."""
     spec = spec.owned_by(tenant).with_absolute_paths()  # refused before anything is read or recorded
     plan = make_plan(spec, target.home)
@@ -61,7 +60,7 @@ def create_job(target: Target, spec: JobSpec, tenant: str) -> tuple[str, Plan]:
     return job_id, plan
 
 
-def run_job(target: Target, job_id: str, *, force: bool = False) -> state.JobStatus:
+def run_job(target: JobTarget, job_id: str, *, force: bool = False) -> state.JobStatus:
     """Train every unfinished fit of the job on Ray and record the outcome; returns the final status."""
     started = time.monotonic()
     with target.catalog.session() as session:
@@ -87,9 +86,9 @@ def run_job(target: Target, job_id: str, *, force: bool = False) -> state.JobSta
             result = _trainer(target, job_id, spec, attempt, weights).fit()
             timings["train_s"] = round(time.monotonic() - fit_started, 3)
             if result.error is not None:
-                error = f"Ray Train failed after {spec.max_failures} restart(s): {_first_line(result.error)}"
+                error = f"Ray Train failed after {spec.max_failures} restart(s): {_error_line(result.error)}"
     except BaseException as exc:
-        error = f"driver stopped: {_first_line(exc)}"
+        error = f"driver stopped: {_error_line(exc)}"
         raise
     finally:
         stop.set()
@@ -155,7 +154,7 @@ def share_weights(spec: JobSpec) -> Any | None:
     return put_base_model(spec.base_model, dtype)
 
 
-def _trainer(target: Target, job_id: str, spec: JobSpec, attempt: int, weights: Any | None = None) -> Any:
+def _trainer(target: JobTarget, job_id: str, spec: JobSpec, attempt: int, weights: Any | None = None) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -194,30 +193,6 @@ def _worker_env() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(roots + extra))}
 
 
-_ray_start_s: list[float] = []
-
-
-def ensure_ray(address: str | None) -> float:
-    """Connect to `address`, or start a local Ray with this machine's CPUs (the embedded default).
-
-    Returns the seconds this process spent starting or joining Ray (0 if someone else started it).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return _ray_start_s[0] if _ray_start_s else 0.0
-    started = time.monotonic()
-    if address is None:
-        ray_env_defaults()
-        ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=os.environ["RAY_TMPDIR"])
-    else:
-        ray.init(address=address, log_to_driver=False)
-    for name in ("ray.train", "ray.tune", "ray.air"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    _ray_start_s.append(time.monotonic() - started)
-    return _ray_start_s[0]
-
-
 def _heartbeat(catalog: Catalog, job_id: str, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_S):
         try:
@@ -235,6 +210,7 @@ def _driver_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+def _error_line(exc: BaseException) -> str:
+    """The error's type and first line: a driver's error names what failed (`OSError: ...`)."""
+    text = first_line(exc)
+    return type(exc).__name__ if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"

@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ulpt.errors import UlptError
+from ulpt.errors import UlptError, first_line
+from ulpt_jobs import state
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
-    from ulpt_jobs.driver import Target
+    from ulpt_jobs.driver import JobTarget
 
 CARRIED_ENV = (
     "AWS_ACCESS_KEY_ID",
@@ -48,7 +49,7 @@ def is_dashboard_url(address: str | None) -> bool:
     return bool(address) and str(address).lower().startswith(("http://", "https://"))
 
 
-def job_env(target: Target) -> dict[str, str]:
+def job_env(target: JobTarget) -> dict[str, str]:
     """The driver's environment on the cluster: catalog, store, S3 settings. Secrets: never log it."""
     env = {"ULPT_CATALOG_URL": target.catalog_url, "ULPT_STORE_URL": target.store_url}
     env.update({name: os.environ[name] for name in CARRIED_ENV if os.environ.get(name)})
@@ -105,14 +106,12 @@ class RemoteRun:
         return lines[-1] if lines else ""
 
 
-def submit(target: Target, job_id: str, tenant: str, *, force: bool = False) -> RemoteRun:
+def submit(target: JobTarget, job_id: str, tenant: str, *, force: bool = False) -> RemoteRun:
     """Record a fresh submission id on the job (in its timings), then submit its driver to the cluster.
 
     The id is written before submitting so that the driver's own timing updates keep it. A failed
     submission leaves the job as it was (pending or resumable) and raises one line.
     """
-    from ulpt_jobs import state
-
     address = str(target.ray_address).rstrip("/")
     run = RemoteRun(address=address, submission_id=f"ulpt-{job_id}-{secrets.token_hex(3)}")
     with target.catalog.session() as session:
@@ -135,7 +134,7 @@ def submit(target: Target, job_id: str, tenant: str, *, force: bool = False) -> 
             error = exc
             break
     raise UlptError(
-        f"could not submit job {job_id} to the Ray cluster at {address}: {_first_line(error)}; "
+        f"could not submit job {job_id} to the Ray cluster at {address}: {first_line(error)}; "
         f"retry with `ulpt train --resume {job_id} --address {address}`"
     ) from None
 
@@ -146,14 +145,9 @@ def _client(address: str) -> JobSubmissionClient:
     try:
         return JobSubmissionClient(address)
     except Exception as exc:
-        raise UlptError(f"no Ray Job Submission API at {address}: {_first_line(exc)}") from None
+        raise UlptError(f"no Ray Job Submission API at {address}: {first_line(exc)}") from None
 
 
 def _one_line(*parts: Any) -> str:
-    text = "; ".join(_first_line(p) for p in parts if str(p).strip())
+    text = "; ".join(first_line(p) for p in parts if str(p).strip())
     return text if len(text) <= 400 else text[:397] + "..."
-
-
-def _first_line(value: Any) -> str:
-    lines = [line.strip() for line in str(value).splitlines() if line.strip()]
-    return lines[0] if lines else type(value).__name__

@@ -17,7 +17,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset
 
 from ulpt.config import atomic_write_bytes, file_lock
-from ulpt.errors import DataError, SpecError
+from ulpt.errors import DataError, SpecError, first_line
 from ulpt.jobspec import BIGBENCH_PREFIX, DatasetSpec
 
 DATA_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".json.gz", ".jsonl.gz", ".csv.gz")
@@ -112,17 +112,12 @@ def _load(fmt: str, data_files: dict[str, list[str]], home: Path, where: str) ->
     try:
         loaded = load_dataset(fmt, data_files=data_files, cache_dir=str(home / "cache" / "datasets"))
     except (ValueError, OSError, TypeError) as exc:
-        raise DataError(f"{where}: cannot read the data files: {_first_line(exc)}") from None
+        raise DataError(f"{where}: cannot read the data files: {first_line(exc)}") from None
     except Exception as exc:  # datasets wraps parser errors (DatasetGenerationError and others)
         cause = exc.__cause__ or exc
-        raise DataError(f"{where}: cannot read the data files: {_first_line(cause)}") from None
+        raise DataError(f"{where}: cannot read the data files: {first_line(cause)}") from None
     assert isinstance(loaded, DatasetDict)
     return loaded
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _s3_files(url: str, home: Path) -> list[str]:
@@ -148,7 +143,7 @@ def _s3_files(url: str, home: Path) -> list[str]:
             wanted = [(k, e) for k, e in listed if k == key]
         return [_s3_fetch(client, bucket, k, e, home) for k, e in sorted(wanted)]
     except (BotoCoreError, ClientError) as exc:
-        raise DataError(f"dataset.path: cannot read {url}: {_first_line(exc)}") from None
+        raise DataError(f"dataset.path: cannot read {url}: {first_line(exc)}") from None
 
 
 def _s3_fetch(client: Any, bucket: str, key: str, etag: str, home: Path) -> str:

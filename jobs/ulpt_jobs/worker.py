@@ -23,10 +23,9 @@ from typing import Any
 import torch
 
 from ulpt.adapters import AdapterSpec
-from ulpt.catalog import Catalog, open_catalog
+from ulpt.catalog.db import open_catalog
 from ulpt.catalog.jobs import claim_fits, mark_fit_done, mark_fit_failed, set_job_status
 from ulpt.catalog.models import FitRow
-from ulpt.catalog.tenants import ensure_base_model
 from ulpt.errors import CatalogError, ConflictError, MigrationRequiredError, StoreError, UlptError
 from ulpt.jobspec import JobSpec
 from ulpt.models import BaseModel, load_base_model
@@ -80,7 +79,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if rank == 0:  # a (re)started worker group: no other worker of this job is alive now
         with catalog.session() as session:
             state.reconcile(session, cfg.job_id)
-        _record_base_model(catalog, cfg.job_id, model)
+        _record_base_model(registry, cfg.job_id, model)
     _barrier()
     plan = make_plan(spec, Path(cfg.home)).by_key()
     worker = f"{socket.gethostname()}:{os.getpid()}:rank{rank}"
@@ -101,19 +100,18 @@ def base_model(spec: JobSpec, device: torch.device, shared: Any | None) -> BaseM
     return load_base_model(spec.base_model, device=device, dtype=dtype)
 
 
-def _record_base_model(catalog: Catalog, job_id: str, model: BaseModel) -> None:
+def _record_base_model(registry: Registry, job_id: str, model: BaseModel) -> None:
     """Record the base model's weights fingerprint; weights that changed under a known name stop the job.
 
     The job is marked failed instead of raising: a raise would make Ray Train restart the workers
     (FailureConfig) into the same error. The other workers see the status and exit.
     """
     try:
-        with catalog.session() as session:
-            ensure_base_model(
-                session, model.name, model.hidden_size, revision=model.fingerprint, family=model.family
-            )
+        registry.record_base_model(
+            model.name, model.hidden_size, revision=model.fingerprint, family=model.family
+        )
     except ConflictError as exc:
-        with catalog.session() as session:
+        with registry.catalog.session() as session:
             set_job_status(session, job_id, "failed", error=str(exc))
 
 

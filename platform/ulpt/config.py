@@ -7,8 +7,10 @@ folder, so a user can relocate or wipe it in one place.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,3 +76,34 @@ def ray_env_defaults() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if "RAY_TMPDIR" not in os.environ:
         os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+
+
+_ray_start_s: list[float] = []
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> float:
+    """Connect to `address`, or start a local Ray (with `num_cpus`, default this machine's CPUs).
+
+    Returns the seconds this process spent starting or joining Ray, 0 if it was running before this
+    process asked (a job records it among its timings). The local default is quiet and offline
+    (`ray_env_defaults`); the user's own RAY_* settings win.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return _ray_start_s[0] if _ray_start_s else 0.0
+    started = time.monotonic()
+    ray_env_defaults()
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=os.environ["RAY_TMPDIR"],
+        )
+    for name in ("ray.train", "ray.tune", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _ray_start_s.append(time.monotonic() - started)
+    return _ray_start_s[0]

@@ -68,3 +68,12 @@ class BlobNotFoundError(StoreError):
 
 class BlobIntegrityError(StoreError):
     """A blob's bytes do not hash to the SHA-256 its key and the catalog record promise."""
+
+
+def first_line(value: object) -> str:
+    """The first non-blank line of `value`'s text, stripped (its type's name if it has none).
+
+    Library errors (a driver, botocore, Ray) often span many lines; ulpt's messages stay one line.
+    """
+    lines = [line.strip() for line in str(value).splitlines() if line.strip()]
+    return lines[0] if lines else type(value).__name__

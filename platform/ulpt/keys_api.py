@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from ulpt.catalog import Catalog, NewApiKey
+from ulpt.catalog.api_keys import create_api_key, list_api_keys, revoke_api_key
 from ulpt.catalog.models import ApiKeyRow
-from ulpt.catalog.tenants import create_api_key, list_api_keys, revoke_api_key
 
 __all__ = ["ApiKeyInfo", "Keys"]
 

@@ -14,24 +14,21 @@ Connections open lazily, on first use.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ulpt.adapters import Adapter
-from ulpt.catalog import Catalog, NewApiKey, open_catalog, sqlite_url
-from ulpt.catalog.find import query_from
-from ulpt.catalog.jobs import as_uuid
+from ulpt.catalog import Catalog, NewApiKey
 from ulpt.catalog.names import check_tenant
-from ulpt.config import ulpt_home
-from ulpt.jobs_api import JobHandle, JobsAPI
 from ulpt.jobspec import JobSpec
 from ulpt.keys_api import Keys
-from ulpt.registry import AdapterRecord, AliasChange, GcReport, Lineage, Page, Registration, Registry
-from ulpt.store import BlobStore, open_store
+from ulpt.registry import Adapters, GcReport, Locations, Registry
+from ulpt.store import BlobStore
+from ulpt_jobs.driver import JobTarget
+from ulpt_jobs.handle import JobHandle, JobsAPI
 
 __all__ = ["Adapters", "Client"]
 
@@ -49,29 +46,29 @@ class Client:
         store_options: Mapping[str, Any] | None = None,
         ray_address: str | None = None,
     ) -> None:
-        self.home = Path(home).expanduser() if home is not None else ulpt_home()
+        self.locations = Locations.resolve(home, catalog_url, store_url)
+        self.home = self.locations.home
         self.tenant = check_tenant(tenant)
-        self._catalog_url = catalog_url or os.environ.get("ULPT_CATALOG_URL") or None
-        self._store_url = store_url or os.environ.get("ULPT_STORE_URL") or None
-        self._store_options = dict(store_options or {})
+        self.store_options: Mapping[str, Any] = dict(store_options or {})
+        """Keyword arguments of the store (S3 endpoint, credentials); job workers open theirs with them."""
         self.ray_address = ray_address or os.environ.get("ULPT_RAY_ADDRESS") or None
 
     @property
     def catalog_url(self) -> str:
-        return self._catalog_url or sqlite_url(self.home / "catalog.db")
+        return self.locations.catalog_url
 
     @property
     def store_url(self) -> str:
-        return self._store_url or str((self.home / "blobs").resolve())
+        return self.locations.store_url
 
     @cached_property
     def catalog(self) -> Catalog:
         """The catalog; the embedded default upgrades its own schema, others must already be current."""
-        return open_catalog(self.catalog_url, auto_upgrade=self._catalog_url is None)
+        return self.locations.open_catalog()
 
     @cached_property
     def store(self) -> BlobStore:
-        return open_store(self.store_url, **self._store_options)
+        return self.locations.open_store(**self.store_options)
 
     @cached_property
     def registry(self) -> Registry:
@@ -80,12 +77,23 @@ class Client:
     @cached_property
     def adapters(self) -> Adapters:
         """Register, find, get, alias, delete and export adapters of this client's tenant."""
-        return Adapters(self.registry, self.tenant)
+        return self.registry.for_tenant(self.tenant)
 
     @cached_property
     def jobs(self) -> JobsAPI:
         """Submit, resume, list, get and cancel this tenant's bulk training jobs."""
         return JobsAPI(self)
+
+    def job_target(self) -> JobTarget:
+        """Where this client's jobs are recorded and run (for `client.jobs`; the catalog opens lazily)."""
+        return JobTarget(
+            catalog=self.catalog,
+            catalog_url=self.catalog_url,
+            store_url=self.store_url,
+            home=Path(self.home).absolute(),
+            store_options=dict(self.store_options),
+            ray_address=self.ray_address,
+        )
 
     @cached_property
     def keys(self) -> Keys:
@@ -128,150 +136,3 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client(catalog={self.catalog_url!r}, store={self.store_url!r}, tenant={self.tenant!r})"
-
-
-class Adapters:
-    """`client.adapters`: the catalog seen by one tenant. Records are detached frozen dataclasses."""
-
-    def __init__(self, registry: Registry, tenant: str) -> None:
-        self._registry = registry
-        self.tenant = tenant
-
-    def register(
-        self,
-        adapter: Adapter | bytes,
-        *,
-        name: str,
-        base_model: str | None = None,
-        tags: Mapping[str, Any] | Sequence[str] | None = None,
-        metrics: Mapping[str, Any] | None = None,
-        version: int | None = None,
-        parent: str | AdapterRecord | None = None,
-        dataset_fingerprint: str | None = None,
-        training_config: Mapping[str, Any] | None = None,
-        job_id: str | None = None,
-        public: bool = False,
-    ) -> AdapterRecord:
-        """Store the adapter's blob, then record it; `version` defaults to one more than the name's last.
-
-        `adapter` may also be the bytes of `Adapter.to_bytes()`; the record then comes from the blob's config.
-        """
-        registration = Registration(
-            adapter=adapter,
-            name=name,
-            base_model=base_model,
-            tags=tags,
-            metrics=metrics,
-            version=version,
-            parent=parent,
-            dataset_fingerprint=dataset_fingerprint,
-            training_config=training_config,
-            job_id=job_id,
-            public=public,
-        )
-        return self._registry.register(registration, tenant=self.tenant)
-
-    def register_many(self, registrations: Iterable[Registration]) -> list[AdapterRecord]:
-        """Bulk path: blobs in parallel (S3), then one transaction for every row; all or nothing."""
-        return self._registry.register_many(list(registrations), tenant=self.tenant)
-
-    def get(self, ref: str) -> AdapterRecord:
-        """`name` (latest live version), `name:version`, or an alias (`tenant/...` for public adapters)."""
-        return self._registry.get(ref, tenant=self.tenant)
-
-    def get_by_id(self, adapter_id: str) -> AdapterRecord:
-        return self._registry.get_by_id(adapter_id, tenant=self.tenant)
-
-    def load(self, ref: str) -> Adapter:
-        """Shortcut for `get(ref).load()`: SHA-256 and projection fingerprint checked."""
-        return self.get(ref).load()
-
-    def find(
-        self,
-        *,
-        tenant: str | None = None,
-        name: str | None = None,
-        base_model: str | None = None,
-        method: str | None = None,
-        rank: int | None = None,
-        n_tokens: int | None = None,
-        tags: Mapping[str, Any] | Sequence[str] | None = None,
-        status: str | None = "ready",
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        metrics: Mapping[str, Any] | Sequence[str] | None = None,
-        job_id: str | None = None,
-        include_public: bool = False,
-        order_by: str = "-created_at",
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        """One page of matching adapters, newest first by default.
-
-        tags: all-of, {"task": "sst2"} or ["task=sst2", "reviewed"] (a bare tag only needs to be present).
-        metrics: thresholds, {"eval_accuracy": (">=", 0.8)} or ["eval_accuracy>=0.8"].
-        order_by: created_at, name, version or metrics.NAME, "-" for descending ("-metrics.eval_accuracy").
-        Returns a Page: iterate it or use `.items`; pass `.next_cursor` as `cursor` for the next page.
-        tenant: only adapters owned by this tenant; the client's tenant is who asks, so another tenant
-        named here shows only its public adapters (never its private ones).
-        """
-        query = query_from(
-            self.tenant,
-            owner=tenant,
-            name=name,
-            base_model=base_model,
-            method=method,
-            rank=rank,
-            n_tokens=n_tokens,
-            tags=tags,
-            status=status,
-            created_after=created_after,
-            created_before=created_before,
-            metrics=metrics,
-            job_id=None if job_id is None else as_uuid(job_id),
-            include_public=include_public,
-            order_by=order_by,
-            limit=limit,
-            cursor=cursor,
-        )
-        return self._registry.find(query)
-
-    def iter(self, **filters: Any) -> Iterator[AdapterRecord]:
-        """Every matching adapter, page after page (same filters as `find`)."""
-        cursor = filters.pop("cursor", None)
-        while True:
-            page = self.find(cursor=cursor, **filters)
-            yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
-
-    def show(self, ref: str) -> Lineage:
-        """The record with its lineage: parent, children, aliases, job (deleted adapters included)."""
-        return self._registry.lineage(ref, tenant=self.tenant)
-
-    def alias(self, alias: str, ref: str) -> AliasChange:
-        """Point `alias` at the adapter `ref` names (create or move); the old target is kept for rollback."""
-        return self._registry.set_alias(alias, ref, tenant=self.tenant)
-
-    def rollback(self, alias: str) -> AliasChange:
-        """Move `alias` back to its previous target."""
-        return self._registry.rollback_alias(alias, tenant=self.tenant)
-
-    def unalias(self, alias: str) -> None:
-        self._registry.remove_alias(alias, tenant=self.tenant)
-
-    def aliases(self) -> list[tuple[str, AdapterRecord]]:
-        return self._registry.list_aliases(tenant=self.tenant)
-
-    def delete(self, ref: str, *, all_versions: bool = False, force: bool = False) -> list[AdapterRecord]:
-        """Tombstone `name:version` (or every version with all_versions); `ulpt gc` later frees the blob."""
-        return self._registry.delete(ref, tenant=self.tenant, all_versions=all_versions, force=force)
-
-    def export(
-        self, ref: str, folder: str | os.PathLike[str], *, peft: bool = False, base_config: Any = None
-    ) -> Path:
-        """Write the adapter to `folder`: ulpt format, or a PEFT PROMPT_TUNING adapter with `peft=True`."""
-        return self._registry.export(
-            ref, Path(folder), tenant=self.tenant, peft=peft, base_config=base_config
-        )

@@ -7,35 +7,15 @@ with LocalServer(ServeConfig(auth=False)) as url:      # http://127.0.0.1:8000
 from __future__ import annotations
 
 import errno
-import os
 import re
 import socket
 import time
 from types import TracebackType
 from typing import Any
 
-from ulpt.config import ray_env_defaults
+from ulpt.config import ensure_ray
 from ulpt.errors import UlptError
 from ulpt_serving.config import ServeConfig
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to `address`, or start a local Ray; returns True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray_env_defaults()
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return True
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=os.environ["RAY_TMPDIR"],
-    )
-    return True
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ulpt.errors import AdapterFormatError, NotFoundError, StoreError
-from ulpt.registry import AdapterRecord, Page, Registry
+from ulpt.registry import AdapterRecord, Locations, Page, Registry
 from ulpt_serving import answers, openapi, protocol, responses
 from ulpt_serving.cache import CompactAdapter
 from ulpt_serving.config import ServeConfig
@@ -93,16 +93,12 @@ class AdapterResolution:
 
 
 def default_registry(config: ServeConfig) -> Registry:
-    """The catalog + store of `config.home` / `catalog_url` / `store_url`, opened as `ulpt.Client` does."""
-    from ulpt.sdk import Client
-
-    return Client(home=config.home, catalog_url=config.catalog_url, store_url=config.store_url).registry
+    """The catalog + store of `config.home` / `catalog_url` / `store_url`, resolved as `ulpt.Client` does."""
+    return Locations.resolve(config.home, config.catalog_url, config.store_url).open_registry()
 
 
 def adapter_page(registry: Registry, tenant: str, base: str, limit: int, after: str | None) -> Page:
     """Adapters of `base` that `tenant` may use (its own and public ones), by name, from cursor `after`."""
-    from ulpt.catalog.find import query_from
-
-    return registry.find(
-        query_from(tenant, base_model=base, include_public=True, order_by="name", limit=limit, cursor=after)
+    return registry.for_tenant(tenant).find(
+        base_model=base, include_public=True, order_by="name", limit=limit, cursor=after
     )

@@ -1,11 +1,12 @@
 """Who is calling and what their `model` means: API keys -> tenant, references -> catalog records.
 
-Both answers come from the catalog (keys are stored and compared as SHA-256 hashes, see
-`ulpt.catalog.tenants`). An accepted key is looked up again on every request (one primary-key read),
-so a revoked key is refused from the next request on, by every replica: remembering acceptances even
-for seconds kept revoked keys working. Refusals are remembered for a TTL, so a flood of bad keys
-costs one query each per TTL (a refused key never becomes valid: keys are random and new ones are
-new strings). Resolved references are remembered for a short TTL, so a moved alias applies within it.
+Both answers come from the catalog through the registry (keys are stored and compared as SHA-256
+hashes, see `ulpt.catalog.api_keys`). An accepted key is looked up again on every request (one
+primary-key read), so a revoked key is refused from the next request on, by every replica:
+remembering acceptances even for seconds kept revoked keys working. Refusals are remembered for a
+TTL, so a flood of bad keys costs one query each per TTL (a refused key never becomes valid: keys are
+random and new ones are new strings). Resolved references are remembered for a short TTL, so a moved
+alias applies within it.
 Only a hash of a key is kept in memory; keys are never logged.
 """
 
@@ -18,7 +19,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ulpt.catalog import verify_api_key
 from ulpt.errors import NotFoundError, SpecError
 from ulpt.registry import AdapterRecord, Registry
 
@@ -72,8 +72,7 @@ class Authenticator:
         digest = hashlib.sha256(key.encode()).digest()
         if self._refused.get(digest)[0]:
             return None
-        with self._registry.catalog.read() as session:
-            tenant = verify_api_key(session, key)
+        tenant = self._registry.tenant_for_key(key)
         if tenant is None:
             self._refused.put(digest, None)
         return tenant

@@ -107,7 +107,8 @@ def test_unreachable_catalog_in_a_real_process(tmp_path: Path) -> None:
     """No traceback even from the installed entry point, and no password in the message."""
     env = dict(os.environ, ULPT_CATALOG_URL="postgresql+psycopg://ulpt:hunter2@127.0.0.1:9/nowhere")
     env.update(
-        ULPT_STORE_URL=str(tmp_path), PYTHONPATH=os.pathsep.join(str(REPO / p) for p in ("platform", "."))
+        ULPT_STORE_URL=str(tmp_path),
+        PYTHONPATH=os.pathsep.join(str(REPO / p) for p in ("platform", "jobs", "serving", ".")),
     )
     result = subprocess.run(
         [sys.executable, "-c", "from ulpt.cli import main; main()", "adapters", "list"],

@@ -33,7 +33,7 @@ def _kill_rounds(client: Client, rounds: int, seed: int) -> None:
     from tests.catalog.crash_worker import register_forever
 
     rng = random.Random(seed)
-    options = getattr(client, "_store_options", {})
+    options = dict(client.store_options)
     for victim in range(rounds):
         ready = ctx.Event()
         proc = ctx.Process(

@@ -105,11 +105,7 @@ class Adapter(nn.Module):
     @classmethod
     def from_bytes(cls, data: bytes) -> Adapter:
         """Rebuild and check an adapter from `to_bytes()` output."""
-        metadata = _safetensors_metadata(data)
-        if "adapter_config" not in metadata:
-            raise AdapterFormatError("blob is not a ulpt adapter: no adapter_config in its metadata")
-        config = _parse_config(metadata["adapter_config"])
-        spec, hidden, _ = limits.spec_from_config(config)
+        config, spec, hidden = _blob_config(data)
         limits.check_header(data, methods.expected_shapes(spec, hidden))
         return cls.from_parts(config, _load_tensors(data))
 
@@ -214,6 +210,31 @@ class Adapter(nn.Module):
             f"Adapter(method={s.method!r}, n_tokens={s.n_tokens}, rank={s.rank}, seed={s.seed}, "
             f"hidden_size={self.hidden_size}, params={self.num_trainable_params})"
         )
+
+
+def blob_config(data: bytes) -> dict[str, Any]:
+    """The checked config a `to_bytes()` blob carries in its safetensors header, without reading a tensor.
+
+    What the registry records for a blob a worker already serialized; the tensors themselves are
+    checked against this config (shapes, projection fingerprint) whenever the blob is loaded.
+    """
+    return _blob_config(data)[0]
+
+
+def _blob_config(data: bytes) -> tuple[dict[str, Any], AdapterSpec, int]:
+    metadata = _safetensors_metadata(data)
+    if "adapter_config" not in metadata:
+        raise AdapterFormatError("blob is not a ulpt adapter: no adapter_config in its metadata")
+    config = _parse_config(metadata["adapter_config"])
+    if config.get("format_version") != FORMAT_VERSION:
+        version = config.get("format_version")
+        raise AdapterFormatError(
+            f"unsupported adapter format_version {version!r} (this ulpt reads {FORMAT_VERSION})"
+        )
+    spec, hidden, _ = limits.spec_from_config(config)
+    if config.get("num_trainable_params") != spec.num_trainable_params(hidden):
+        raise AdapterFormatError("adapter config's num_trainable_params does not match its shape")
+    return config, spec, hidden
 
 
 def _parse_config(text: str | bytes) -> dict[str, Any]:

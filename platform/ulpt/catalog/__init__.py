@@ -4,13 +4,14 @@
     with catalog.session() as session:                             # one transaction
         row = adapters.resolve(session, "default", "user-42:3")
 
-Query functions live in `adapters`, `find`, `jobs` and `tenants` and take a Session first.
+Query functions live in `adapters`, `find`, `jobs`, `tenants`, `base_models` and `api_keys` and take
+a Session first.
 """
 
+from ulpt.catalog.api_keys import NewApiKey, create_api_key, revoke_api_key, verify_api_key
 from ulpt.catalog.db import SCHEMA_REVISION, Catalog, display_url, open_catalog, sqlite_url
 from ulpt.catalog.find import AdapterQuery, Threshold, parse_thresholds
 from ulpt.catalog.names import Ref, parse_ref
-from ulpt.catalog.tenants import NewApiKey, create_api_key, revoke_api_key, verify_api_key
 
 __all__ = [
     "SCHEMA_REVISION",

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ulpt.errors import CatalogError, MigrationRequiredError
+from ulpt.errors import CatalogError, MigrationRequiredError, first_line
 
 SCHEMA_REVISION = "0001"
 """The Alembic head this code needs; a test checks it equals the head of `migrations/versions`."""
@@ -187,14 +187,13 @@ def catalog_errors(url: str) -> Iterator[None]:
     try:
         yield
     except OperationalError as exc:
-        raise CatalogError(f"cannot use catalog {url}: {_first_line(exc)}") from None
+        raise CatalogError(f"cannot use catalog {url}: {_driver_line(exc)}") from None
     except DBAPIError as exc:
         if exc.connection_invalidated:
-            raise CatalogError(f"lost the connection to catalog {url}: {_first_line(exc)}") from None
+            raise CatalogError(f"lost the connection to catalog {url}: {_driver_line(exc)}") from None
         raise
 
 
-def _first_line(exc: DBAPIError) -> str:
-    text = str(exc.orig) if exc.orig is not None else str(exc)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(exc.orig).__name__
+def _driver_line(exc: DBAPIError) -> str:
+    """The database driver's own message: SQLAlchemy's wrapper adds the SQL and a link to its docs."""
+    return first_line(exc.orig if exc.orig is not None else exc)

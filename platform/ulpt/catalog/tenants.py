@@ -1,29 +1,17 @@
-"""Tenants, base models and API keys: the owners and anchors every adapter row points to.
+"""Tenants: the owners every adapter, job and API key row points to.
 
-API keys are shown once, at creation; the catalog keeps only their SHA-256, so a leaked database
-does not leak usable keys. A key is `ulpt_<12 hex id>_<secret>`: the id finds the row without a scan,
-the hash comparison is constant-time. Every query that names a key also names its tenant, so a key id
-of another tenant reads exactly like one that does not exist.
+Base models live in `base_models`, API keys in `api_keys`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
-import secrets
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ulpt.catalog.models import ApiKeyRow, BaseModelRow, TenantRow, utcnow
-from ulpt.catalog.names import check_name, check_tenant
-from ulpt.errors import ConflictError, NotFoundError, SpecError
-
-_KEY = re.compile(r"ulpt_([0-9a-f]{12})_[A-Za-z0-9_-]{20,}")
-_KEY_ID = re.compile(r"[0-9a-f]{12}")
+from ulpt.catalog.models import TenantRow
+from ulpt.catalog.names import check_tenant
 
 
 def dialect_insert(session: Session, table: Any) -> Any:
@@ -45,101 +33,3 @@ def ensure_tenant(session: Session, tenant: str) -> None:
 
 def list_tenants(session: Session) -> list[TenantRow]:
     return list(session.scalars(select(TenantRow).order_by(TenantRow.name)))
-
-
-def ensure_base_model(
-    session: Session, name: str, hidden_size: int, *, revision: str | None = None, family: str | None = None
-) -> BaseModelRow:
-    """The base model row for `name`, created on first use; refuses a hidden size that disagrees with it."""
-    if not isinstance(name, str) or not name.strip() or len(name) > 512:
-        raise SpecError(f"base_model must be a non-empty name of at most 512 characters, got {name!r}")
-    session.execute(
-        dialect_insert(session, BaseModelRow)
-        .values(name=name, hidden_size=hidden_size, revision=revision, family=family)
-        .on_conflict_do_nothing()
-    )
-    row = session.scalars(select(BaseModelRow).where(BaseModelRow.name == name)).one()
-    if row.hidden_size != hidden_size:
-        raise ConflictError(
-            f"adapter hidden size {hidden_size} does not match base model {name!r} (hidden {row.hidden_size})"
-        )
-    if revision is not None and row.revision is not None and row.revision != revision:
-        raise ConflictError(f"base model {name!r} is recorded at revision {row.revision}, not {revision}")
-    return row
-
-
-def get_base_model(session: Session, name: str) -> BaseModelRow:
-    row = session.scalars(select(BaseModelRow).where(BaseModelRow.name == name)).one_or_none()
-    if row is None:
-        raise NotFoundError(f"no base model named {name!r} in the catalog")
-    return row
-
-
-@dataclass(frozen=True)
-class NewApiKey:
-    """A freshly created key; `key` is the only time the plaintext exists outside the caller."""
-
-    id: str
-    tenant: str
-    key: str
-    label: str | None = None
-
-    def __repr__(self) -> str:  # never print the secret by accident
-        return f"NewApiKey(id={self.id!r}, tenant={self.tenant!r}, label={self.label!r})"
-
-
-def _hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def create_api_key(session: Session, tenant: str, label: str | None = None) -> NewApiKey:
-    """A new key for `tenant` (created if needed); store its plaintext now, it cannot be recovered."""
-    if label is not None:
-        check_name(label, "API key name")
-    ensure_tenant(session, tenant)
-    key_id = secrets.token_hex(6)
-    key = f"ulpt_{key_id}_{secrets.token_urlsafe(32)}"
-    session.add(ApiKeyRow(id=key_id, tenant=tenant, key_hash=_hash(key), label=label))
-    session.flush()
-    return NewApiKey(id=key_id, tenant=tenant, key=key, label=label)
-
-
-def verify_api_key(session: Session, key: str) -> str | None:
-    """The tenant a key belongs to, or None for a malformed, unknown or revoked key."""
-    match = _KEY.fullmatch(key or "")
-    if match is None:
-        return None
-    row = session.get(ApiKeyRow, match.group(1))
-    if row is None or row.revoked_at is not None:
-        return None
-    return row.tenant if hmac.compare_digest(row.key_hash, _hash(key)) else None
-
-
-def revoke_api_key(session: Session, tenant: str, key_id: str) -> ApiKeyRow:
-    """Revoke `tenant`'s key `key_id` (again is a no-op); the row stays, so `list` shows when it was revoked.
-
-    Another tenant's key id is "not found", the same as an unknown one. A malformed id is refused
-    without being repeated: a whole key pasted in its place must not end up in a terminal or a log.
-    """
-    if not isinstance(key_id, str) or _KEY_ID.fullmatch(key_id) is None:
-        raise SpecError("an API key id is 12 hex digits, the part after ulpt_ (see `ulpt keys list`)")
-    session.execute(
-        update(ApiKeyRow)
-        .where(ApiKeyRow.id == key_id, ApiKeyRow.tenant == tenant, ApiKeyRow.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    row = session.scalars(
-        select(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.tenant == tenant)
-    ).one_or_none()
-    if row is None:
-        raise NotFoundError(f"no API key with id {key_id!r} in tenant {tenant!r}")
-    return row
-
-
-def list_api_keys(session: Session, tenant: str) -> list[ApiKeyRow]:
-    """`tenant`'s keys, oldest first, revoked ones included (their rows hold hashes, never a key)."""
-    return list(
-        session.scalars(
-            select(ApiKeyRow).where(ApiKeyRow.tenant == tenant).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
-        )
-    )

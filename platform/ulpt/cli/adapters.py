@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ulpt.cli.catalog_options import (
+    METHOD_NAMES,
     CatalogUrlOption,
     HomeOption,
     JsonOption,
@@ -72,7 +73,7 @@ def list_adapters(
     base_model: Annotated[
         str | None, typer.Option("--base-model", help="Only adapters for this base model.")
     ] = None,
-    method: Annotated[str | None, typer.Option(help="ulpt, pt or dpt.")] = None,
+    method: Annotated[str | None, typer.Option(help=f"Only this method: {METHOD_NAMES}.")] = None,
     rank: Annotated[int | None, typer.Option(help="Only this rank r.")] = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", help="KEY=VALUE or KEY (repeat: all must match).")

@@ -9,8 +9,12 @@ from typing import Annotated
 
 import typer
 
+from ulpt.adapters import METHODS
 from ulpt.errors import SpecError
 from ulpt.sdk import Client
+
+METHOD_NAMES = ", ".join(METHODS)
+"""The adapter methods for `--method` help, from `ulpt.adapters.METHODS` so a new method shows up."""
 
 HomeOption = Annotated[
     Path | None, typer.Option("--home", envvar="ULPT_HOME", help="Folder of the embedded catalog and store.")

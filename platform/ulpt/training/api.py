@@ -24,7 +24,8 @@ class FitRequest:
     key: str
     spec: AdapterSpec
     train_rows: Sequence[Mapping[str, Any]]
-    eval_rows: Sequence[Mapping[str, Any]] = ()
+    eval_rows: Sequence[Mapping[str, Any]] | None = ()
+    """Held-out rows for the best-checkpoint metrics; None or empty: no held-out evaluation."""
     config: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -38,7 +39,7 @@ def prepare_fit(model: BaseModel, request: FitRequest) -> FitState:
     train = check_rows(request.train_rows, "train")
     if not train:
         raise TrainingFailed(f"fit {request.key}: no training rows")
-    evals = check_rows(request.eval_rows, "eval")
+    evals = check_rows(request.eval_rows or (), "eval")
     adapter = Adapter.create(
         request.spec,
         model.hidden_size,
