@@ -1,6 +1,7 @@
 """Node memory and start time with the base model shared through Ray's object store vs a copy per process.
 
     python benchmarks/memory.py                  # SmolLM2-135M in fp32, 1/2/4 workers, 1/2 replicas
+    python benchmarks/memory.py --dtype bfloat16 # converted from the fp32 files (as on a GPU)
     python benchmarks/memory.py --model tiny     # a tiny random model, seconds per case
 
 Training: N processes on one node each take the base model exactly as a job's Ray Train worker does
@@ -55,12 +56,14 @@ ROWS = [
 class TrainingWorker:
     """What a Ray Train worker does before its first step: take the base model, prepare fits, step."""
 
-    def load(self, model: str, shared: list[Any]) -> dict[str, Any]:
+    def load(self, model: str, dtype: str, shared: list[Any]) -> dict[str, Any]:
         """Take the base model as a job's worker does and touch every weight once (a forward pass:
         a disk load maps its files lazily). Returns this process's PSS before the load as well."""
         torch.set_num_threads(1)
         before = psutil.Process().memory_full_info().pss
-        spec = ulpt.JobSpec.from_dict({"base_model": model, "dataset": {"path": "unused.jsonl"}})
+        spec = ulpt.JobSpec.from_dict(
+            {"base_model": model, "dtype": dtype, "dataset": {"path": "unused.jsonl"}}
+        )
         started = time.perf_counter()
         self.base = base_model(spec, torch.device("cpu"), shared[0])
         loaded = time.perf_counter()
@@ -95,15 +98,15 @@ def ray_children(marker: str) -> list[int]:
     return [p.pid for p in psutil.Process(raylet).children(recursive=True) if marker in " ".join(p.cmdline())]
 
 
-def training_case(model: str, workers: int, shared: bool) -> dict[str, Any]:
+def training_case(model: str, dtype: str, workers: int, shared: bool) -> dict[str, Any]:
     """Model memory on the node: what loading added to the workers' PSS, plus what the put added to
     the driver's (the object it wrote). Private copies count N times, a shared one once."""
     driver_before = pss([os.getpid()])
     started = time.perf_counter()
-    ref = put_base_model(model, "float32") if shared else None
+    ref = put_base_model(model, dtype) if shared else None
     put_s = time.perf_counter() - started
     actors = [TrainingWorker.remote() for _ in range(workers)]  # type: ignore[attr-defined]
-    reports = ray.get([a.load.remote(model, [ref]) for a in actors])
+    reports = ray.get([a.load.remote(model, dtype, [ref]) for a in actors])
     ready_s = time.perf_counter() - started
     assert all(r["shared"] == shared for r in reports), reports
     pids = [r["pid"] for r in reports]
@@ -125,13 +128,15 @@ def training_case(model: str, workers: int, shared: bool) -> dict[str, Any]:
     }
 
 
-def serving_case(model: str, replicas: int, shared: bool, home: Path, port: int) -> dict[str, Any]:
+def serving_case(
+    model: str, dtype: str, replicas: int, shared: bool, home: Path, port: int
+) -> dict[str, Any]:
     from ray import serve
 
     name = f"mem{replicas}{'s' if shared else 'p'}"
     config = ServeConfig(
         model=model, home=str(home), auth=False, num_replicas=replicas, num_cpus=0, torch_threads=1,
-        share_weights=shared, app_name=name, route_prefix=f"/{name}",
+        share_weights=shared, dtype=dtype, app_name=name, route_prefix=f"/{name}",
     )  # fmt: skip
     started = time.perf_counter()
     serve.run(build_application(config), name=name, route_prefix=f"/{name}")
@@ -143,7 +148,7 @@ def serving_case(model: str, replicas: int, shared: bool, home: Path, port: int)
     memory = pss(pids)
     serve.delete(name)
     if shared:  # the next case puts its own weights
-        ray.kill(ray.get_actor(owner_name(model, "float32"), namespace=NAMESPACE))
+        ray.kill(ray.get_actor(owner_name(model, dtype), namespace=NAMESPACE))
     return {"processes": replicas, "node_pss_bytes": memory, "ready_s": ready_s}
 
 
@@ -156,8 +161,8 @@ def summarize(cases: list[dict[str, Any]], key: str, weight_bytes: int) -> None:
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        f"{results['model']} fp32, weights {results['weight_bytes'] / 1e9:.2f} GB. Training: the model's"
-        " bytes on the node (loads' PSS); serving: the replicas' whole PSS.",
+        f"{results['model']} {results['dtype']}, weights {results['weight_bytes'] / 1e9:.2f} GB. "
+        "Training: the model's bytes on the node (loads' PSS); serving: the replicas' whole PSS.",
         "| what | processes | weights | GB | added per process | load s | ready s |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
@@ -179,12 +184,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="smollm2-135m", help="a model name or folder, or 'tiny'")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "memory.json")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--out", type=Path, default=None, help="default: results/memory[-DTYPE].json")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ulpt-memory-"))
     model = str(build_tiny_model(tmp / "tiny", "llama")) if args.model == "tiny" else args.model
     model = str(ulpt.models.registry.resolve_model_path(model))  # materialized once, before timing
-    weight_bytes = sum(p.numel() * 4 for p in ulpt.load_base_model(model).hf.parameters())
+    itemsize = getattr(torch, args.dtype).itemsize
+    weight_bytes = sum(p.numel() * itemsize for p in ulpt.load_base_model(model).hf.parameters())
+    out = args.out or HERE / "results" / (
+        "memory.json" if args.dtype == "float32" else f"memory-{args.dtype}.json"
+    )
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(dir="/tmp"))
     from ray import serve
@@ -193,25 +203,28 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     results: dict[str, Any] = {
         "model": args.model,
+        "dtype": args.dtype,
         "weight_bytes": weight_bytes,
         "training": {},
         "serving": {},
     }
     try:
         for mode in ("private", "shared"):
-            results["training"][mode] = [training_case(model, n, mode == "shared") for n in (1, 2, 4)]
+            results["training"][mode] = [
+                training_case(model, args.dtype, n, mode == "shared") for n in (1, 2, 4)
+            ]
             summarize(results["training"][mode], "model_bytes_on_node", weight_bytes)
             print(f"training {mode}: {results['training'][mode]}", flush=True)
         for mode in ("private", "shared"):
-            cases = [serving_case(model, n, mode == "shared", tmp / "home", port) for n in (1, 2)]
+            cases = [serving_case(model, args.dtype, n, mode == "shared", tmp / "home", port) for n in (1, 2)]
             results["serving"][mode] = cases
             summarize(cases, "node_pss_bytes", weight_bytes)
             print(f"serving {mode}: {cases}", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
 
