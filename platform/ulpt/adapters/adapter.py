@@ -16,7 +16,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from ulpt.adapters import limits, methods, projection
+from ulpt.adapters import limits, projection
 from ulpt.adapters.spec import AdapterSpec
 from ulpt.config import atomic_write_bytes
 from ulpt.errors import AdapterFormatError, FingerprintMismatchError
@@ -42,7 +42,7 @@ class Adapter(nn.Module):
         self.hidden_size = hidden_size
         self.base_model = base_model
         self.params = nn.ParameterDict({k: nn.Parameter(v.to(torch.float32)) for k, v in params.items()})
-        frozen = methods.frozen_tensors(spec, hidden_size)
+        frozen = spec.adapter_method.frozen_tensors(spec, hidden_size)
         self._frozen_names = list(frozen)
         for name, tensor in frozen.items():  # buffers, so .to(device) moves them with the parameters
             self.register_buffer(name, tensor, persistent=False)
@@ -60,7 +60,8 @@ class Adapter(nn.Module):
     ) -> Adapter:
         """A fresh adapter, initialized deterministically from `spec.seed`."""
         spec.check_hidden_size(hidden_size)
-        return cls(spec, hidden_size, methods.init_params(spec, hidden_size, token_embeddings), base_model)
+        params = spec.adapter_method.init_params(spec, hidden_size, token_embeddings)
+        return cls(spec, hidden_size, params, base_model)
 
     @property
     def frozen(self) -> dict[str, torch.Tensor]:
@@ -72,7 +73,7 @@ class Adapter(nn.Module):
 
     def prompt_embeddings(self) -> torch.Tensor:
         """The materialized float32 [n_tokens, hidden_size] prompt (differentiable while training)."""
-        return methods.materialize(self.spec, dict(self.params), self.frozen)
+        return self.spec.adapter_method.materialize(dict(self.params), self.frozen)
 
     # ---- file format -------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class Adapter(nn.Module):
             raise AdapterFormatError("blob is not a ulpt adapter: no adapter_config in its metadata")
         config = _parse_config(metadata["adapter_config"])
         spec, hidden, _ = limits.spec_from_config(config)
-        limits.check_header(data, methods.expected_shapes(spec, hidden))
+        limits.check_header(data, spec.adapter_method.shapes(spec, hidden))
         return cls.from_parts(config, _load_tensors(data))
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -136,7 +137,7 @@ class Adapter(nn.Module):
             raise AdapterFormatError(f"not an adapter folder: {exc.filename} is missing") from None
         except OSError as exc:
             raise AdapterFormatError(f"cannot read adapter {folder}: {exc.strerror or exc}") from None
-        limits.check_header(weights, methods.expected_shapes(spec, hidden))
+        limits.check_header(weights, spec.adapter_method.shapes(spec, hidden))
         return cls.from_parts(config, _load_tensors(weights))
 
     @classmethod
@@ -152,7 +153,7 @@ class Adapter(nn.Module):
                 f"unsupported adapter format_version {version!r} (this ulpt reads {FORMAT_VERSION})"
             )
         spec, hidden, proj = limits.spec_from_config(config)  # before P is generated: bounds its size
-        expected = methods.expected_shapes(spec, hidden)
+        expected = spec.adapter_method.shapes(spec, hidden)
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         if found != expected:
             raise AdapterFormatError(
