@@ -9,7 +9,6 @@ Reads verify the blob's SHA-256 and the projection fingerprint before handing ou
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -20,9 +19,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ulpt.adapters import Adapter, AdapterSpec
-from ulpt.adapters.adapter import FORMAT_VERSION
-from ulpt.adapters.limits import read_header
+from ulpt.adapters import Adapter
+from ulpt.adapters.codec import blob_config
 from ulpt.catalog import adapters as queries
 from ulpt.catalog.db import Catalog
 from ulpt.catalog.find import AdapterQuery, find_adapters
@@ -495,36 +493,6 @@ class Registry:
             report.bytes_freed += entry.size
         if doomed and not report.dry_run:
             self.store.delete_many([e.key for e in doomed])
-
-
-def blob_config(data: bytes) -> dict[str, Any]:
-    """The checked config an `Adapter.to_bytes()` blob carries in its safetensors header (no tensors read).
-
-    Lets the bulk path register blobs that workers already serialized; the tensors themselves are
-    checked against this config (shapes, projection fingerprint) whenever the blob is loaded.
-    """
-    try:
-        config = json.loads(read_header(data)[1]["__metadata__"]["adapter_config"])
-        if config.get("format_version") != FORMAT_VERSION:
-            raise AdapterFormatError(f"unsupported adapter format_version {config.get('format_version')!r}")
-        projection = config.get("projection") or {}
-        spec = AdapterSpec(
-            **{
-                key: config[key]
-                for key in ("method", "n_tokens", "rank", "seed", "init", "use_shift", "use_scale")
-            },
-            projection=projection.get("distribution", "xavier_uniform"),
-        )
-        spec.check_hidden_size(config["hidden_size"])
-        if config["num_trainable_params"] != spec.num_trainable_params(config["hidden_size"]):
-            raise AdapterFormatError("adapter config's num_trainable_params does not match its shape")
-    except (ValueError, KeyError, TypeError, AttributeError, SpecError) as exc:
-        if isinstance(exc, AdapterFormatError):
-            raise
-        raise AdapterFormatError(
-            f"not a ulpt adapter blob (bad or missing adapter_config header: {exc})"
-        ) from None
-    return dict(config)
 
 
 def _prepare(item: Registration) -> _Prepared:
