@@ -37,13 +37,14 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from ulpt.adapters import Adapter, AdapterSpec  # noqa: E402
+from ulpt.adapters.codec import blob_config  # noqa: E402
 from ulpt.catalog import adapters as adapter_queries  # noqa: E402
 from ulpt.catalog.base_models import ensure_base_model  # noqa: E402
 from ulpt.catalog.db import create_catalog_engine, sqlite_url  # noqa: E402
 from ulpt.catalog.migrate import upgrade  # noqa: E402
 from ulpt.catalog.models import new_id, utcnow  # noqa: E402
 from ulpt.catalog.tenants import ensure_tenant  # noqa: E402
-from ulpt.registry import Registration, blob_config  # noqa: E402
+from ulpt.registry import Registration  # noqa: E402
 from ulpt.sdk import Client  # noqa: E402
 from ulpt.store import blob_key, sha256_hex  # noqa: E402
 

@@ -191,7 +191,7 @@ def _result_rows(
                 "name": fit.name,
                 "task": fit.task,
                 "method": fit.spec.method,
-                "rank": fit.spec.rank if fit.spec.method != "pt" else None,
+                "rank": fit.spec.rank if fit.spec.is_low_rank else None,
                 "accuracy": scores[fit.name],
                 "zero_shot": scores[f"zero-shot:{fit.task}"],
                 "test_rows": used[fit.task],

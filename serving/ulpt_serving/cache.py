@@ -25,7 +25,7 @@ from typing import Generic, TypeAlias, TypeVar
 
 import torch
 
-from ulpt.adapters import Adapter, AdapterSpec, methods
+from ulpt.adapters import Adapter, AdapterSpec
 from ulpt.models.prefix import CachedPrompt
 
 ENTRY_OVERHEAD = 512
@@ -54,8 +54,9 @@ class CompactAdapter:
     @torch.no_grad()
     def materialize(self) -> torch.Tensor:
         """The [n, d] prompt; ULPT's projection is regenerated from the seed (already fingerprint-checked)."""
-        frozen = methods.frozen_tensors(self.spec, self.hidden_size)
-        return methods.materialize(self.spec, self.tensors, frozen).contiguous()
+        method = self.spec.adapter_method
+        frozen = method.frozen_tensors(self.spec, self.hidden_size)
+        return method.materialize(self.tensors, frozen).contiguous()
 
 
 def hot_nbytes(prompt: HotPrompt) -> int:

@@ -1,6 +1,7 @@
-"""Prompt adapters: the method math, the seeded projection, the file format and PEFT export."""
+"""Prompt adapters: one class per method, the seeded projection, the file format and PEFT export."""
 
 from ulpt.adapters.adapter import Adapter
-from ulpt.adapters.spec import METHODS, AdapterSpec
+from ulpt.adapters.methods import METHODS
+from ulpt.adapters.spec import AdapterSpec
 
 __all__ = ["METHODS", "Adapter", "AdapterSpec"]

@@ -1,7 +1,7 @@
 """`Adapter`: learned prompt parameters plus everything needed to check and rebuild them.
 
-On disk an adapter is `adapter.safetensors` + `adapter_config.json` (no pickle anywhere). As a single
-blob (for the object store) it is the safetensors bytes with the config in the header's metadata.
+What its tensors are and how they become a prompt is its method's (`ulpt.adapters.methods`); how it
+is written and read, as a folder or one blob, is `ulpt.adapters.codec`'s.
 """
 
 from __future__ import annotations
@@ -12,18 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from ulpt.adapters import limits, methods, projection
+from ulpt.adapters import codec, limits, projection
 from ulpt.adapters.spec import AdapterSpec
 from ulpt.config import atomic_write_bytes
 from ulpt.errors import AdapterFormatError, FingerprintMismatchError
-
-FORMAT_VERSION = 1
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter.safetensors"
 
 
 class Adapter(nn.Module):
@@ -42,7 +37,7 @@ class Adapter(nn.Module):
         self.hidden_size = hidden_size
         self.base_model = base_model
         self.params = nn.ParameterDict({k: nn.Parameter(v.to(torch.float32)) for k, v in params.items()})
-        frozen = methods.frozen_tensors(spec, hidden_size)
+        frozen = spec.adapter_method.frozen_tensors(spec, hidden_size)
         self._frozen_names = list(frozen)
         for name, tensor in frozen.items():  # buffers, so .to(device) moves them with the parameters
             self.register_buffer(name, tensor, persistent=False)
@@ -60,7 +55,8 @@ class Adapter(nn.Module):
     ) -> Adapter:
         """A fresh adapter, initialized deterministically from `spec.seed`."""
         spec.check_hidden_size(hidden_size)
-        return cls(spec, hidden_size, methods.init_params(spec, hidden_size, token_embeddings), base_model)
+        params = spec.adapter_method.init_params(spec, hidden_size, token_embeddings)
+        return cls(spec, hidden_size, params, base_model)
 
     @property
     def frozen(self) -> dict[str, torch.Tensor]:
@@ -72,68 +68,39 @@ class Adapter(nn.Module):
 
     def prompt_embeddings(self) -> torch.Tensor:
         """The materialized float32 [n_tokens, hidden_size] prompt (differentiable while training)."""
-        return methods.materialize(self.spec, dict(self.params), self.frozen)
+        return self.spec.adapter_method.materialize(dict(self.params), self.frozen)
 
-    # ---- file format -------------------------------------------------------------------------
+    # ---- file format (ulpt.adapters.codec) ---------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        proj = None
-        if self.projection_fingerprint is not None:
-            proj = {
-                "distribution": self.spec.projection,
-                "generator": projection.GENERATOR_NAME,
-                "generator_version": projection.GENERATOR_VERSION,
-                "fingerprint": self.projection_fingerprint,
-            }
-        spec = self.spec.to_dict()
-        spec["projection"] = proj
-        return {
-            "format_version": FORMAT_VERSION,
-            **spec,
-            "hidden_size": self.hidden_size,
-            "base_model": self.base_model,
-            "num_trainable_params": self.num_trainable_params,
-        }
+        return codec.make_config(
+            self.spec,
+            self.hidden_size,
+            self.base_model,
+            self.num_trainable_params,
+            self.projection_fingerprint,
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu").contiguous() for k, v in self.params.items()}
 
     def to_bytes(self) -> bytes:
         """One self-describing blob: safetensors bytes whose metadata holds the config."""
-        return save_safetensors_bytes(self.tensors(), metadata={"adapter_config": json.dumps(self.config())})
+        return codec.to_blob(self.tensors(), self.config())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Adapter:
         """Rebuild and check an adapter from `to_bytes()` output."""
-        config, spec, hidden = _blob_config(data)
-        limits.check_header(data, methods.expected_shapes(spec, hidden))
-        return cls.from_parts(config, _load_tensors(data))
+        return cls.from_parts(*codec.from_blob(data))
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write adapter.safetensors and adapter_config.json; each file appears whole or not at all."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / WEIGHTS_NAME, save_safetensors_bytes(self.tensors()))
-        atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(self.config(), indent=2) + "\n").encode())
-        return folder
+        return codec.write_folder(folder, self.tensors(), self.config())
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> Adapter:
         """Load and check a saved adapter; refuses files that do not match their config or seed."""
-        folder = Path(folder)
-        try:
-            with open(folder / CONFIG_NAME, "rb") as handle:
-                config = _parse_config(handle.read(limits.MAX_HEADER_BYTES + 1))
-            spec, hidden, _ = limits.spec_from_config(config)
-            with open(folder / WEIGHTS_NAME, "rb") as handle:
-                limits.check_file_size(os.fstat(handle.fileno()).st_size, spec, hidden)
-                weights = handle.read()
-        except FileNotFoundError as exc:
-            raise AdapterFormatError(f"not an adapter folder: {exc.filename} is missing") from None
-        except OSError as exc:
-            raise AdapterFormatError(f"cannot read adapter {folder}: {exc.strerror or exc}") from None
-        limits.check_header(weights, methods.expected_shapes(spec, hidden))
-        return cls.from_parts(config, _load_tensors(weights))
+        return cls.from_parts(*codec.read_folder(folder))
 
     @classmethod
     def from_parts(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Adapter:
@@ -142,13 +109,9 @@ class Adapter(nn.Module):
         The config is checked first, against the memory bound of `ulpt.adapters.limits`, so a small
         file claiming a huge rank or hidden size is refused before anything big is allocated.
         """
-        version = config.get("format_version")
-        if version != FORMAT_VERSION:
-            raise AdapterFormatError(
-                f"unsupported adapter format_version {version!r} (this ulpt reads {FORMAT_VERSION})"
-            )
+        codec.check_format_version(config)
         spec, hidden, proj = limits.spec_from_config(config)  # before P is generated: bounds its size
-        expected = methods.expected_shapes(spec, hidden)
+        expected = spec.adapter_method.shapes(spec, hidden)
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         if found != expected:
             raise AdapterFormatError(
@@ -210,56 +173,3 @@ class Adapter(nn.Module):
             f"Adapter(method={s.method!r}, n_tokens={s.n_tokens}, rank={s.rank}, seed={s.seed}, "
             f"hidden_size={self.hidden_size}, params={self.num_trainable_params})"
         )
-
-
-def blob_config(data: bytes) -> dict[str, Any]:
-    """The checked config a `to_bytes()` blob carries in its safetensors header, without reading a tensor.
-
-    What the registry records for a blob a worker already serialized; the tensors themselves are
-    checked against this config (shapes, projection fingerprint) whenever the blob is loaded.
-    """
-    return _blob_config(data)[0]
-
-
-def _blob_config(data: bytes) -> tuple[dict[str, Any], AdapterSpec, int]:
-    metadata = _safetensors_metadata(data)
-    if "adapter_config" not in metadata:
-        raise AdapterFormatError("blob is not a ulpt adapter: no adapter_config in its metadata")
-    config = _parse_config(metadata["adapter_config"])
-    if config.get("format_version") != FORMAT_VERSION:
-        version = config.get("format_version")
-        raise AdapterFormatError(
-            f"unsupported adapter format_version {version!r} (this ulpt reads {FORMAT_VERSION})"
-        )
-    spec, hidden, _ = limits.spec_from_config(config)
-    if config.get("num_trainable_params") != spec.num_trainable_params(hidden):
-        raise AdapterFormatError("adapter config's num_trainable_params does not match its shape")
-    return config, spec, hidden
-
-
-def _parse_config(text: str | bytes) -> dict[str, Any]:
-    if len(text) > limits.MAX_HEADER_BYTES:
-        raise AdapterFormatError(f"adapter config is larger than {limits.MAX_HEADER_BYTES} bytes")
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AdapterFormatError(f"adapter config is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise AdapterFormatError("adapter config must be a JSON object")
-    return config
-
-
-def _load_tensors(data: bytes) -> dict[str, torch.Tensor]:
-    try:
-        return load_safetensors_bytes(data)
-    except Exception as exc:  # safetensors raises its own error types for every malformed input
-        raise AdapterFormatError(f"adapter weights are not a valid safetensors file: {exc}") from None
-
-
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors header (8-byte little-endian length, then JSON)."""
-    try:
-        metadata = limits.read_header(data)[1].get("__metadata__", {})
-    except ValueError:
-        raise AdapterFormatError("blob is not a valid safetensors file") from None
-    return metadata if isinstance(metadata, dict) else {}

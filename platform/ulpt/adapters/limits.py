@@ -17,7 +17,6 @@ import os
 import struct
 from typing import Any
 
-from ulpt.adapters import methods
 from ulpt.adapters.spec import AdapterSpec
 from ulpt.errors import AdapterFormatError, SpecError
 
@@ -41,8 +40,9 @@ def max_adapter_bytes() -> int:
 
 def memory_needed(spec: AdapterSpec, hidden: int) -> int:
     """Bytes an adapter holds once loaded: learned tensors, frozen tensor and materialized prompt."""
-    learned = sum(math.prod(shape) for shape in methods.expected_shapes(spec, hidden).values())
-    frozen = {"ulpt": spec.rank * hidden, "lopt2": spec.n_tokens * hidden}.get(spec.method, 0)
+    method = spec.adapter_method
+    learned = sum(math.prod(shape) for shape in method.shapes(spec, hidden).values())
+    frozen = sum(math.prod(shape) for shape in method.frozen_shapes(spec, hidden).values())
     return (learned + frozen + spec.n_tokens * hidden) * FLOAT32_BYTES
 
 
@@ -75,7 +75,7 @@ def spec_from_config(config: dict[str, Any]) -> tuple[AdapterSpec, int, dict[str
         raise AdapterFormatError(f"adapter config is missing or has a malformed field: {exc}") from None
     except SpecError as exc:
         raise AdapterFormatError(f"adapter config is invalid: {exc}") from None
-    if proj is None and spec.method in ("ulpt", "lopt2"):
+    if proj is None and spec.adapter_method.frozen_shapes(spec, hidden):
         raise AdapterFormatError(
             f"adapter config has no projection record: a {spec.method} adapter needs one to check its seed"
         )
@@ -85,7 +85,8 @@ def spec_from_config(config: dict[str, Any]) -> tuple[AdapterSpec, int, dict[str
 
 def check_file_size(size: int, spec: AdapterSpec, hidden: int) -> None:
     """A weights file can only be its tensors plus a small header: refuse anything larger unread."""
-    tensors = sum(math.prod(s) for s in methods.expected_shapes(spec, hidden).values()) * FLOAT32_BYTES
+    shapes = spec.adapter_method.shapes(spec, hidden)
+    tensors = sum(math.prod(s) for s in shapes.values()) * FLOAT32_BYTES
     if not tensors < size <= tensors + 8 + MAX_HEADER_BYTES:
         raise AdapterFormatError(
             f"adapter weights are not a valid safetensors file for its config: {size} bytes, "

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
+from ulpt.adapters import methods
+from ulpt.adapters.methods import METHODS, AdapterMethod
 from ulpt.errors import SpecError
 from ulpt.validation import SpecModel
 
-Method = Literal["ulpt", "pt", "dpt", "lopt1", "lopt2"]
-METHODS: tuple[str, ...] = get_args(Method)
-"""ulpt: Z P * scale + shift, P frozen from the seed; pt: the full [n, d] prompt; dpt: A B, both learned;
-lopt1: U V, both learned (LoPT-1); lopt2: tanh(X0 U) V, U and V learned, X0 frozen from the seed (LoPT-2)."""
-
-LOW_RANK_METHODS = ("ulpt", "dpt", "lopt1", "lopt2")
+if TYPE_CHECKING:
+    Method = str
+else:  # the registry's names as a Literal, so pydantic checks them and the JSON Schema lists them
+    Method = Literal[METHODS]
 
 Projection = Literal["xavier_uniform", "normal"]
 Init = Literal["normal", "vocab"]
@@ -43,14 +43,20 @@ class AdapterSpec(SpecModel):
     """ulpt only: learn the scale vector."""
 
     @model_validator(mode="after")
-    def _vocab_init_is_for_pt(self) -> AdapterSpec:
-        if self.init == "vocab" and self.method != "pt":
-            raise ValueError("init='vocab' applies to method 'pt' only")
+    def _init_is_one_the_method_supports(self) -> AdapterSpec:
+        if self.init not in self.adapter_method.inits:
+            users = " or ".join(repr(m.name) for m in methods.REGISTRY.values() if self.init in m.inits)
+            raise ValueError(f"init={self.init!r} applies to method {users} only")
         return self
 
     @property
+    def adapter_method(self) -> AdapterMethod:
+        """The class that owns this method's tensors, initialization and formula."""
+        return methods.get(self.method)
+
+    @property
     def is_low_rank(self) -> bool:
-        return self.method in LOW_RANK_METHODS
+        return self.adapter_method.low_rank
 
     def check_hidden_size(self, hidden_size: int) -> None:
         """A low-rank prompt only saves parameters (and is only well defined) below the model's width."""
@@ -62,11 +68,4 @@ class AdapterSpec(SpecModel):
             raise SpecError(f"rank must be below the model's hidden size {hidden_size}, got {self.rank}")
 
     def num_trainable_params(self, hidden_size: int) -> int:
-        n, r, d = self.n_tokens, self.rank, hidden_size
-        if self.method == "pt":
-            return n * d
-        if self.method in ("dpt", "lopt1"):
-            return n * r + r * d
-        if self.method == "lopt2":
-            return 2 * r * d
-        return n * r + d * (int(self.use_shift) + int(self.use_scale))
+        return self.adapter_method.num_params(self, hidden_size)

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ulpt.adapters import methods
 from ulpt.cli.catalog_options import (
-    METHOD_NAMES,
     CatalogUrlOption,
     HomeOption,
     JsonOption,
@@ -56,7 +56,7 @@ def _table(records: list[AdapterRecord], tenant: str) -> Table:
         table.add_row(
             r.ref if r.tenant == tenant else f"{r.tenant}/{r.ref}",  # public adapters of other tenants
             r.method,
-            f"{r.n_tokens} x {r.rank}" if r.method != "pt" else f"{r.n_tokens}",
+            f"{r.n_tokens} x {r.rank}" if methods.get(r.method).low_rank else f"{r.n_tokens}",
             f"{r.num_trainable_params:,}",
             r.base_model,
             r.status,
@@ -73,7 +73,9 @@ def list_adapters(
     base_model: Annotated[
         str | None, typer.Option("--base-model", help="Only adapters for this base model.")
     ] = None,
-    method: Annotated[str | None, typer.Option(help=f"Only this method: {METHOD_NAMES}.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help=f"Only this method: {', '.join(methods.METHODS)}.")
+    ] = None,
     rank: Annotated[int | None, typer.Option(help="Only this rank r.")] = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", help="KEY=VALUE or KEY (repeat: all must match).")

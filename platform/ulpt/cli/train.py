@@ -15,14 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from ulpt.cli.catalog_options import (
-    METHOD_NAMES,
-    CatalogUrlOption,
-    HomeOption,
-    StoreUrlOption,
-    make_client,
-)
+from ulpt.adapters import methods
+from ulpt.cli.catalog_options import CatalogUrlOption, HomeOption, StoreUrlOption, make_client
 from ulpt.cli.jobs import print_job
 from ulpt.cli.output import console, fail, print_json
 from ulpt.errors import UlptError
@@ -68,7 +64,7 @@ def train(
     ] = None,
     per_file: Annotated[bool, typer.Option("--per-file", help="One fit per data file.")] = False,
     eval_fraction: Annotated[float | None, typer.Option("--eval-fraction", help="Held-out share.")] = None,
-    method: Annotated[str | None, typer.Option(help=f"Adapter method: {METHOD_NAMES}.")] = None,
+    method: Annotated[str | None, typer.Option(help=escape(methods.help_text()))] = None,
     n_tokens: Annotated[int | None, typer.Option("--n-tokens", help="Prompt tokens n.")] = None,
     rank: Annotated[int | None, typer.Option(help="Rank r.")] = None,
     seed: Annotated[int | None, typer.Option(help="Adapter seed (the job seed with per_fit).")] = None,

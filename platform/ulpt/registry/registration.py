@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ulpt.adapters import Adapter
-from ulpt.adapters.adapter import blob_config as read_blob_config
+from ulpt.adapters.codec import blob_config as read_blob_config
 from ulpt.catalog.jobs import as_uuid
 from ulpt.catalog.names import (
     MAX_VERSION,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ulpt.adapters import Adapter, methods
+from ulpt.adapters import Adapter
 from ulpt.models.batch import RowPrompts
 from ulpt.training import optim
 
@@ -143,7 +143,7 @@ class FitStack:
             params[name] = rows[:, offset : offset + self.sizes[name]].unflatten(1, shape)
             offset += self.sizes[name]
         frozen = {name: tensor.index_select(0, index) for name, tensor in self.frozen.items()}
-        return methods.materialize(self.spec, params, frozen)
+        return self.spec.adapter_method.materialize(params, frozen)
 
     @torch.no_grad()
     def step(self, slots: Sequence[int]) -> None:
