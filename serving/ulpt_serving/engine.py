@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from ulpt.models import BaseModel, Generation, SamplingParams
 from ulpt.models.base import RowSource
+from ulpt.models.detokenize import REPLACEMENT, stop_prefix_overlap
+from ulpt.models.output import OutputText
 from ulpt_serving.cache import AdapterCache, CompactAdapter, HotPrompt
 from ulpt_serving.config import ServeConfig
 
@@ -209,42 +211,35 @@ class Engine:
         return [s.generation() for s in streams]
 
 
-class TextStream:
+class TextStream(OutputText):
     """One row's tokens as text: deltas safe to stream now, and the same final text as `generate`.
 
     The final text drops a trailing EOS and is cut before the first stop string. While streaming, text
     that might still turn into a stop string, or that ends in an incomplete character, is held back.
+    Each token costs a decode of a few trailing tokens (`IncrementalDetokenizer`), not of the whole text.
     """
 
     def __init__(self, model: BaseModel, params: SamplingParams, *, incremental: bool = True) -> None:
         """`incremental=False` (a whole answer, not a stream) decodes text only when stop strings need it."""
-        self._tokenizer = model.tokenizer
-        self._eos = set() if params.ignore_eos else model.eos_ids
-        self.params = params
+        super().__init__(model.tokenizer, params, model.eos_ids, every_token=incremental)
         self.incremental = incremental
-        self.token_ids: list[int] = []
         self.sent = ""
         self.done = False
         self.finish_reason: str | None = None
 
     def push(self, token: int) -> str:
         """Add a token; return the text that became final (possibly empty)."""
-        self.token_ids.append(token)
-        if not self.incremental and not self.params.stop:
-            if token in self._eos:
-                self.done, self.finish_reason = True, "stop"
-            elif len(self.token_ids) >= self.params.max_new_tokens:
-                self.done, self.finish_reason = True, "length"
-            return ""
-        text, cut = self._text()
-        if token in self._eos or cut is not None:
+        self.add(token)
+        if self.stopped:
             self.done, self.finish_reason = True, "stop"
         elif len(self.token_ids) >= self.params.max_new_tokens:
             self.done, self.finish_reason = True, "length"
+        if not self.incremental and not self.params.stop:
+            return ""
         if self.done:
-            return self._advance(text)
-        safe = text.rstrip("\ufffd")
-        hold = _stop_prefix_overlap(safe, self.params.stop)
+            return self._advance(self.text)
+        safe = self.text.rstrip(REPLACEMENT)
+        hold = stop_prefix_overlap(safe, self.params.stop)
         return self._advance(safe[: len(safe) - hold])
 
     def finish(self) -> str:
@@ -252,20 +247,11 @@ class TextStream:
         if not self.done:
             self.done = True
             self.finish_reason = "length"
-        return self._advance(self._text()[0])
+        return self._advance(self.text)
 
     def generation(self) -> Generation:
         self.finish()
         return Generation(self.sent, list(self.token_ids), self.finish_reason or "length")
-
-    def _text(self) -> tuple[str, int | None]:
-        ids = self.token_ids
-        if ids and ids[-1] in self._eos:
-            ids = ids[:-1]
-        text = self._tokenizer.decode(ids, skip_special_tokens=True)
-        hits = [text.find(s) for s in self.params.stop if s and s in text]
-        cut = min(hits) if hits else None
-        return (text[:cut] if cut is not None else text), cut
 
     def _advance(self, text: str) -> str:
         # Detokenization is almost always prefix-stable; if it is not, hold back rather than resend.
@@ -274,14 +260,3 @@ class TextStream:
         delta = text[len(self.sent) :]
         self.sent = text
         return delta
-
-
-def _stop_prefix_overlap(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `text` that is the beginning of a stop string."""
-    best = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:k]):
-                best = k
-                break
-    return best
