@@ -79,6 +79,8 @@ class BatchItem:
     """Cache key (the catalog id) of the adapter; None for the bare base model."""
     adapter: CompactAdapter | None = None
     control: RowControl = field(default_factory=RowControl, repr=False)
+    token_ids: tuple[int, ...] | None = None
+    """The text's token ids when admission already tokenized it (the text is then not encoded again)."""
 
 
 class Engine:
@@ -109,16 +111,17 @@ class Engine:
         )
         return cls(model, cache)
 
-    def count_tokens(self, text: str, limit: int) -> int | None:
-        """Tokens of `text`, or None once it certainly has more than `limit`: a long text is counted chunk
-        by chunk first, so one that is far too long is refused without ever being tokenized whole."""
+    def tokenize(self, text: str, limit: int) -> list[int] | None:
+        """Token ids of `text`, or None once it certainly has more than `limit`: a long text is counted chunk
+        by chunk first, so one that is far too long is refused without ever being tokenized whole. The ids
+        travel with the request to the decode loop, so an admitted text is tokenized once."""
         if len(text) > TOKEN_COUNT_CHUNK:
             total = 0
             for chunks, start in enumerate(range(0, len(text), TOKEN_COUNT_CHUNK), 1):
                 total += len(self.model.encode(text[start : start + TOKEN_COUNT_CHUNK]))
                 if total > limit + CHUNK_SLACK * chunks:
                     return None
-        return len(self.model.encode(text))
+        return self.model.encode(text)
 
     def steps(self, items: Sequence[BatchItem]) -> Iterator[dict[int, int | RowFailure]]:
         """Decode `items` as ONE batch; yields {row: token id} per step for the rows still running.
@@ -177,7 +180,10 @@ class Engine:
             return [k for k, it in enumerate(chosen) if it.control.abandoned.is_set()]
 
         generation = self.model.iter_generate(
-            [(source, it.text) for source, it in zip(sources, chosen)],
+            [
+                (source, it.text if it.token_ids is None else it.token_ids)
+                for source, it in zip(sources, chosen)
+            ],
             [it.params for it in chosen],
             abandoned,
         )
