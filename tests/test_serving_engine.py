@@ -119,7 +119,7 @@ def test_streamed_text_equals_the_whole_generation_and_never_shows_a_stop_string
         assert stream.finish_reason == expected[0].finish_reason
 
 
-def test_token_counts_are_exact_within_the_limit_and_a_huge_text_stops_early(
+def test_token_ids_are_exact_within_the_limit_and_a_huge_text_stops_early(
     tiny_model: ulpt.BaseModel,
 ) -> None:
     """Long texts are counted in chunks first, so one far over the limit is never tokenized whole (a
@@ -127,9 +127,9 @@ def test_token_counts_are_exact_within_the_limit_and_a_huge_text_stops_early(
     engine = Engine.create(tiny_model, ServeConfig(model="tiny"))
     long_text = "the movie was good " * 2000  # ~38k characters: three chunks
     exact = len(tiny_model.encode(long_text))
-    assert engine.count_tokens(long_text, exact) == exact
-    assert engine.count_tokens("one plus two", 1) == len(tiny_model.encode("one plus two"))  # short: exact
-    assert engine.count_tokens(long_text, exact // 10) is None
+    assert engine.tokenize(long_text, exact) == tiny_model.encode(long_text)
+    assert engine.tokenize("one plus two", 1) == tiny_model.encode("one plus two")  # short: exact
+    assert engine.tokenize(long_text, exact // 10) is None
     seen: list[int] = []
     encode = tiny_model.encode
 
@@ -139,7 +139,7 @@ def test_token_counts_are_exact_within_the_limit_and_a_huge_text_stops_early(
 
     tiny_model.encode = counting  # type: ignore[method-assign]
     try:
-        assert engine.count_tokens("hello world " * (1 << 18), 4096) is None  # 3 MiB, ~6M tokens
+        assert engine.tokenize("hello world " * (1 << 18), 4096) is None  # 3 MiB, ~6M tokens
     finally:
         del tiny_model.encode
     assert max(seen) <= 16_384 and sum(seen) < 1 << 20  # a few chunks, never the whole text

@@ -86,26 +86,27 @@ class Admission:
         if stream and len(texts) > 1:
             raise ApiError(400, "stream=true takes a single prompt", param="prompt")
 
-    def count_inputs(self, texts: list[str], adapter_tokens: int, chat: bool) -> list[int]:
-        """Tokens of each input. The bare base model needs at least one (an adapter's prompt is a start)."""
-        counts = [self._count_tokens(t, adapter_tokens, chat) for t in texts]
-        if adapter_tokens == 0 and 0 in counts:
+    def tokenize_inputs(self, texts: list[str], adapter_tokens: int, chat: bool) -> list[list[int]]:
+        """Token ids of each input, which the request then carries to the decode loop (tokenized once).
+        The bare base model needs at least one token (an adapter's prompt is a start)."""
+        inputs = [self._tokenize(t, adapter_tokens, chat) for t in texts]
+        if adapter_tokens == 0 and any(not ids for ids in inputs):
             raise answers.empty_input(chat)
-        return counts
+        return inputs
 
-    def _count_tokens(self, text: str, adapter_tokens: int, chat: bool) -> int:
+    def _tokenize(self, text: str, adapter_tokens: int, chat: bool) -> list[int]:
         """Tokens of one input; one far beyond what the server accepts is refused before it costs memory."""
         most = self.config.max_prompt_tokens
         if self.max_positions is not None:
             most = min(most, self.max_positions - 1)
-        count = self.engine.count_tokens(text, most - adapter_tokens)
-        if count is None:
+        ids = self.engine.tokenize(text, most - adapter_tokens)
+        if ids is None:
             raise ApiError(
                 400,
                 f"the input is longer than the {most} tokens this server accepts (with the adapter's prompt)",
                 param="messages" if chat else "prompt",
             )
-        return count
+        return ids
 
     def sampling(self, body: Any, chat: bool, input_tokens: int) -> SamplingParams:
         """The request's sampling, its `max_tokens` defaulted and capped so input + output fit the model."""

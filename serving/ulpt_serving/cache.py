@@ -3,8 +3,9 @@
 Like vLLM's LoRA worker manager, it is separate from the model runner and has explicit capacities,
 but it has two tiers because a ULPT adapter is tiny until materialized:
 
-- compact: the verified learned tensors (Z [n, r], scale [d], shift [d]: ~4.7 KB at d=576), loaded
-  from catalog + store on first use (SHA-256 and projection fingerprint checked by the loader),
+- compact: the verified learned tensors (Z [n, r], scale [d], shift [d]: ~4.7 KB at d=576) and the
+  projection P [r, d] the loader generated to check its fingerprint (kept, so P is generated once per
+  load), loaded from catalog + store on first use (SHA-256 and projection fingerprint checked),
   LRU under a byte (and optional count) budget. Tens of thousands fit; an evicted one is fetched again.
 - hot: the materialized [n, d] prompt, plus its per-layer key/value prefix on decoder-only models
   (~460 KB for n=10 on SmolLM2), LRU under its own budget. Built in batches by the decode thread.
@@ -37,26 +38,32 @@ V = TypeVar("V")
 
 @dataclass(frozen=True, eq=False)
 class CompactAdapter:
-    """An adapter's learned tensors only: what the cache keeps for every adapter it has seen."""
+    """An adapter's learned tensors and its frozen ones: what the cache keeps for every adapter it has seen.
+
+    The frozen tensors (ULPT's projection P [r, d], LoPT-2's X0) are the ones the loader generated from
+    the seed to check the adapter's fingerprint; keeping them (r * d floats, the size of the learned
+    tensors) means a seed is expanded once per load, not again each time the prompt is materialized.
+    """
 
     spec: AdapterSpec
     hidden_size: int
     tensors: dict[str, torch.Tensor]
+    frozen: dict[str, torch.Tensor]
 
     @classmethod
     def from_adapter(cls, adapter: Adapter) -> CompactAdapter:
-        return cls(adapter.spec, adapter.hidden_size, adapter.tensors())
+        frozen = {name: t.detach().to("cpu") for name, t in adapter.frozen.items()}
+        return cls(adapter.spec, adapter.hidden_size, adapter.tensors(), frozen)
 
     @property
     def nbytes(self) -> int:
-        return ENTRY_OVERHEAD + sum(t.numel() * t.element_size() for t in self.tensors.values())
+        tensors = (*self.tensors.values(), *self.frozen.values())
+        return ENTRY_OVERHEAD + sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
     def materialize(self) -> torch.Tensor:
-        """The [n, d] prompt; ULPT's projection is regenerated from the seed (already fingerprint-checked)."""
-        method = self.spec.adapter_method
-        frozen = method.frozen_tensors(self.spec, self.hidden_size)
-        return method.materialize(self.tensors, frozen).contiguous()
+        """The [n, d] prompt, from the learned tensors and the frozen ones checked at load."""
+        return self.spec.adapter_method.materialize(self.tensors, self.frozen).contiguous()
 
 
 def hot_nbytes(prompt: HotPrompt) -> int:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from ulpt.models import BaseModel, Generation, SamplingParams
 from ulpt.models.base import RowSource
+from ulpt.models.detokenize import REPLACEMENT, stop_prefix_overlap
+from ulpt.models.output import OutputText
 from ulpt_serving.cache import AdapterCache, CompactAdapter, HotPrompt
 from ulpt_serving.config import ServeConfig
 
@@ -77,6 +79,8 @@ class BatchItem:
     """Cache key (the catalog id) of the adapter; None for the bare base model."""
     adapter: CompactAdapter | None = None
     control: RowControl = field(default_factory=RowControl, repr=False)
+    token_ids: tuple[int, ...] | None = None
+    """The text's token ids when admission already tokenized it (the text is then not encoded again)."""
 
 
 class Engine:
@@ -107,16 +111,17 @@ class Engine:
         )
         return cls(model, cache)
 
-    def count_tokens(self, text: str, limit: int) -> int | None:
-        """Tokens of `text`, or None once it certainly has more than `limit`: a long text is counted chunk
-        by chunk first, so one that is far too long is refused without ever being tokenized whole."""
+    def tokenize(self, text: str, limit: int) -> list[int] | None:
+        """Token ids of `text`, or None once it certainly has more than `limit`: a long text is counted chunk
+        by chunk first, so one that is far too long is refused without ever being tokenized whole. The ids
+        travel with the request to the decode loop, so an admitted text is tokenized once."""
         if len(text) > TOKEN_COUNT_CHUNK:
             total = 0
             for chunks, start in enumerate(range(0, len(text), TOKEN_COUNT_CHUNK), 1):
                 total += len(self.model.encode(text[start : start + TOKEN_COUNT_CHUNK]))
                 if total > limit + CHUNK_SLACK * chunks:
                     return None
-        return len(self.model.encode(text))
+        return self.model.encode(text)
 
     def steps(self, items: Sequence[BatchItem]) -> Iterator[dict[int, int | RowFailure]]:
         """Decode `items` as ONE batch; yields {row: token id} per step for the rows still running.
@@ -175,7 +180,10 @@ class Engine:
             return [k for k, it in enumerate(chosen) if it.control.abandoned.is_set()]
 
         generation = self.model.iter_generate(
-            [(source, it.text) for source, it in zip(sources, chosen)],
+            [
+                (source, it.text if it.token_ids is None else it.token_ids)
+                for source, it in zip(sources, chosen)
+            ],
             [it.params for it in chosen],
             abandoned,
         )
@@ -209,42 +217,35 @@ class Engine:
         return [s.generation() for s in streams]
 
 
-class TextStream:
+class TextStream(OutputText):
     """One row's tokens as text: deltas safe to stream now, and the same final text as `generate`.
 
     The final text drops a trailing EOS and is cut before the first stop string. While streaming, text
     that might still turn into a stop string, or that ends in an incomplete character, is held back.
+    Each token costs a decode of a few trailing tokens (`IncrementalDetokenizer`), not of the whole text.
     """
 
     def __init__(self, model: BaseModel, params: SamplingParams, *, incremental: bool = True) -> None:
         """`incremental=False` (a whole answer, not a stream) decodes text only when stop strings need it."""
-        self._tokenizer = model.tokenizer
-        self._eos = set() if params.ignore_eos else model.eos_ids
-        self.params = params
+        super().__init__(model.tokenizer, params, model.eos_ids, every_token=incremental)
         self.incremental = incremental
-        self.token_ids: list[int] = []
         self.sent = ""
         self.done = False
         self.finish_reason: str | None = None
 
     def push(self, token: int) -> str:
         """Add a token; return the text that became final (possibly empty)."""
-        self.token_ids.append(token)
-        if not self.incremental and not self.params.stop:
-            if token in self._eos:
-                self.done, self.finish_reason = True, "stop"
-            elif len(self.token_ids) >= self.params.max_new_tokens:
-                self.done, self.finish_reason = True, "length"
-            return ""
-        text, cut = self._text()
-        if token in self._eos or cut is not None:
+        self.add(token)
+        if self.stopped:
             self.done, self.finish_reason = True, "stop"
         elif len(self.token_ids) >= self.params.max_new_tokens:
             self.done, self.finish_reason = True, "length"
+        if not self.incremental and not self.params.stop:
+            return ""
         if self.done:
-            return self._advance(text)
-        safe = text.rstrip("\ufffd")
-        hold = _stop_prefix_overlap(safe, self.params.stop)
+            return self._advance(self.text)
+        safe = self.text.rstrip(REPLACEMENT)
+        hold = stop_prefix_overlap(safe, self.params.stop)
         return self._advance(safe[: len(safe) - hold])
 
     def finish(self) -> str:
@@ -252,20 +253,11 @@ class TextStream:
         if not self.done:
             self.done = True
             self.finish_reason = "length"
-        return self._advance(self._text()[0])
+        return self._advance(self.text)
 
     def generation(self) -> Generation:
         self.finish()
         return Generation(self.sent, list(self.token_ids), self.finish_reason or "length")
-
-    def _text(self) -> tuple[str, int | None]:
-        ids = self.token_ids
-        if ids and ids[-1] in self._eos:
-            ids = ids[:-1]
-        text = self._tokenizer.decode(ids, skip_special_tokens=True)
-        hits = [text.find(s) for s in self.params.stop if s and s in text]
-        cut = min(hits) if hits else None
-        return (text[:cut] if cut is not None else text), cut
 
     def _advance(self, text: str) -> str:
         # Detokenization is almost always prefix-stable; if it is not, hold back rather than resend.
@@ -274,14 +266,3 @@ class TextStream:
         delta = text[len(self.sent) :]
         self.sent = text
         return delta
-
-
-def _stop_prefix_overlap(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `text` that is the beginning of a stop string."""
-    best = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:k]):
-                best = k
-                break
-    return best

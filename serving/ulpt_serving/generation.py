@@ -53,9 +53,13 @@ class Generation:
             info.label = target.label
             texts = [chat_prompt(self.model.tokenizer, body.messages)] if chat else body.prompts
             self.admission.check_prompts(texts, body.stream)
-            counts = self.admission.count_inputs(texts, target.n_tokens, chat)
+            inputs = self.admission.tokenize_inputs(texts, target.n_tokens, chat)
+            counts = [len(ids) for ids in inputs]
             params = self.admission.sampling(body, chat, max(counts) + target.n_tokens)
-            items = [BatchItem(t, params, target.adapter_key, target.adapter) for t in texts]
+            items = [
+                BatchItem(t, params, target.adapter_key, target.adapter, token_ids=tuple(ids))
+                for t, ids in zip(texts, inputs)
+            ]
             info.prompt_tokens = sum(counts)
             if body.stream:
                 info.stream = True

@@ -1,9 +1,19 @@
-"""`BaseModel`: one frozen base model that runs rows of many different adapters in one batch."""
+"""`BaseModel`: one frozen base model that runs rows of many different adapters in one batch.
+
+Every use of the model goes through two primitives each family implements once (`models.causal`,
+`models.seq2seq`):
+
+    state = model.prefill(sources, input_ids)   # each row's prompt + input; state.logits predict token 1
+    logits = model.step(state, feed)            # [B, L] more tokens per row -> [B, L, V]
+    state.select(index)                         # keep, reorder or repeat rows
+
+Scoring, continuation log-probabilities and generation below are written once over them, which is
+what a continuous-batching server needs too: admit rows with `prefill`, advance them with `step`.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -11,38 +21,43 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    DynamicCache,
-    EncoderDecoderCache,
-)
 
 from ulpt.adapters import Adapter
-from ulpt.errors import ModelNotFoundError
-from ulpt.models.batch import RowPrompts, pack_rows, pad_ids
-from ulpt.models.precision import resolve_device, resolve_dtype
-from ulpt.models.prefix import CachedPrompt, compute_prefixes, prefix_batch, supports_prefix_cache
+from ulpt.models.batch import PackedInputs, RowPrompts, pack_rows, pad_ids
+from ulpt.models.fingerprint import state_fingerprint, weights_fingerprint
+from ulpt.models.output import Generation, OutputText, eos_token_ids
+from ulpt.models.prefix import CachedPrompt
 from ulpt.models.sampling import RowSampler, SamplingParams
 
 PromptSource = Adapter | torch.Tensor | None
 """An adapter, an already materialized [n, d] prompt, or None for the bare base model."""
 RowSource = PromptSource | CachedPrompt
 """What a row may carry: also a prompt with its cached keys and values (`cache_prompts`)."""
-Row = tuple[RowSource, str]
+RowInput = str | Sequence[int]
+"""A row's input as text, or as the token ids it was already encoded to (so it is tokenized once)."""
+Row = tuple[RowSource, RowInput]
 
 
 @dataclass
-class Generation:
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+class Decoding(ABC):
+    """A batch between steps: its key/value cache, attention mask and the logits of its last positions."""
+
+    logits: torch.Tensor  # [B, K, V] for the last K positions fed (K = 1 while generating)
+    cache: Any
+    mask: torch.Tensor  # [B, T] 1 = a real position the next tokens attend to
+
+    @abstractmethod
+    def select(self, index: torch.Tensor) -> None:
+        """Keep rows `index` [B'] (a long tensor on the model's device; repeats copy a row)."""
 
 
-class BaseModel:
+class BaseModel(ABC):
     """A frozen transformers model plus its tokenizer; decoder-only or encoder-decoder (T5-style)."""
+
+    family: str
+    is_encoder_decoder: bool
+    left_pad: bool
+    """Decoder-only rows are left-padded so every row's last token sits at the same position."""
 
     def __init__(
         self,
@@ -63,14 +78,31 @@ class BaseModel:
         self.name = name
         self.path = path
         self.pad_multiple = pad_multiple
-        self.is_encoder_decoder = bool(getattr(hf_model.config, "is_encoder_decoder", False))
-        self.family = "seq2seq" if self.is_encoder_decoder else "causal"
         self.hidden_size = int(hf_model.get_input_embeddings().weight.shape[1])
-        self.eos_ids = _eos_ids(hf_model, tokenizer)
+        self.eos_ids = eos_token_ids(hf_model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids)
 
-    # ---- basics ------------------------------------------------------------------------------
+    # ---- the two primitives ------------------------------------------------------------------
+
+    @abstractmethod
+    def prefill(
+        self, sources: Sequence[RowSource] | RowPrompts, input_ids: Sequence[Sequence[int]]
+    ) -> Decoding:
+        """Run each row's prompt and input once; `logits[:, -1]` predicts each row's first new token."""
+
+    @abstractmethod
+    def step(self, state: Decoding, feed: torch.Tensor) -> torch.Tensor:
+        """Feed [B, L] more tokens per row (right padding allowed on a last step); return [B, L, V]."""
+
+    @abstractmethod
+    def _teacher_forced(
+        self,
+        prompts: Sequence[RowSource] | RowPrompts,
+        input_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits [B, K, V], targets [B, K], mask [B, K]) of every target position in one forward pass."""
 
     @property
     def device(self) -> torch.device:
@@ -89,25 +121,23 @@ class BaseModel:
     def fingerprint(self) -> str:
         """SHA-256 over the weight files (or the in-memory weights) so adapters name the exact base."""
         files = sorted(self.path.glob("*.safetensors")) if self.path else []
-        if files:
-            return weights_fingerprint(files)
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.hf.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-        return "sha256:" + digest.hexdigest()
+        return weights_fingerprint(files) if files else state_fingerprint(self.hf.state_dict())
 
     def encode(self, text: str) -> list[int]:
         """Token ids of an input text, with the tokenizer's own special tokens."""
         return list(self.tokenizer(text).input_ids)
 
+    def _input_ids(self, row_input: RowInput) -> list[int]:
+        return self.encode(row_input) if isinstance(row_input, str) else list(row_input)
+
+    def target_separator(self, input_text: str) -> str:
+        """Text put between an input and its target when the target is tokenized on its own."""
+        return ""
+
     def encode_target(self, input_text: str, target: str, eos: bool = True) -> list[int]:
         """Token ids the model should produce after `input_text`, ending with EOS unless `eos=False`."""
-        if self.is_encoder_decoder:
-            ids = list(self.tokenizer(target, add_special_tokens=False).input_ids)
-        else:
-            sep = "" if not input_text or input_text[-1].isspace() else " "
-            ids = list(self.tokenizer(sep + target, add_special_tokens=False).input_ids)
+        text = self.target_separator(input_text) + target
+        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
         return [*ids, min(self.eos_ids)] if eos or not ids else ids
 
     def _prompt(self, source: RowSource) -> torch.Tensor | None:
@@ -124,24 +154,18 @@ class BaseModel:
         # adapter's float32 parameters (master weights), whatever dtype the frozen base runs in.
         return prompt.to(device=self.device, dtype=self.token_embeddings.dtype)
 
-    @cached_property
+    @property
     def supports_prefix_cache(self) -> bool:
         """Whether `cache_prompts` applies: decoder-only models without sliding-window layers."""
-        return supports_prefix_cache(self.hf)
+        return False
 
-    @torch.no_grad()
     def cache_prompts(self, sources: Sequence[PromptSource]) -> list[CachedPrompt]:
         """Each prompt with its per-layer keys and values, to reuse across requests (see `models.prefix`)."""
-        if not self.supports_prefix_cache:
-            raise ValueError(
-                f"{self.name}: prefix caching needs a decoder-only model without sliding windows"
-            )
-        prompts = [self._prompt(s) for s in sources]
-        if any(p is None for p in prompts):
-            raise ValueError("cache_prompts needs a prompt for every source")
-        return compute_prefixes(self.hf, [p for p in prompts if p is not None])
+        raise ValueError(f"{self.name}: prefix caching needs a decoder-only model without sliding windows")
 
-    def _pack(self, prompts: Sequence[RowSource] | RowPrompts, input_ids: Sequence[Sequence[int]]) -> Any:
+    def _pack(
+        self, prompts: Sequence[RowSource] | RowPrompts, input_ids: Sequence[Sequence[int]]
+    ) -> PackedInputs:
         if not isinstance(prompts, RowPrompts):
             prompts = RowPrompts.of([self._prompt(p) for p in prompts])
         elif prompts.embeds is not None and prompts.embeds.shape[-1] != self.hidden_size:
@@ -153,7 +177,7 @@ class BaseModel:
             prompts,
             input_ids,
             self.hf.get_input_embeddings(),
-            left_pad=not self.is_encoder_decoder,
+            left_pad=self.left_pad,
             pad_id=self.pad_id,
             device=self.device,
             pad_multiple=self.pad_multiple,
@@ -169,38 +193,13 @@ class BaseModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability of every target token, for a mixed batch; differentiable in the prompts.
 
-        Returns (logp [B, K], mask [B, K]) with K the longest target; only the K positions that predict
-        targets go through the LM head (`logits_to_keep`), which matters with a 50k vocabulary.
+        Returns (logp [B, K], mask [B, K]) with K the longest target. All targets go through one
+        teacher-forced forward pass (in decoder-only models only the K positions that predict targets
+        reach the LM head, which matters with a 50k vocabulary).
         """
         if any(len(t) == 0 for t in target_ids):
             raise ValueError("every row needs at least one target token")
-        k = max(len(t) for t in target_ids)
-        if self.is_encoder_decoder:
-            packed = self._pack(prompts, input_ids)
-            start = self.hf.config.decoder_start_token_id
-            targets = pad_ids(target_ids, self.pad_id, left=False, device=self.device)
-            decoder_in = pad_ids(
-                [[start, *t[:-1]] for t in target_ids], self.pad_id, left=False, device=self.device
-            )
-            mask = pad_ids([[1] * len(t) for t in target_ids], 0, left=False, device=self.device)
-            logits = self.hf(
-                inputs_embeds=packed.inputs_embeds,
-                attention_mask=packed.attention_mask,
-                decoder_input_ids=decoder_in,
-                decoder_attention_mask=mask,
-                use_cache=False,
-            ).logits
-        else:
-            packed = self._pack(prompts, [[*i, *t] for i, t in zip(input_ids, target_ids)])
-            targets = pad_ids(target_ids, self.pad_id, left=True, device=self.device)
-            mask = pad_ids([[1] * len(t) for t in target_ids], 0, left=True, device=self.device)
-            logits = self.hf(
-                inputs_embeds=packed.inputs_embeds,
-                attention_mask=packed.attention_mask,
-                position_ids=packed.position_ids,
-                use_cache=False,
-                logits_to_keep=k + 1,
-            ).logits[:, :k]
+        logits, targets, mask = self._teacher_forced(prompts, input_ids, target_ids)
         logp = _pick(logits, targets)  # float32 whatever the base's dtype
         return logp * mask, mask
 
@@ -213,82 +212,26 @@ class BaseModel:
     ) -> list[list[torch.Tensor]]:
         """Per-token log-probabilities of several continuations of each row, sharing the row's prefix.
 
-        The prompt + input of each row goes through the model ONCE (with a KV cache); each of its
-        continuations (a target, or every candidate label) then costs only its own few tokens.
-        This is what makes multiple-choice evaluation affordable on CPU. Equals `target_logprobs`
-        of each (row, continuation) pair to float noise.
+        The prompt + input of each row goes through the model ONCE (`prefill`); each of its
+        continuations (a target, or every candidate label) then costs only its own few tokens (one
+        `step` over copies of the rows). This is what makes multiple-choice evaluation affordable on
+        CPU. Equals `target_logprobs` of each (row, continuation) pair to float noise.
         """
         pairs = [(row, seq) for row, seqs in enumerate(continuations) for seq in seqs]
         if any(len(seq) == 0 for _, seq in pairs):
             raise ValueError("every continuation needs at least one token")
-        # Rows with a cached prefix (and some input after it) skip their prompt, as in generation.
-        prefixes = [
-            p if isinstance(p, CachedPrompt) and ids and not self.is_encoder_decoder else None
-            for p, ids in zip(prompts, input_ids)
-        ]
-        packed = self._pack([None if c is not None else p for c, p in zip(prefixes, prompts)], input_ids)
-        row_mask, position_ids = packed.attention_mask, packed.position_ids
+        state = self.prefill(prompts, input_ids)
         index = torch.tensor([row for row, _ in pairs], dtype=torch.long, device=self.device)
-        if self.is_encoder_decoder:
-            encoder_out = self.hf.get_encoder()(
-                inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask
+        firsts = index.new_tensor([[seq[0]] for _, seq in pairs])
+        token_logp = _pick(state.logits[:, -1].index_select(0, index)[:, None], firsts)  # [P, 1]
+        rest = [list(seq[:-1]) for _, seq in pairs]
+        if max(len(r) for r in rest):
+            state.select(index)
+            feed = pad_ids([r or [self.pad_id] for r in rest], self.pad_id, left=False, device=self.device)
+            wanted = pad_ids(
+                [seq[1:] or [self.pad_id] for _, seq in pairs], self.pad_id, left=False, device=self.device
             )
-            start = self.hf.config.decoder_start_token_id
-            decoder_in = pad_ids(
-                [[start, *seq[:-1]] for _, seq in pairs], self.pad_id, left=False, device=self.device
-            )
-            hidden = encoder_out.last_hidden_state.index_select(0, index)
-            logits = self.hf(
-                encoder_outputs=(hidden,),
-                attention_mask=packed.attention_mask.index_select(0, index),
-                decoder_input_ids=decoder_in,
-                decoder_attention_mask=pad_ids(
-                    [[1] * len(s) for _, s in pairs], 0, left=False, device=self.device
-                ),
-            ).logits
-            wanted = pad_ids([seq for _, seq in pairs], self.pad_id, left=False, device=self.device)
-            token_logp = _pick(logits, wanted)  # [P, L]: each pair's own tokens, float32
-        else:
-            cache: Any = DynamicCache()
-            if any(c is not None for c in prefixes):
-                cache, prefix_mask, offsets = prefix_batch(self.hf, prefixes, self.pad_multiple)
-                row_mask = torch.cat([prefix_mask, row_mask], dim=1)
-                position_ids = position_ids + offsets[:, None]
-            first = self.hf(
-                inputs_embeds=packed.inputs_embeds,
-                attention_mask=row_mask,
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
-            firsts = index.new_tensor([[seq[0]] for _, seq in pairs])
-            token_logp = _pick(first.index_select(0, index)[:, None], firsts)  # [P, 1]
-            rest = [list(seq[:-1]) for _, seq in pairs]
-            width = max(len(r) for r in rest)
-            if width:
-                cache.batch_select_indices(index)
-                feed = pad_ids(
-                    [r or [self.pad_id] for r in rest], self.pad_id, left=False, device=self.device
-                )
-                feed_mask = pad_ids([[1] * max(1, len(r)) for r in rest], 0, left=False, device=self.device)
-                mask = torch.cat([row_mask.index_select(0, index), feed_mask], dim=1)
-                start_pos = position_ids[:, -1:].index_select(0, index) + 1
-                positions = start_pos + torch.arange(feed.shape[1], device=self.device)
-                logits = self.hf(
-                    input_ids=feed,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=cache,
-                    use_cache=True,
-                ).logits
-                wanted = pad_ids(
-                    [seq[1:] or [self.pad_id] for _, seq in pairs],
-                    self.pad_id,
-                    left=False,
-                    device=self.device,
-                )
-                token_logp = torch.cat([token_logp, _pick(logits, wanted)], dim=1)  # [P, 1 + width]
+            token_logp = torch.cat([token_logp, _pick(self.step(state, feed), wanted)], dim=1)  # [P, 1 + L]
         out: list[list[torch.Tensor]] = [[] for _ in continuations]
         for i, (row, seq) in enumerate(pairs):
             out[row].append(token_logp[i, : len(seq)])
@@ -296,25 +239,13 @@ class BaseModel:
 
     @torch.no_grad()
     def score(self, rows: Sequence[Row]) -> torch.Tensor:
-        """Next-token logits [B, vocab] after each row's text, all rows in one forward pass."""
-        prompts = [p for p, _ in rows]
-        input_ids = [self.encode(text) for _, text in rows]
-        packed = self._pack(prompts, input_ids)
-        if self.is_encoder_decoder:
-            start = torch.full((len(rows), 1), self.hf.config.decoder_start_token_id, device=self.device)
-            out = self.hf(
-                inputs_embeds=packed.inputs_embeds,
-                attention_mask=packed.attention_mask,
-                decoder_input_ids=start,
-            )
-        else:
-            out = self.hf(
-                inputs_embeds=packed.inputs_embeds,
-                attention_mask=packed.attention_mask,
-                position_ids=packed.position_ids,
-                logits_to_keep=1,
-            )
-        return out.logits[:, -1].float()
+        """Next-token logits [B, vocab] after each row's input, all rows in one forward pass.
+
+        Prompts go inline even when a cached prefix comes with them, so scores equal `target_logprobs`.
+        """
+        sources = [s.prompt if isinstance(s, CachedPrompt) else s for s, _ in rows]
+        state = self.prefill(sources, [self._input_ids(row_input) for _, row_input in rows])
+        return state.logits[:, -1].float()
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -336,19 +267,15 @@ class BaseModel:
     @torch.no_grad()
     def generate_batch(self, rows: Sequence[Row], params: Sequence[SamplingParams]) -> list[Generation]:
         """Like `generate`, with per-row sampling parameters (what a server batch carries)."""
-        results: list[list[int]] = [[] for _ in rows]
-        for step in self.iter_generate(rows, params):
+        outputs = [self.output_text(p) for p in params]
+        for step in self.iter_generate(rows, params, outputs=outputs):
             for i, token in step.items():
-                results[i].append(token)
-        return [self._finish(ids, p) for ids, p in zip(results, params)]
+                outputs[i].add(token)
+        return [out.generation() for out in outputs]
 
-    def _finish(self, ids: list[int], params: SamplingParams) -> Generation:
-        ended = bool(ids) and ids[-1] in self.eos_ids
-        text = self.tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=True)
-        cut = _cut_at_stop(text, params.stop)
-        if cut is not None:
-            return Generation(text[:cut], ids, "stop")
-        return Generation(text, ids, "stop" if ended else "length")
+    def output_text(self, params: SamplingParams, *, every_token: bool = False) -> OutputText:
+        """A row's text, stop strings and finish reason as its tokens arrive (see `OutputText`)."""
+        return OutputText(self.tokenizer, params, self.eos_ids, every_token=every_token)
 
     @torch.no_grad()
     def iter_generate(
@@ -356,6 +283,7 @@ class BaseModel:
         rows: Sequence[Row],
         params: Sequence[SamplingParams],
         abandoned: Callable[[], Collection[int]] | None = None,
+        outputs: Sequence[OutputText] | None = None,
     ) -> Iterator[dict[int, int]]:
         """Yield, at every decoding step, {row index: new token id} for the rows still running.
 
@@ -364,6 +292,8 @@ class BaseModel:
         `abandoned`, asked after every step, names rows nobody reads any more (a server's disconnected
         clients): they stop there too, so a batch of abandoned rows ends at once instead of decoding to
         max_new_tokens, and one abandoned row no longer costs its batch mates' forward passes.
+        `outputs`: the caller's `OutputText`s, which it fills with each step's tokens before asking
+        for the next one; the loop then reads stop strings there instead of detokenizing twice.
         A row with no input at all (no prompt and no text) has nothing to continue from and is refused.
         """
         if len(rows) != len(params):
@@ -371,65 +301,31 @@ class BaseModel:
         if not rows:
             return
         sampler = RowSampler(list(params))
-        input_ids = [self.encode(text) for _, text in rows]
+        input_ids = [self._input_ids(row_input) for _, row_input in rows]
         empty = [i for i, ((p, _), ids) in enumerate(zip(rows, input_ids)) if p is None and not ids]
         if empty:
             raise ValueError(f"row {empty[0]} has no input tokens (no prompt and an empty text)")
-        # Rows with a cached prefix (and some text after it) skip their prompt's prefill; others go inline.
-        prefixes = [
-            p if isinstance(p, CachedPrompt) and ids and not self.is_encoder_decoder else None
-            for (p, _), ids in zip(rows, input_ids)
-        ]
-        packed = self._pack([None if c is not None else p for c, (p, _) in zip(prefixes, rows)], input_ids)
-        mask = packed.attention_mask
-        position_ids = packed.position_ids
-        batch = len(rows)
-        cache: Any = DynamicCache()
-        if any(c is not None for c in prefixes):
-            cache, prefix_mask, offsets = prefix_batch(self.hf, prefixes, self.pad_multiple)
-            mask = torch.cat([prefix_mask, mask], dim=1)
-            position_ids = position_ids + offsets[:, None]
-        if self.is_encoder_decoder:
-            encoder_out = self.hf.get_encoder()(inputs_embeds=packed.inputs_embeds, attention_mask=mask)
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            next_in = torch.full((batch, 1), self.hf.config.decoder_start_token_id, device=self.device)
-            step = lambda ids: self.hf(  # noqa: E731
-                encoder_outputs=encoder_out,
-                attention_mask=mask,
-                decoder_input_ids=ids,
-                cache=cache,
-                use_cache=True,
-            ).logits[:, -1]
-            logits = step(next_in)
-        else:
-            positions = position_ids[:, -1:]
-            logits = self.hf(
-                inputs_embeds=packed.inputs_embeds,
-                attention_mask=mask,
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
+        filled_here = outputs is None
+        texts = outputs if outputs is not None else [self.output_text(p) for p in params]
+        state = self.prefill([p for p, _ in rows], input_ids)
+        logits = state.logits[:, -1]
         running = [p.max_new_tokens > 0 for p in params]
-        texts = [""] * batch
-        generated: list[list[int]] = [[] for _ in range(batch)]
-        live = list(range(batch))  # the rows still in the tensors (their index in `rows`), in order
+        generated = [0] * len(rows)
+        live = list(range(len(rows)))  # the rows still in the tensors (their index in `rows`), in order
         while any(running):
             tokens: list[int] = sampler.choose(logits).tolist()  # [len(live)], one device sync a step
             emitted: dict[int, int] = {}
             for i, token in zip(live, tokens):
-                generated[i].append(token)
+                generated[i] += 1
                 emitted[i] = token
-                if (token in self.eos_ids and not params[i].ignore_eos) or len(generated[i]) >= params[
-                    i
-                ].max_new_tokens:
+                ends = token in self.eos_ids and not params[i].ignore_eos
+                if ends or generated[i] >= params[i].max_new_tokens:
                     running[i] = False
-                elif params[i].stop:
-                    texts[i] = self.tokenizer.decode(generated[i], skip_special_tokens=True)
-                    if _cut_at_stop(texts[i], params[i].stop) is not None:
-                        running[i] = False
-            yield emitted
+                elif params[i].stop and filled_here:
+                    texts[i].add(token)
+            yield emitted  # a caller's `outputs` take the tokens here
+            for i in emitted:
+                running[i] = running[i] and not texts[i].stopped
             for i in abandoned() if abandoned is not None else ():
                 running[i] = False
             if not any(running):
@@ -437,100 +333,13 @@ class BaseModel:
             keep = [k for k, i in enumerate(live) if running[i]]
             if len(keep) < len(live):
                 # Stopped rows leave the batch: later steps cost only the rows still decoding.
-                index = torch.tensor(keep, device=self.device)
                 live, tokens = [live[k] for k in keep], [tokens[k] for k in keep]
                 sampler = sampler.select(keep)
-                cache.batch_select_indices(index)
-                mask = mask[index]
-                if self.is_encoder_decoder:  # `step` reads these two names at each call
-                    encoder_out.last_hidden_state = encoder_out.last_hidden_state[index]
-                else:
-                    positions = positions[index]
+                state.select(torch.tensor(keep, device=self.device))
             feed = torch.tensor([[token] for token in tokens], device=self.device)
-            if self.is_encoder_decoder:
-                logits = step(feed)
-            else:
-                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-                positions = positions + 1
-                logits = self.hf(
-                    input_ids=feed,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                ).logits[:, -1]
+            logits = self.step(state, feed)[:, -1]
 
 
 def _pick(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log p(ids) [B, L] from logits [B, L, V] (a gather, in float32 whatever the model's dtype)."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
-
-
-def _eos_ids(hf_model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(hf_model, "generation_config", None), hf_model.config):
-        value = getattr(source, "eos_token_id", None) if source is not None else None
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    if not ids:
-        raise ModelNotFoundError("the base model defines no end-of-sequence token")
-    return ids
-
-
-def weights_fingerprint(files: Sequence[Path]) -> str:
-    """SHA-256 over a model's weight files, in order: what the catalog records as its revision."""
-    digest = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-def auto_model_class(config: Any) -> Any:
-    """AutoModelForSeq2SeqLM for encoder-decoder configs (T5), AutoModelForCausalLM otherwise."""
-    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-
-
-def load_base_model(
-    path_or_id: str | os.PathLike[str],
-    *,
-    dtype: str | torch.dtype = "auto",
-    device: str | torch.device = "cpu",
-    pad_multiple: int = 8,
-) -> BaseModel:
-    """Load any `from_pretrained` folder (or a named model such as 'smollm2-135m'), frozen.
-
-    Decoder-only models load as `AutoModelForCausalLM`, encoder-decoder ones (T5) as
-    `AutoModelForSeq2SeqLM` with the prompt on the encoder side. `dtype` is "auto" (bf16 on CUDA,
-    float32 on CPU), "float32", "bfloat16", "float16" or a torch dtype; `device` is "auto" (CUDA when
-    present), "cpu", "cuda[:N]" or a torch device. Adapters stay float32 whatever the base runs in
-    (see `ulpt.models.precision`).
-    """
-    from ulpt.models.registry import resolve_model_path
-
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    name = str(path_or_id)
-    path = resolve_model_path(name)
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"{name}: not a loadable model folder ({exc})") from None
-    auto = auto_model_class(config)
-    # device_map places each tensor on `device` in `dtype` as it is read from the (memory-mapped)
-    # safetensors file: no float32 host copy of the whole model first, so a GPU pod needs host
-    # memory for about one shard, not for the model twice.
-    hf_model = auto.from_pretrained(path, dtype=dtype, device_map={"": device}, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return BaseModel(hf_model, tokenizer, name=name, path=Path(path), pad_multiple=pad_multiple)

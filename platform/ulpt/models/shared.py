@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from ulpt.models.base import BaseModel, auto_model_class, weights_fingerprint
+from ulpt.models.base import BaseModel
+from ulpt.models.fingerprint import weights_fingerprint
+from ulpt.models.loading import auto_model_class, wrap_base_model
 from ulpt.models.precision import resolve_device, resolve_dtype
 from ulpt.models.registry import resolve_model_path
 
@@ -172,7 +174,7 @@ def load_shared_base_model(
     if unset:
         raise ValueError(f"{shared.name}: the shared weights lack {', '.join(unset[:5])}")
     hf_model.to(device)  # the skeleton's buffers (e.g. rotary frequencies); weights are already there
-    model = BaseModel(
+    model = wrap_base_model(
         hf_model, tokenizer, name=shared.name, pad_multiple=pad_multiple, fingerprint=shared.fingerprint
     )
     model.shared_weights = on_host
