@@ -26,7 +26,7 @@ from ulpt.adapters.limits import read_header
 from ulpt.catalog import adapters as queries
 from ulpt.catalog.db import Catalog
 from ulpt.catalog.find import AdapterQuery, find_adapters
-from ulpt.catalog.jobs import as_uuid, get_job
+from ulpt.catalog.jobs import as_uuid, fingerprints_of_open_jobs, get_job
 from ulpt.catalog.models import AdapterRow, new_id, utcnow
 from ulpt.catalog.names import (
     MAX_VERSION,
@@ -49,7 +49,7 @@ from ulpt.errors import (
     SpecError,
     UlptError,
 )
-from ulpt.store import BlobInfo, BlobStore
+from ulpt.store import BlobInfo, BlobStore, digest_key
 
 _RETRIES = 5
 
@@ -465,6 +465,10 @@ class Registry:
     def collect_garbage(self, grace: timedelta, *, dry_run: bool = False) -> GcReport:
         """Delete blobs older than `grace` that no live adapter names: orphans and tombstoned adapters' blobs.
 
+        A job's data blobs (each fit's rows, keyed by its dataset fingerprint) are kept while any job
+        that is not done names them, since a failed or cancelled job can be resumed; once only done
+        jobs name them they are orphans like any other.
+
         A registration that reuses an existing blob refreshes its modification time first, so a blob
         becoming referenced again is younger than the grace period and is left alone. The grace period
         must exceed the longest registration (blob written, row not yet committed): 0 is only safe
@@ -489,6 +493,7 @@ class Registry:
     def _collect(self, entries: list[Any], report: GcReport) -> None:
         with self.catalog.read() as session:
             live, dead = queries.blob_references(session, [e.key for e in entries])
+            live |= {digest_key(fp) for fp in fingerprints_of_open_jobs(session)}
         doomed = [e for e in entries if e.key not in live]
         for entry in doomed:
             (report.deleted_adapter_blobs if entry.key in dead else report.orphan_blobs).append(entry.key)
