@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
+import ulpt
 from tests.ray_fixtures import ray_env
-from tests.test_jobs_spec import job_dict, write_reviews
+from tests.test_jobs_spec import job_dict, review_rows, write_jsonl, write_reviews
 from ulpt.catalog.jobs import set_job_status
 from ulpt.jobs_api import JobsAPI
 from ulpt.jobspec import JobSpec
 from ulpt.sdk import Client
-from ulpt_jobs.driver import create_job
+from ulpt_jobs.driver import create_job, restore_fit_data
 from ulpt_jobs.fit_data import data_key, dataset_fingerprint
+from ulpt_jobs.worker import FitRunner
 
 
 @pytest.fixture()
@@ -66,6 +68,28 @@ def test_gc_keeps_a_jobs_data_until_the_job_is_done(
         set_job_status(session, job_id, "done")
     report = client.gc(grace=timedelta(0))
     assert sorted(report.orphan_blobs) == sorted(keys) and stored_keys(client) == set()
+
+
+def test_a_resumed_job_without_data_blobs_gets_them_back_while_its_rows_still_match(
+    client: Client, tiny_models: dict[str, ulpt.BaseModel], tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A job recorded before fits had data blobs: the resuming driver re-reads its sources once."""
+    rows = review_rows("a", 6, 0) + review_rows("b", 6, 0)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    spec = JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], data))
+    target = JobsAPI(client).target()
+    job_id, plan = create_job(target, spec, "acme")
+    client.registry.store.delete_many(stored_keys(client))
+    write_jsonl(data, rows[:6] + review_rows("b", 6, 1))  # b's rows changed since the submission
+    stored = JobSpec.from_dict(JobsAPI(client).get(job_id).status().spec)
+    assert restore_fit_data(target, job_id, stored) == 1
+    assert stored_keys(client) == {data_key(plan.by_key()["a"].fingerprint or "")}
+    FitRunner(tiny_models["llama"], client.registry, job_id, "acme", stored, "test:1:rank0").run()
+    fits = {f.key: f for f in JobsAPI(client).get(job_id).fits()}
+    assert fits["a"].status == "done" and fits["b"].status == "failed"
+    assert fits["b"].error is not None and fits["b"].error.startswith("fit b: its rows (sha256:")
+    assert fits["b"].error.endswith(f"are missing from the store {client.registry.store.url}")
+    assert restore_fit_data(target, job_id, stored) == 0  # nothing pending lacks its blob any more
 
 
 READ_COUNTER = """
