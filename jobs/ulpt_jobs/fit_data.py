@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ulpt.errors import BlobNotFoundError, DataError
@@ -19,6 +20,8 @@ from ulpt.store import BlobStore, digest_key
 
 Row = dict[str, Any]
 FINGERPRINT_PREFIX = "sha256:"
+EXISTS_CHECKS_IN_FLIGHT = 16
+"""Parallel existence checks when a job starts: one round trip each on S3, thousands of fits per job."""
 
 
 def encode_rows(train_rows: Sequence[Row], eval_rows: Sequence[Row]) -> bytes:
@@ -65,4 +68,7 @@ def read_fit_data(store: BlobStore, key: str, fingerprint: str) -> tuple[list[Ro
 
 def missing_fit_data(store: BlobStore, fingerprints: Iterable[str]) -> set[str]:
     """The fingerprints whose rows are not in the store (a job submitted before fits had data blobs)."""
-    return {fp for fp in set(fingerprints) if not store.exists(data_key(fp))}
+    wanted = sorted(set(fingerprints))
+    with ThreadPoolExecutor(EXISTS_CHECKS_IN_FLIGHT) as pool:
+        found = pool.map(lambda fp: store.exists(data_key(fp)), wanted)
+        return {fp for fp, exists in zip(wanted, found) if not exists}
