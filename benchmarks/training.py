@@ -104,11 +104,10 @@ def ray_job(client: Any, spec: Any) -> dict[str, Any]:
 
 
 def in_process(client: Any, spec: Any) -> dict[str, Any]:
-    """The Ray worker's code path (plan, load the base once, claim, train packed, register) without Ray."""
+    """The Ray worker's code path (load the base, claim, fetch rows, train packed, register) without Ray."""
     from ulpt.jobs_api import JobsAPI
     from ulpt.jobspec import JobSpec
     from ulpt.models import load_base_model
-    from ulpt_jobs.plan import make_plan
     from ulpt_jobs.worker import FitRunner
 
     jobs = JobsAPI(client)
@@ -119,10 +118,9 @@ def in_process(client: Any, spec: Any) -> dict[str, Any]:
         started = time.monotonic()
         stored = JobSpec.from_dict(handle.status().spec)
         model = load_base_model(stored.base_model)
-        plan = make_plan(stored, jobs.target().home).by_key()
         setup = time.monotonic() - started
         cpu = time.process_time()
-        FitRunner(model, client.registry, handle.id, client.tenant, stored, plan, "inprocess:0:rank0").run()
+        FitRunner(model, client.registry, handle.id, client.tenant, stored, "inprocess:0:rank0").run()
         cpu = time.process_time() - cpu
         total = time.monotonic() - started
     finally:

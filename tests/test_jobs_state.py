@@ -16,7 +16,6 @@ from ulpt.registry import Registration
 from ulpt.sdk import Client
 from ulpt_jobs import state
 from ulpt_jobs.driver import _now, create_job
-from ulpt_jobs.plan import make_plan
 from ulpt_jobs.worker import FitRunner
 
 
@@ -27,11 +26,9 @@ def client(tmp_path: Path) -> Client:
 
 
 def run_in_process(client: Client, job_id: str, model: ulpt.BaseModel) -> None:
-    """What one Ray worker does, minus Ray: plan, then keep a pack of fits stepping until none is left."""
-    target = JobsAPI(client).target()
+    """What one Ray worker does, minus Ray: keep a pack of fits stepping until none is left."""
     spec = JobSpec.from_dict(JobsAPI(client).get(job_id).status().spec)
-    plan = make_plan(spec, target.home).by_key()
-    FitRunner(model, client.registry, job_id, "acme", spec, plan, "test:1:rank0").run()
+    FitRunner(model, client.registry, job_id, "acme", spec, "test:1:rank0").run()
 
 
 def test_worker_loop_refills_its_pack_and_registers_every_fit(
@@ -50,22 +47,25 @@ def test_worker_loop_refills_its_pack_and_registers_every_fit(
     assert all(len(f.metrics["train_curve"]) == 8 for f in fits)
 
 
-def test_a_fit_whose_rows_changed_after_submission_fails_alone(
+def test_a_job_trains_the_rows_it_was_submitted_with_after_its_files_change_or_vanish(
     client: Client, tiny_models: dict[str, ulpt.BaseModel], tiny_model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     rows = review_rows("a", 6, 0) + review_rows("b", 6, 0)
     data = write_jsonl(tmp_path / "d.jsonl", rows)
-    job_id, _ = create_job(
+    job_id, plan = create_job(
         JobsAPI(client).target(), JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], data)), "acme"
     )
-    write_jsonl(data, rows[:6] + review_rows("b", 6, 1))  # b's rows are edited before the workers read them
+    write_jsonl(data, rows[:6] + review_rows("b", 6, 1))  # b's rows are edited after submission,
+    with client.catalog.session() as session:  # a worker claims both fits and dies,
+        claim_fits(session, job_id, 2, "dead:1:rank0")
+        state.reconcile(session, job_id)
+    data.unlink()  # and the file is gone before the restarted worker runs
     run_in_process(client, job_id, tiny_models["llama"])
     fits = {f.key: f for f in JobsAPI(client).get(job_id).fits()}
-    assert fits["a"].status == "done"
-    assert (
-        fits["b"].status == "failed"
-        and fits["b"].error == "fit b: its rows changed since the job was submitted"
-    )
+    assert [(fits[k].status, fits[k].attempts) for k in "ab"] == [("done", 2), ("done", 2)]
+    submitted = {f.key: f.fingerprint for f in plan.fits}
+    for record in client.adapters.iter(job_id=job_id):  # trained on the submitted rows, not the edited ones
+        assert record.dataset_fingerprint == submitted[record.name.removeprefix("user-")]
 
 
 def test_reconcile_recovers_registered_fits_and_requeues_the_rest(

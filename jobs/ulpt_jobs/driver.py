@@ -1,14 +1,16 @@
 """The job driver: validate and record a job, then run it as one Ray Train `TorchTrainer`.
 
 `create_job` plans the whole job (data, model, names) before anything is written, so a bad spec
-fails with one message and leaves nothing behind. `run_job` works the same for a new job, a
-resumed one (`ulpt train --resume`) and a detached driver: it reconciles the catalog, starts the
-workers, keeps a heartbeat in the job row (so a second driver refuses to run the same job), and
-records the outcome.
+fails with one message and leaves nothing behind; it is the only reader of the job's data, and stores
+each fit's rows as a content-addressed blob (`fit_data`) before recording the fits that name them.
+`run_job` works the same for a new job, a resumed one (`ulpt train --resume`) and a detached driver:
+it reconciles the catalog, starts the workers, keeps a heartbeat in the job row (so a second driver
+refuses to run the same job), and records the outcome.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -21,15 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from ulpt.catalog.db import Catalog
-from ulpt.catalog.jobs import add_fits, fit_counts, get_job, set_job_status
+from ulpt.catalog.jobs import add_fits, fit_counts, get_job, list_fits, set_job_status
 from ulpt.catalog.jobs import create_job as create_job_row
 from ulpt.config import ensure_ray
 from ulpt.errors import ConflictError, UlptError, first_line
 from ulpt.jobspec import JobSpec
 from ulpt.models.shared import put_base_model
+from ulpt.store import BlobStore, open_store
 from ulpt_jobs import state
+from ulpt_jobs.fit_data import missing_fit_data, write_fit_data
 from ulpt_jobs.plan import Plan, make_plan
 from ulpt_jobs.worker import WorkerConfig, train_loop
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 30.0
@@ -47,11 +53,16 @@ class JobTarget:
     store_options: Mapping[str, Any] = field(default_factory=dict)
     ray_address: str | None = None
 
+    def store(self) -> BlobStore:
+        return open_store(self.store_url, **self.store_options)
+
 
 def create_job(target: JobTarget, spec: JobSpec, tenant: str) -> tuple[str, Plan]:
     """Validate `spec` against its data and model, then record the job and its fits (pending) in `tenant`."""
     spec = spec.owned_by(tenant).with_absolute_paths()  # refused before anything is read or recorded
     plan = make_plan(spec, target.home)
+    # blobs before rows: a crash in between leaves unreferenced blobs for `ulpt gc`, never a fit without rows
+    write_fit_data(target.store(), [(f.train_rows, f.eval_rows) for f in plan.fits if f.error is None])
     with target.catalog.session() as session:
         job = create_job_row(session, spec.tenant or tenant, spec.to_dict(), name=spec.job_name)
         add_fits(session, job.id, [(fit.key, fit.record()) for fit in plan.fits])
@@ -78,6 +89,7 @@ def run_job(target: JobTarget, job_id: str, *, force: bool = False) -> state.Job
     beat.start()
     try:
         if recovered["open"]:  # otherwise every fit already ended: no workers needed
+            restore_fit_data(target, job_id, spec)
             timings["ray_start_s"] = round(ensure_ray(target.ray_address), 3)
             shared_at = time.monotonic()
             weights = share_weights(spec)
@@ -97,6 +109,28 @@ def run_job(target: JobTarget, job_id: str, *, force: bool = False) -> state.Job
         _finish(target.catalog, job_id, error, timings)
     with target.catalog.read() as session:
         return state.job_status(session, job_id)
+
+
+def restore_fit_data(target: JobTarget, job_id: str, spec: JobSpec) -> int:
+    """Write the data blobs that pending fits lack (a job recorded before fits had them); returns how many.
+
+    Normally none is missing and the data is not read. Otherwise the job is planned again from its
+    source files, and only rows whose fingerprint still matches the fit's row are stored: a fit whose
+    rows changed keeps lacking its blob and fails alone in the worker.
+    """
+    store = target.store()
+    with target.catalog.read() as session:
+        pending = list_fits(session, job_id, status="pending")
+        wanted = [(fit.spec or {}).get("dataset_fingerprint") for fit in pending]
+    missing = missing_fit_data(store, [fp for fp in wanted if fp])
+    if not missing:
+        return 0
+    try:
+        plan = make_plan(spec, target.home)
+    except UlptError as exc:  # the sources are gone too: those fits fail alone, naming the missing blob
+        log.warning("job %s: cannot re-read the data of %d fit(s): %s", job_id, len(missing), exc)
+        return 0
+    return write_fit_data(store, [(f.train_rows, f.eval_rows) for f in plan.fits if f.fingerprint in missing])
 
 
 def check_runnable(status: str, timings: dict[str, Any], job_id: str, force: bool) -> None:
@@ -162,7 +196,6 @@ def _trainer(target: JobTarget, job_id: str, spec: JobSpec, attempt: int, weight
         job_id=job_id,
         catalog_url=target.catalog_url,
         store_url=target.store_url,
-        home=str(target.home),
         store_options=dict(target.store_options),
         threads=spec.cpus_per_worker,
         shared_weights=weights,

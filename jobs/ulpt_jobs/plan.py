@@ -1,15 +1,12 @@
 """From a JobSpec to a list of fits with their rows: the checks that need the data and the model.
 
-The driver plans once to validate the whole spec and create the fit rows; every worker plans again
-from the same absolute paths to get the rows of the fits it claims, and checks each fit's dataset
-fingerprint against the one recorded at submission, so data that changed underneath fails that fit
-instead of silently training on other rows.
+Only the driver plans: once, at submission, to validate the whole spec, create the fit rows and write
+each fit's rows to the store as a blob keyed by its dataset fingerprint (`fit_data`). Workers never
+read the dataset; they fetch the blobs of the fits they claim.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ from ulpt.data import split_rows
 from ulpt.errors import DataError, SpecError, UlptError
 from ulpt.jobspec import FitSpec, JobSpec, render
 from ulpt.training import TrainConfig
+from ulpt_jobs.fit_data import dataset_fingerprint
 from ulpt_jobs.sources import expand_paths, file_key, read_per_file, read_table
 
 Row = dict[str, Any]
@@ -267,14 +265,6 @@ def _plan_fit(spec: JobSpec, index: int, key: str, group: _Group, fit: FitSpec |
         )
     fingerprint = dataset_fingerprint(train_rows, eval_rows) if error is None else None
     return PlannedFit(key, index, name, adapter, train, tags, train_rows, eval_rows, fingerprint, error)
-
-
-def dataset_fingerprint(train_rows: Sequence[Row], eval_rows: Sequence[Row]) -> str:
-    """SHA-256 of a fit's exact rows and split, the provenance recorded with its adapter."""
-    payload = json.dumps(
-        {"train": list(train_rows), "eval": list(eval_rows)}, sort_keys=True, ensure_ascii=False
-    )
-    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _check_names(spec: JobSpec, fits: Sequence[PlannedFit]) -> None:

@@ -4,6 +4,8 @@ registered the moment it ends.
 Work is not sharded up front: each worker claims pending fits from the catalog (an atomic update),
 so a fast worker takes more and a restarted group picks up exactly the fits nobody finished.
 Progress goes to the catalog, not through `ray.train.report`, which is a barrier across workers.
+A worker never reads the job's dataset: it fetches the rows of each fit it claims from the store, where
+the driver wrote them at submission under the fit's dataset fingerprint.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ from ulpt.store import open_store
 from ulpt.training import FitRequest, FitState, PackedTrainer, TrainConfig
 from ulpt.training.api import fit_metrics, prepare_fit
 from ulpt_jobs import state
-from ulpt_jobs.plan import PlannedFit, make_plan
+from ulpt_jobs.fit_data import read_fit_data
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ class WorkerConfig:
     job_id: str
     catalog_url: str
     store_url: str
-    home: str
     store_options: Mapping[str, Any]
     threads: int = 1
     shared_weights: Any = None
@@ -81,9 +81,8 @@ def train_loop(config: dict[str, Any]) -> None:
             state.reconcile(session, cfg.job_id)
         _record_base_model(registry, cfg.job_id, model)
     _barrier()
-    plan = make_plan(spec, Path(cfg.home)).by_key()
     worker = f"{socket.gethostname()}:{os.getpid()}:rank{rank}"
-    FitRunner(model, registry, job.id, job.tenant, spec, plan, worker, device).run()
+    FitRunner(model, registry, job.id, job.tenant, spec, worker, device).run()
     catalog.close()
 
 
@@ -125,7 +124,6 @@ class FitRunner:
         job_id: str,
         tenant: str,
         spec: JobSpec,
-        plan: Mapping[str, PlannedFit],
         worker: str,
         device: torch.device | None = None,
     ) -> None:
@@ -135,7 +133,6 @@ class FitRunner:
         self.job_id = job_id
         self.tenant = tenant
         self.spec = spec
-        self.plan = plan
         self.worker = worker
         self.device = device
         self.trainer = PackedTrainer(model, max_rows_per_forward=spec.max_rows_per_forward)
@@ -202,18 +199,15 @@ class FitRunner:
 
     def _fit_state(self, row: FitRow) -> FitState:
         record = row.spec or {}
-        planned = self.plan.get(row.key)
-        if planned is None:
-            raise UlptError(f"fit {row.key}: its rows are no longer in the dataset")
-        if planned.error is not None:
-            raise UlptError(planned.error)
-        if planned.fingerprint != record.get("dataset_fingerprint"):
-            raise UlptError(f"fit {row.key}: its rows changed since the job was submitted")
+        fingerprint = record.get("dataset_fingerprint")
+        if not fingerprint:
+            raise UlptError(f"fit {row.key}: no rows were recorded for it at submission")
+        train_rows, eval_rows = read_fit_data(self.registry.store, row.key, fingerprint)
         request = FitRequest(
             row.key,
             AdapterSpec.from_dict(record["adapter"]),
-            planned.train_rows,
-            planned.eval_rows,
+            train_rows,
+            eval_rows,
             TrainConfig.from_dict(record["train"]),
         )
         fit = prepare_fit(self.model, request)

@@ -188,6 +188,15 @@ def fits_by_key(session: Session, job_id: uuid.UUID | str, keys: Sequence[str]) 
     return {row.key: row for row in rows}
 
 
+def fingerprints_of_open_jobs(session: Session) -> set[str]:
+    """Dataset fingerprints of the fits of every job that is not done: a pending, running, failed or
+    cancelled job can still (re)start, and its workers fetch those rows from the store."""
+    specs = session.scalars(
+        select(FitRow.spec).join(JobRow, JobRow.id == FitRow.job_id).where(JobRow.status != "done")
+    )
+    return {fp for spec in specs if isinstance(fp := (spec or {}).get("dataset_fingerprint"), str)}
+
+
 def _get_fit(session: Session, fit_id: uuid.UUID | str) -> FitRow:
     fit = session.get(FitRow, as_uuid(fit_id, "fit id"))
     if fit is None:

@@ -32,8 +32,9 @@ def gc(
 ) -> None:
     """Delete orphan blobs and deleted adapters' blobs older than the grace period.
 
-    The grace period protects registrations in flight (blob written, row not yet committed);
-    use --grace 0 only when nothing is registering.
+    A job's data blobs are kept until the job is done. The grace period protects registrations and
+    submissions in flight (blob written, row not yet committed); use --grace 0 only when nothing is
+    registering or submitting.
     """
     with make_client(home, catalog_url, store_url) as client:
         report = client.gc(parse_duration(grace), dry_run=dry_run)

@@ -1,4 +1,5 @@
-"""Garbage collection: blobs no live adapter names (orphans of interrupted registrations, deleted adapters).
+"""Garbage collection: blobs no live adapter names (orphans of interrupted registrations, deleted adapters)
+and data blobs no unfinished job needs.
 
 Registration writes the blob before the catalog row, so a crash in between leaves an orphan blob,
 never a row without its blob; collection removes such blobs once they are older than a grace period.
@@ -12,9 +13,10 @@ from typing import Any
 
 from ulpt.catalog import adapters as queries
 from ulpt.catalog.db import Catalog
+from ulpt.catalog.jobs import fingerprints_of_open_jobs
 from ulpt.catalog.models import utcnow
 from ulpt.errors import SpecError
-from ulpt.store import BlobStore
+from ulpt.store import BlobStore, digest_key
 
 _BATCH = 500
 """Blobs checked against the catalog per query."""
@@ -48,6 +50,10 @@ def collect_garbage(
 ) -> GcReport:
     """Delete blobs older than `grace` that no live adapter names: orphans and tombstoned adapters' blobs.
 
+    A job's data blobs (each fit's rows, keyed by its dataset fingerprint) are kept while any job that
+    is not done names them, since a failed or cancelled job can be resumed; once only done jobs name
+    them they are orphans like any other.
+
     A registration that reuses an existing blob refreshes its modification time first, so a blob
     becoming referenced again is younger than the grace period and is left alone. The grace period
     must exceed the longest registration (blob written, row not yet committed): 0 is only safe
@@ -57,23 +63,27 @@ def collect_garbage(
         raise SpecError(f"grace period must not be negative, got {grace}")
     cutoff = utcnow() - grace
     report = GcReport(dry_run=dry_run)
+    with catalog.read() as session:  # read once: a job submitted later writes blobs younger than cutoff
+        needed = {digest_key(fp) for fp in fingerprints_of_open_jobs(session)}
     batch: list[Any] = []
     for entry in store.list_blobs(older_than=cutoff):
         batch.append(entry)
         if len(batch) >= _BATCH:
-            _collect(catalog, store, batch, report)
+            _collect(catalog, store, batch, needed, report)
             batch = []
     if batch:
-        _collect(catalog, store, batch, report)
+        _collect(catalog, store, batch, needed, report)
     if not dry_run:
         report.partial_uploads = store.cleanup_partial(cutoff)
     return report
 
 
-def _collect(catalog: Catalog, store: BlobStore, entries: list[Any], report: GcReport) -> None:
+def _collect(
+    catalog: Catalog, store: BlobStore, entries: list[Any], needed: set[str], report: GcReport
+) -> None:
     with catalog.read() as session:
         live, dead = queries.blob_references(session, [e.key for e in entries])
-    doomed = [e for e in entries if e.key not in live]
+    doomed = [e for e in entries if e.key not in live and e.key not in needed]
     for entry in doomed:
         (report.deleted_adapter_blobs if entry.key in dead else report.orphan_blobs).append(entry.key)
         report.bytes_freed += entry.size

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ulpt.errors import StoreError
-from ulpt.store.base import BlobEntry, BlobInfo, BlobStore, blob_key, sha256_hex, sha256_of_key
+from ulpt.store.base import BlobEntry, BlobInfo, BlobStore, blob_key, digest_key, sha256_hex, sha256_of_key
 from ulpt.store.local import LocalStore
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "BlobStore",
     "LocalStore",
     "blob_key",
+    "digest_key",
     "open_store",
     "sha256_hex",
     "sha256_of_key",

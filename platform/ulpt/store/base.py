@@ -31,6 +31,11 @@ def blob_key(sha256: str) -> str:
     return f"{BLOB_PREFIX}{sha256[:2]}/{sha256[2:]}"
 
 
+def digest_key(digest: str) -> str:
+    """The key of the blob whose bytes hash to `digest` ("sha256:HEX", how fingerprints are written)."""
+    return blob_key(digest.removeprefix("sha256:"))
+
+
 def sha256_of_key(key: str) -> str:
     match = _KEY.match(key)
     if match is None:
