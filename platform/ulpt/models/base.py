@@ -39,16 +39,20 @@ Row = tuple[RowSource, RowInput]
 
 
 @dataclass
-class Decoding(ABC):
+class Decoding:
     """A batch between steps: its key/value cache, attention mask and the logits of its last positions."""
 
     logits: torch.Tensor  # [B, K, V] for the last K positions fed (K = 1 while generating)
     cache: Any
     mask: torch.Tensor  # [B, T] 1 = a real position the next tokens attend to
 
-    @abstractmethod
     def select(self, index: torch.Tensor) -> None:
-        """Keep rows `index` [B'] (a long tensor on the model's device; repeats copy a row)."""
+        """Keep rows `index` [B'] (a long tensor on the model's device; repeats copy a row).
+
+        Subclasses select their own per-row tensors after this."""
+        if self.cache is not None:
+            self.cache.batch_select_indices(index)
+        self.mask = self.mask.index_select(0, index)
 
 
 class BaseModel(ABC):

@@ -25,9 +25,7 @@ class CausalDecoding(Decoding):
     positions: torch.Tensor  # [B, 1] position of each row's last token
 
     def select(self, index: torch.Tensor) -> None:
-        if self.cache is not None:
-            self.cache.batch_select_indices(index)
-        self.mask = self.mask.index_select(0, index)
+        super().select(index)
         self.positions = self.positions.index_select(0, index)
 
 

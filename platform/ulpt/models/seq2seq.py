@@ -21,9 +21,7 @@ class Seq2SeqDecoding(Decoding):
     encoder_states: torch.Tensor  # [B, T, d] the encoder's last hidden states; `mask` is the encoder's
 
     def select(self, index: torch.Tensor) -> None:
-        if self.cache is not None:
-            self.cache.batch_select_indices(index)
-        self.mask = self.mask.index_select(0, index)
+        super().select(index)
         self.encoder_states = self.encoder_states.index_select(0, index)
 
 
