@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import ulpt
+from tests.test_jobs_spec import job_dict, write_reviews
+from tests.test_jobs_state import run_in_process
 from tests.test_training import sentiment_rows
+from ulpt.jobs_api import JobsAPI
+from ulpt.jobspec import JobSpec
+from ulpt.sdk import Client
 from ulpt.training import FitRequest, TrainConfig, train_adapters
 from ulpt.training.defaults import default_lr
 from ulpt.training.evaluate import EvalItem, evaluate
 from ulpt.training.examples import label_set, tokenize
 from ulpt.training.verdict import accuracy_margin, learned, verdict_metrics
+from ulpt_jobs.driver import create_job
 
 RATES = [0.002, 0.05, 0.3]
+
+
+@pytest.fixture()
+def client(tmp_path: Path) -> Client:
+    with Client(home=tmp_path / "home", tenant="acme") as client:
+        yield client
 
 
 @pytest.mark.parametrize(
@@ -130,3 +144,24 @@ def test_verdict_metrics_are_numbers_the_catalog_can_filter() -> None:
     out = verdict_metrics(trained, zero, 40)
     assert out == {"zero_shot_accuracy": 0.5, "zero_shot_loss": 1.0, "learned": 1.0}
     assert verdict_metrics(None, None, 0) == {}
+
+
+def test_a_job_sweep_registers_one_adapter_per_fit_with_its_sweep_and_verdict(
+    client: Client, tiny_models: dict[str, ulpt.BaseModel], tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = write_reviews(tmp_path / "reviews.jsonl", users=3)
+    spec = JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], data, train={"lr": RATES}, fits_per_worker=4))
+    job_id, _ = create_job(JobsAPI(client).target(), spec, "acme")
+    run_in_process(client, job_id, tiny_models["llama"])
+    fits = JobsAPI(client).get(job_id).fits()
+    assert [(f.status, f.adapter) for f in fits] == [("done", f"user-{u}:1") for u in range(3)]
+    adapters = list(client.adapters.find(job_id=job_id, limit=10))
+    assert len(adapters) == 3  # the winners only
+    for record in adapters:
+        config = record.training_config or {}
+        sweep = config["sweep"]
+        assert [c["lr"] for c in sweep] == RATES
+        assert config["lr"] == max(sweep, key=lambda c: c["eval_accuracy"])["lr"]
+        assert record.metrics["lr"] == config["lr"] and record.metrics["learned"] in (0.0, 1.0)
+    learned = list(client.adapters.find(job_id=job_id, metrics=["learned>=1"]))
+    assert {a.id for a in learned} == {a.id for a in adapters if a.metrics["learned"] == 1.0}

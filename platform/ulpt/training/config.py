@@ -3,13 +3,25 @@ learning rate, which defaults per method to the rate measured on SmolLM2: `ulpt.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from ulpt.validation import SpecModel
 
 LearningRate = Annotated[float, Field(gt=0, le=10)]
+
+
+def _rate_or_rates(value: Any) -> str:
+    return "rate-list" if isinstance(value, (list, tuple)) else "one-rate"
+
+
+LearningRates = Annotated[
+    Annotated[LearningRate, Tag("one-rate")]
+    | Annotated[list[LearningRate], Field(min_length=1, max_length=16), Tag("rate-list")],
+    Discriminator(_rate_or_rates),
+]
+"""One peak rate, or a sweep's rates (each validated as a rate; the error names the one at fault)."""
 
 
 class TrainConfig(SpecModel):
@@ -17,7 +29,7 @@ class TrainConfig(SpecModel):
 
     steps: int = Field(default=200, ge=1)
     """Optimizer steps."""
-    lr: LearningRate | Annotated[list[LearningRate], Field(min_length=1, max_length=16)] | None = None
+    lr: LearningRates | None = None
     """Peak AdamW learning rate; None: the method's measured default (see `preset`); a list: a sweep,
     one candidate per value trained packed, the best on validation registered."""
     preset: Literal["measured", "paper"] = "measured"

@@ -56,6 +56,7 @@ def pick(candidates: Sequence[FitState]) -> FitState:
     """
     done = [f for f in candidates if f.status == "done"]
     if not done:
+        candidates[0].key = candidates[0].group
         return candidates[0]
 
     def rank(fit: FitState) -> float:
