@@ -147,7 +147,11 @@ def test_verdict_metrics_are_numbers_the_catalog_can_filter() -> None:
 
 
 def test_a_job_sweep_registers_one_adapter_per_fit_with_its_sweep_and_verdict(
-    client: Client, tiny_models: dict[str, ulpt.BaseModel], tiny_model_dirs: dict[str, Path], tmp_path: Path
+    client: Client,
+    tiny_models: dict[str, ulpt.BaseModel],
+    tiny_model_dirs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = write_reviews(tmp_path / "reviews.jsonl", users=3)
     spec = JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], data, train={"lr": RATES}, fits_per_worker=4))
@@ -165,3 +169,19 @@ def test_a_job_sweep_registers_one_adapter_per_fit_with_its_sweep_and_verdict(
         assert record.metrics["lr"] == config["lr"] and record.metrics["learned"] in (0.0, 1.0)
     learned = list(client.adapters.find(job_id=job_id, metrics=["learned>=1"]))
     assert {a.id for a in learned} == {a.id for a in adapters if a.metrics["learned"] == 1.0}
+    from ulpt.cli.jobs import print_job
+
+    print_job(JobsAPI(client).get(job_id).status(), fits)
+    assert f"{len(learned)} of 3 evaluated fit(s) learned" in capsys.readouterr().out
+
+
+def test_repeated_lr_flags_make_a_sweep_and_one_is_a_rate(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from ulpt.cli.train import build_spec
+
+    data = write_reviews(tmp_path / "reviews.jsonl", users=2)
+    flags = {"base_model": str(tiny_model_dirs["llama"]), "input_column": "text", "target_column": "label"}
+    assert build_spec(None, {**flags, "lr": [0.1, 0.3]}, [str(data)], None).train.lr == [0.1, 0.3]
+    assert build_spec(None, {**flags, "lr": [0.2]}, [str(data)], None).train.lr == 0.2
+    assert build_spec(None, {**flags, "preset": "paper"}, [str(data)], None).train.preset == "paper"
