@@ -202,7 +202,7 @@ class PackedTrainer:
         return {fit.key: loss for fit, loss in zip(active, losses)}
 
     def evaluate(self, fits: Sequence[FitState]) -> dict[str, dict[str, float]]:
-        """Held-out metrics of every fit, batched across fits.
+        """{fit key: held-out metrics} of every fit, batched across fits.
 
         A fit evaluated for the first time also gets its zero-shot metrics (the base model alone on
         the same rows) in the same batches, once per group: a sweep's candidates share their rows.
@@ -215,7 +215,7 @@ class PackedTrainer:
         for fit in fits:
             if fit.zero_shot is None:
                 fit.zero_shot = results[ZERO_SHOT + fit.group]
-        return results
+        return {f.key: results[f.key] for f in fits}
 
     def run(
         self,
