@@ -639,6 +639,9 @@ Zero-shot against a {s.screen_steps}-step PT run (lr {s.screen_lr}) on {s.val_ro
 
 {sweep}
 
+The chosen rates of the methods' main configurations are the library's default learning rates
+(`ulpt/training/defaults.py`; table in the README's Python API section).
+
 ### Packing
 
 {packing_text(run, configs, s)}

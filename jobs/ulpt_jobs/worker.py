@@ -34,7 +34,7 @@ from ulpt.models.precision import resolve_dtype
 from ulpt.models.shared import load_shared_base_model
 from ulpt.registry import Registration, Registry
 from ulpt.store import open_store
-from ulpt.training import FitRequest, FitState, PackedTrainer, TrainConfig
+from ulpt.training import FitRequest, FitState, PackedTrainer, TrainConfig, sweep
 from ulpt.training.api import fit_metrics, prepare_fit
 from ulpt_jobs import state
 from ulpt_jobs.fit_data import read_fit_data
@@ -137,6 +137,7 @@ class FitRunner:
         self.device = device
         self.trainer = PackedTrainer(model, max_rows_per_forward=spec.max_rows_per_forward)
         self.rows: dict[str, FitRow] = {}
+        self.candidates: dict[str, list[FitState]] = {}  # fit key -> its FitStates (several in a sweep)
         self.cpu_started = time.process_time()
 
     def run(self) -> None:
@@ -159,8 +160,9 @@ class FitRunner:
                     return
                 continue
             ended = self.trainer.advance(active)
-            if ended:
-                self._record(ended)
+            settled = self._settled(ended)
+            if settled:
+                self._record(settled)
             active = [f for f in active if f.status == "running"]
 
     # ---- catalog ---------------------------------------------------------------------------------
@@ -178,15 +180,15 @@ class FitRunner:
     def _release(self, active: Sequence[FitState]) -> None:
         """A cancelled (or failed) job: put this worker's unfinished fits back, so a resume trains them."""
         with self.catalog.session() as session:
-            for fit in active:
-                mark_fit_failed(session, self.rows[fit.key].id, "stopped before it finished", retry=True)
+            for key in dict.fromkeys(fit.group for fit in active):
+                mark_fit_failed(session, self.rows[key].id, "stopped before it finished", retry=True)
 
     def _prepare(self, claimed: Sequence[FitRow]) -> list[FitState]:
         """FitStates for claimed fits; a fit whose rows or spec cannot train is recorded failed now."""
         out, failed = [], {}
         for row in claimed:
             try:
-                out.append(self._fit_state(row))
+                out += self._fit_states(row)
             except UlptError as exc:
                 if is_outage(exc):
                     raise
@@ -197,7 +199,8 @@ class FitRunner:
                     mark_fit_failed(session, self.rows[key].id, error)
         return out
 
-    def _fit_state(self, row: FitRow) -> FitState:
+    def _fit_states(self, row: FitRow) -> list[FitState]:
+        """The fit's FitState, or one per rate of its sweep (packed like any other fits)."""
         record = row.spec or {}
         fingerprint = record.get("dataset_fingerprint")
         if not fingerprint:
@@ -210,10 +213,20 @@ class FitRunner:
             eval_rows,
             TrainConfig.from_dict(record["train"]),
         )
-        fit = prepare_fit(self.model, request)
+        fits = [prepare_fit(self.model, c, group=row.key) for c in sweep.expand(request)]
         if self.device is not None and self.device.type != "cpu":
-            fit.adapter.to(self.device)  # before its first step, where it joins a stack on that device
-        return fit
+            for fit in fits:
+                fit.adapter.to(self.device)  # before its first step, where it joins a stack on that device
+        self.candidates[row.key] = fits
+        return fits
+
+    def _settled(self, ended: Sequence[FitState]) -> list[FitState]:
+        """Fits whose every candidate has ended, each as the one to register (a sweep's best)."""
+        out = []
+        for key in dict.fromkeys(fit.group for fit in ended):
+            if all(f.status != "running" for f in self.candidates[key]):
+                out.append(sweep.pick(self.candidates.pop(key)))
+        return out
 
     def _record(self, ended: Sequence[FitState]) -> None:
         """Register finished fits (blobs, then one catalog transaction), then mark every ended fit."""
@@ -265,7 +278,11 @@ class FitRunner:
             tags=record.get("tags") or {},
             metrics=metrics,
             dataset_fingerprint=record.get("dataset_fingerprint"),
-            training_config={state.FIT_KEY: fit.key, **fit.config.to_dict()},
+            training_config={
+                state.FIT_KEY: fit.key,
+                **fit.config.to_dict(),
+                **({"sweep": fit.sweep} if fit.sweep is not None else {}),
+            },
             job_id=uuid.UUID(self.job_id),
         )
 

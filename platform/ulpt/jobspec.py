@@ -8,7 +8,7 @@ validation that names the field path. `docs/jobspec.schema.json` is generated fr
     base_model: ./models/tiny            # a from_pretrained folder, or a known model name
     dataset: {path: data/reviews.jsonl, input: text, target: label, group_by: user_id, eval_fraction: 0.2}
     adapter: {method: ulpt, n_tokens: 10, rank: 2, seed: 1234, seed_policy: per_fit}
-    train: {steps: 200, lr: 0.01, batch_size: 8}
+    train: {steps: 200, batch_size: 8}   # lr: the method's default; a list: a packed sweep per fit
     name: "user-{user_id}"
     tags: {project: demo}
 

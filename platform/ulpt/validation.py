@@ -90,7 +90,9 @@ class SpecModel(BaseModel):
 def describe(exc: ValidationError, model: type[BaseModel], where: str = "") -> str:
     """The first error of `exc` as one line: `train.lr must be a finite number, got True`."""
     error = exc.errors(include_url=False)[0]
-    loc = ((where,) if where else ()) + tuple(error["loc"])
+    # union members add their tag to the path ("constrained-float", "rate-list"): never a field name
+    fields = tuple(p for p in error["loc"] if isinstance(p, int) or str(p).isidentifier())
+    loc = ((where,) if where else ()) + fields
     path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
     kind = error["type"]
     if kind == "value_error":

@@ -131,11 +131,20 @@ def print_job(status: JobStatus, fits: Sequence[FitStatus], limit: int = 20) -> 
         console.print(
             f"  {counts['done'] / train_s:.2f} fits/s over {train_s:.1f} s of Ray Train", highlight=False
         )
+    verdicts = [fit.metrics["learned"] for fit in fits if "learned" in fit.metrics]
+    if verdicts:
+        console.print(
+            f"  {sum(v >= 1 for v in verdicts)} of {len(verdicts)} evaluated fit(s) learned: beat zero-shot "
+            "on their held-out rows beyond the 95% interval (`ulpt adapters list --metric learned>=1`)",
+            highlight=False,
+        )
     if not fits or limit == 0:
         return
     ordered = sorted(fits, key=lambda f: f.status != "failed")[:limit]
     table = Table()
-    for column in ("fit", "status", "adapter", "eval_loss", "eval_accuracy", "steps", "error"):
+    for column in ("fit", "status", "adapter", "eval_loss", "eval_accuracy", "zero_shot", "learned"):
+        table.add_column(column, overflow="fold")
+    for column in ("steps", "error"):
         table.add_column(column, overflow="fold")
     for fit in ordered:
         m = fit.metrics
@@ -145,6 +154,8 @@ def print_job(status: JobStatus, fits: Sequence[FitStatus], limit: int = 20) -> 
             fit.adapter or "",
             _num(m.get("eval_loss")),
             _num(m.get("eval_accuracy")),
+            _num(m.get("zero_shot_accuracy", m.get("zero_shot_loss"))),
+            {1.0: "yes", 0.0: "no"}.get(m.get("learned", -1), ""),
             str(m.get("steps", "")),
             fit.error or "",
         )

@@ -5,6 +5,7 @@ Flags override the YAML (or build the whole spec in the simple case):
     ulpt train job.yaml --wait
     ulpt train --base-model ./models/tiny --data reviews.jsonl --input text --target label \\
                --group-by user_id --name "user-{user_id}" --steps 100 --wait --json
+    ulpt train job.yaml --lr 0.03 --lr 0.1 --lr 0.3 --wait     # each fit keeps its best rate
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "steps": ("train", "steps"),
     "epochs": ("train", "epochs"),
     "lr": ("train", "lr"),
+    "preset": ("train", "preset"),
     "batch_size": ("train", "batch_size"),
     "name": ("name",),
     "num_workers": ("num_workers",),
@@ -71,7 +73,13 @@ def train(
     seed_policy: Annotated[str | None, typer.Option("--seed-policy", help="shared or per_fit.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps per fit.")] = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs per fit (instead of steps).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    lr: Annotated[
+        list[float] | None,
+        typer.Option(help="Peak learning rate (default: the method's); repeat it for a packed sweep."),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Where an unset lr comes from: measured (default) or paper.")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Rows per fit per step.")] = None,
     name: Annotated[str | None, typer.Option(help="Adapter name template, e.g. user-{user_id}.")] = None,
     tag: Annotated[
@@ -142,6 +150,8 @@ def build_spec(
     """The YAML spec with flags applied on top (validated as a whole, like the YAML alone)."""
     base = JobSpec.from_yaml(spec_file).to_dict() if spec_file is not None else {}
     for flag, value in flags.items():
+        if flag == "lr" and isinstance(value, list) and len(value) == 1:
+            value = value[0]  # one --lr is a rate; several are a sweep
         *sections, key = _FLAG_FIELDS[flag]
         node = base
         for section in sections:

@@ -1,5 +1,6 @@
 """Training: one adapter, or many packed into shared forward passes of one frozen base."""
 
+from ulpt.training import sweep
 from ulpt.training.api import FitRequest, TrainingFailed, train_adapter, train_adapters
 from ulpt.training.config import TrainConfig
 from ulpt.training.packed import FitState, PackedTrainer
@@ -11,5 +12,6 @@ __all__ = [
     "TrainConfig",
     "TrainingFailed",
     "train_adapter",
+    "sweep",
     "train_adapters",
 ]

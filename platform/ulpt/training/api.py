@@ -12,9 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ulpt.adapters import Adapter, AdapterSpec
 from ulpt.errors import UlptError
 from ulpt.models.base import BaseModel
+from ulpt.training import defaults, sweep
 from ulpt.training.config import TrainConfig
 from ulpt.training.examples import check_rows, label_set, tokenize
 from ulpt.training.packed import FitState, PackedTrainer
+from ulpt.training.verdict import verdict_metrics
 
 
 @dataclass
@@ -27,14 +29,22 @@ class FitRequest:
     eval_rows: Sequence[Mapping[str, Any]] | None = ()
     """Held-out rows for the best-checkpoint metrics; None or empty: no held-out evaluation."""
     config: TrainConfig = field(default_factory=TrainConfig)
+    """An lr list makes this a sweep (`ulpt.training.sweep`); no lr: the method's default."""
 
 
 class TrainingFailed(UlptError):
     """A fit that could not be trained (its rows, or a loss that diverged)."""
 
 
-def prepare_fit(model: BaseModel, request: FitRequest) -> FitState:
-    """Validate and tokenize a fit's rows and create its adapter; raises UlptError on bad input."""
+def prepare_fit(model: BaseModel, request: FitRequest, group: str | None = None) -> FitState:
+    """Validate and tokenize a fit's rows and create its adapter; raises UlptError on bad input.
+
+    The config is resolved here, for every caller: an unset lr becomes the method's default, so
+    the fit's config (recorded with its adapter) shows the rate it trained with. `group`: the fit
+    a sweep candidate belongs to.
+    """
+    if isinstance(request.config.lr, list):
+        raise TrainingFailed(f"fit {request.key}: a sweep trains as candidates (ulpt.training.sweep.expand)")
     request.spec.check_hidden_size(model.hidden_size)
     train = check_rows(request.train_rows, "train")
     if not train:
@@ -49,7 +59,8 @@ def prepare_fit(model: BaseModel, request: FitRequest) -> FitState:
     return FitState(
         key=request.key,
         adapter=adapter,
-        config=request.config,
+        config=defaults.resolve(request.config, request.spec),
+        group=group or request.key,
         train=tokenize(model, train, request.spec.n_tokens),
         eval=tokenize(model, evals, request.spec.n_tokens),
         labels=label_set(train + evals),
@@ -57,7 +68,8 @@ def prepare_fit(model: BaseModel, request: FitRequest) -> FitState:
 
 
 def fit_metrics(fit: FitState) -> dict[str, Any]:
-    """What a finished fit reports: the best checkpoint's held-out metrics and its curve."""
+    """What a finished fit reports: the best checkpoint's held-out metrics and its curve, the rate it
+    trained with, its zero-shot baseline and verdict (`ulpt.training.verdict`), and a sweep's record."""
     train_losses = fit.train_losses
     metrics: dict[str, Any] = {
         "steps": fit.step,
@@ -68,6 +80,10 @@ def fit_metrics(fit: FitState) -> dict[str, Any]:
     }
     if fit.best is not None:
         metrics.update({k: v for k, v in fit.best.items() if k != "step"}, best_step=int(fit.best["step"]))
+    metrics["lr"] = fit.config.peak_lr
+    metrics.update(verdict_metrics(fit.best, fit.zero_shot, len(fit.held_out)))
+    if fit.sweep is not None:
+        metrics["sweep"] = fit.sweep
     return metrics
 
 
@@ -81,8 +97,9 @@ def train_adapters(
     """Train many adapters packed into shared forward passes; a failed fit fails alone.
 
     Returns {key: (adapter, metrics)}; a failed fit has adapter None and metrics {"error": reason}.
+    A sweep (lr list) returns its winner under the fit's key, its metrics holding the whole "sweep".
     """
-    fits = [prepare_fit(model, r) for r in requests]
+    fits = [prepare_fit(model, c, group=r.key) for r in requests for c in sweep.expand(r)]
     trainer = PackedTrainer(model, max_rows_per_forward=max_rows_per_forward)
     total = sum(f.config.steps for f in fits)
     with _progress(progress) as bar:
@@ -92,11 +109,15 @@ def train_adapters(
             bar.update(task, completed=sum(f.step if f.status == "running" else f.config.steps for f in fits))
 
         trainer.run(fits, on_step=on_step)
+    groups: dict[str, list[FitState]] = {}
+    for f in fits:
+        groups.setdefault(f.group, []).append(f)
+    winners = [sweep.pick(group) for group in groups.values()]
     return {
-        f.key: (f.adapter, fit_metrics(f))
+        f.group: (f.adapter, fit_metrics(f))
         if f.status == "done"
         else (None, {"error": f.error, "steps": f.step})
-        for f in fits
+        for f in winners
     }
 
 

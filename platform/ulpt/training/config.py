@@ -1,12 +1,27 @@
-"""`TrainConfig`: the hyperparameters of one fit (defaults from the ULPT paper, decoder-only setting)."""
+"""`TrainConfig`: the hyperparameters of one fit (the ULPT paper's decoder-only setting, except the
+learning rate, which defaults per method to the rate measured on SmolLM2: `ulpt.training.defaults`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
 from ulpt.validation import SpecModel
+
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+
+
+def _rate_or_rates(value: Any) -> str:
+    return "rate-list" if isinstance(value, (list, tuple)) else "one-rate"
+
+
+LearningRates = Annotated[
+    Annotated[LearningRate, Tag("one-rate")]
+    | Annotated[list[LearningRate], Field(min_length=1, max_length=16), Tag("rate-list")],
+    Discriminator(_rate_or_rates),
+]
+"""One peak rate, or a sweep's rates (each validated as a rate; the error names the one at fault)."""
 
 
 class TrainConfig(SpecModel):
@@ -14,8 +29,11 @@ class TrainConfig(SpecModel):
 
     steps: int = Field(default=200, ge=1)
     """Optimizer steps."""
-    lr: float = Field(default=1e-2, gt=0, le=10)
-    """Peak AdamW learning rate (the paper: 1e-2 for ULPT and PT on Llama)."""
+    lr: LearningRates | None = None
+    """Peak AdamW learning rate; None: the method's measured default (see `preset`); a list: a sweep,
+    one candidate per value trained packed, the best on validation registered."""
+    preset: Literal["measured", "paper"] = "measured"
+    """Where an unset lr comes from: measured (per method, from the accuracy benchmark) or paper (1e-2)."""
     batch_size: int = Field(default=4, ge=1)
     """Rows of this fit per step (the paper: 4 on Llama)."""
     warmup_steps: int | None = Field(default=None, ge=0)
@@ -34,6 +52,13 @@ class TrainConfig(SpecModel):
     """Seeds the order in which this fit sees its rows."""
     max_eval_rows: int | None = Field(default=200, ge=1)
     """Cap on held-out rows per evaluation, to keep evaluation cheap during training."""
+
+    @property
+    def peak_lr(self) -> float:
+        """The one rate this fit trains with; set once the config is resolved for its method."""
+        if not isinstance(self.lr, float):
+            raise ValueError(f"lr {self.lr!r} is resolved per fit before training (ulpt.training.defaults)")
+        return self.lr
 
     @property
     def warmup(self) -> int:

@@ -35,6 +35,7 @@ def evaluate(
     max_rows_per_forward: int = 64,
     max_tokens_per_forward: int = 4096,
     on_rows: Callable[[int, int], None] | None = None,
+    spread: Sequence[str] = (),
 ) -> dict[str, dict[str, float]]:
     """{key: {"eval_loss", "eval_accuracy" (when labels exist)}} for every item, in shared batches.
 
@@ -42,6 +43,7 @@ def evaluate(
     continuations of that shared prefix (`BaseModel.continuation_logprobs`). In decoder-only
     models each prompt's keys and values are computed once and reused by all of its rows.
     `on_rows(done, total)` is called after every forward pass, for progress on long evaluations.
+    Items keyed in `spread` also get "eval_loss_se", the standard error of their per-row losses.
     """
     rows = [(item, ex) for item in items for ex in item.examples]
     inline = {item.key: _materialize(item.prompt) for item in items}
@@ -78,9 +80,20 @@ def evaluate(
         if on_rows is not None:
             on_rows(done, len(rows))
     out = {key: {"eval_loss": sum(v) / len(v)} for key, v in losses.items()}
+    for key in spread:
+        if key in losses:
+            out[key]["eval_loss_se"] = _standard_error(losses[key])
     for key, h in hits.items():
         out[key]["eval_accuracy"] = sum(h) / len(h)
     return out
+
+
+def _standard_error(values: Sequence[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5
 
 
 def _prompt_length(prompt: PromptSource) -> int:

@@ -48,11 +48,18 @@ class FitState:
     evals_without_gain: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    group: str = ""
+    """The fit this one is a sweep candidate of (its own key when it is not); seeds its row order."""
+    sweep: list[dict[str, Any]] | None = None
+    """A sweep's winner: every candidate's rate and best held-out metrics."""
+    zero_shot: dict[str, float] | None = None
+    """The base model without an adapter on this fit's held-out rows, evaluated once."""
 
     slot: tuple[FitStack, int] | None = field(default=None, repr=False)  # (stack, row) while training
 
     def __post_init__(self) -> None:
-        self._order = make_generator(self.config.seed, f"order:{self.key}")
+        self.group = self.group or self.key
+        self._order = make_generator(self.config.seed, f"order:{self.group}")
         self._queue: list[int] = []
         self._best_params = self._snapshot()
 
@@ -86,6 +93,11 @@ class FitState:
             return [0]  # the only order there is, without a generator call every step
         return torch.randperm(len(self.train), generator=self._order, device="cpu").tolist()
 
+    @property
+    def held_out(self) -> list[Example]:
+        """The rows every evaluation of this fit scores (the first `max_eval_rows` held-out rows)."""
+        return self.eval[: self.config.max_eval_rows or None]
+
     def fail(self, reason: str) -> None:
         self.leave_stack()
         self.status, self.error, self.finished = "failed", reason, time.monotonic()
@@ -114,6 +126,10 @@ class FitState:
             self.adapter.load_state_dict(self._best_params)
         self.leave_stack()
         self.status, self.finished = "done", time.monotonic()
+
+
+ZERO_SHOT = "\0zero-shot:"
+"""Evaluation key prefix of a fit group's base-model-only item (no fit key holds a NUL)."""
 
 
 class PackedTrainer:
@@ -186,9 +202,20 @@ class PackedTrainer:
         return {fit.key: loss for fit, loss in zip(active, losses)}
 
     def evaluate(self, fits: Sequence[FitState]) -> dict[str, dict[str, float]]:
-        """Held-out metrics of every fit, batched across fits."""
-        items = [EvalItem(f.key, f.adapter, f.eval[: f.config.max_eval_rows or None], f.labels) for f in fits]
-        return evaluate(self.model, items, self.max_rows, self.max_tokens)
+        """{fit key: held-out metrics} of every fit, batched across fits.
+
+        A fit evaluated for the first time also gets its zero-shot metrics (the base model alone on
+        the same rows) in the same batches, once per group: a sweep's candidates share their rows.
+        """
+        items = [EvalItem(f.key, f.adapter, f.held_out, f.labels) for f in fits]
+        baseline = {f.group: f for f in fits if f.zero_shot is None}
+        items += [EvalItem(ZERO_SHOT + g, None, f.held_out, f.labels) for g, f in baseline.items()]
+        spread = [ZERO_SHOT + g for g in baseline]
+        results = evaluate(self.model, items, self.max_rows, self.max_tokens, spread=spread)
+        for fit in fits:
+            if fit.zero_shot is None:
+                fit.zero_shot = results[ZERO_SHOT + fit.group]
+        return {f.key: results[f.key] for f in fits}
 
     def run(
         self,

@@ -111,7 +111,7 @@ class FitStack:
                 state.index_fill_(0, index, 0.0)
             self.steps.index_copy_(0, index, column([fit.step for fit in fits]))  # the schedule goes on
             configs = [fit.config for fit in fits]
-            self.lr.index_copy_(0, index, column([c.lr for c in configs]))
+            self.lr.index_copy_(0, index, column([c.peak_lr for c in configs]))
             self.warmup.index_copy_(0, index, column([c.warmup for c in configs]))
             self.total.index_copy_(0, index, column([c.steps for c in configs]))
             self.weight_decay.index_copy_(0, index, column([c.weight_decay for c in configs]))
