@@ -171,7 +171,12 @@ def test_a_job_sweep_registers_one_adapter_per_fit_with_its_sweep_and_verdict(
     assert {a.id for a in learned} == {a.id for a in adapters if a.metrics["learned"] == 1.0}
     from ulpt.cli.jobs import print_job
 
-    print_job(JobsAPI(client).get(job_id).status(), fits)
+    from ulpt_jobs.progress import learned_text
+
+    status = JobsAPI(client).get(job_id).status()
+    assert status.verdicts == {"evaluated": 3, "learned": len(learned)}
+    assert learned_text(status) == f"{len(learned)} of 3 learned"  # the live progress bar's column
+    print_job(status, fits)
     assert f"{len(learned)} of 3 evaluated fit(s) learned" in capsys.readouterr().out
 
 

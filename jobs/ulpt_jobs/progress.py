@@ -1,4 +1,5 @@
-"""Following a job from the catalog: a rich progress bar (fits done / total, fits/s, ETA, failures).
+"""Following a job from the catalog: a rich progress bar (fits done / total, fits/s, ETA, failures,
+and how many of the evaluated fits learned: beat zero-shot on their held-out rows).
 
 Any process can follow any job this way (the CLI, a notebook, another machine), because the workers
 write each fit's outcome to the catalog as it happens.
@@ -48,6 +49,7 @@ def follow(
         MofNCompleteColumn(),
         _RateColumn(),
         TextColumn("[red]{task.fields[failed]} failed"),
+        TextColumn("{task.fields[learned]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -58,7 +60,7 @@ def follow(
     )
     with bar:
         status = read()
-        task = bar.add_task(_describe(status), total=status.n_fits or None, failed=0)
+        task = bar.add_task(_describe(status), total=status.n_fits or None, failed=0, learned="")
         while True:
             ended = status.counts.get("done", 0) + status.counts.get("failed", 0)
             bar.update(
@@ -66,6 +68,7 @@ def follow(
                 completed=ended,
                 total=status.n_fits or None,
                 failed=status.counts.get("failed", 0),
+                learned=learned_text(status),
                 description=_describe(status),
             )
             if not keep_going(status):
@@ -74,6 +77,12 @@ def follow(
                 raise TimeoutError(f"job {status.id} is still {status.status} after {timeout} s")
             time.sleep(poll_s)
             status = read()
+
+
+def learned_text(status: JobStatus) -> str:
+    """'12 of 15 learned' once some fit has a verdict; '' before (or for fits without held-out rows)."""
+    evaluated = status.verdicts.get("evaluated", 0)
+    return f"{status.verdicts.get('learned', 0)} of {evaluated} learned" if evaluated else ""
 
 
 def _describe(status: JobStatus) -> str:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ulpt.catalog.jobs import as_uuid, fit_counts, get_job, requeue_running
+from ulpt.catalog.jobs import as_uuid, fit_counts, get_job, requeue_running, verdict_counts
 from ulpt.catalog.models import AdapterRow, FitRow, JobRow, utcnow
 from ulpt.catalog.names import check_json
 
@@ -42,6 +42,8 @@ class JobStatus:
     started_at: datetime | None
     finished_at: datetime | None
     spec: dict[str, Any]
+    verdicts: dict[str, int] = field(default_factory=dict)
+    """{"evaluated": done fits with a verdict, "learned": those that beat zero-shot on held-out rows}."""
 
     @property
     def finished(self) -> bool:
@@ -80,10 +82,10 @@ class FitStatus:
 
 def job_status(session: Session, job_id: uuid.UUID | str, tenant: str | None = None) -> JobStatus:
     job = get_job(session, job_id, tenant)
-    return _status_of(job, fit_counts(session, job.id))
+    return _status_of(job, fit_counts(session, job.id), verdict_counts(session, job.id))
 
 
-def _status_of(job: JobRow, counts: dict[str, int]) -> JobStatus:
+def _status_of(job: JobRow, counts: dict[str, int], verdicts: dict[str, int] | None = None) -> JobStatus:
     return JobStatus(
         id=str(job.id),
         tenant=job.tenant,
@@ -97,6 +99,7 @@ def _status_of(job: JobRow, counts: dict[str, int]) -> JobStatus:
         started_at=job.started_at,
         finished_at=job.finished_at,
         spec=dict(job.spec or {}),
+        verdicts=verdicts or {},
     )
 
 

@@ -50,6 +50,21 @@ def test_job_lifecycle(client: Client) -> None:
         job_queries.set_job_status(s, job_id, "exploded")
 
 
+def test_verdict_counts_read_the_learned_flag_of_done_fits_only(client: Client) -> None:
+    """What a job's live progress says: how many evaluated fits learned, on SQLite and PostgreSQL."""
+    outcomes = {"a": {"learned": 1.0}, "b": {"learned": 0.0}, "c": {"learned": 1.0}, "d": {"eval_loss": 1.0}}
+    with client.catalog.session() as s:
+        job = job_queries.create_job(s, "default", {}, name="verdicts")
+        job_queries.add_fits(s, job.id, [*outcomes, "e", "f"])
+        claimed = {f.key: f for f in job_queries.claim_fits(s, job.id, 6, "worker-a")}
+        assert job_queries.verdict_counts(s, job.id) == {"evaluated": 0, "learned": 0}
+        for key, metrics in outcomes.items():
+            job_queries.mark_fit_done(s, claimed[key].id, metrics=metrics)
+        job_queries.mark_fit_failed(s, claimed["e"].id, "out of memory")  # no verdict, not counted
+    with client.catalog.read() as s:
+        assert job_queries.verdict_counts(s, job.id) == {"evaluated": 3, "learned": 2}
+
+
 def test_concurrent_claims_never_share_a_fit(client: Client) -> None:
     with client.catalog.session() as s:
         job_id = job_queries.create_job(s, "default", {}).id

@@ -171,6 +171,21 @@ def fit_counts(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
     return counts
 
 
+def verdict_counts(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
+    """{"evaluated": done fits that carry a verdict, "learned": those that beat zero-shot}.
+
+    Read from each fit's recorded metrics (`ulpt.training.verdict`), so a job's progress can say
+    how many of its fits learned while it still runs, without loading the fits.
+    """
+    verdict = FitRow.metrics["learned"].as_float()
+    done = select(func.count()).where(
+        FitRow.job_id == as_uuid(job_id), FitRow.status == "done", verdict.is_not(None)
+    )
+    evaluated = session.scalar(done) or 0
+    learned = session.scalar(done.where(verdict >= 1.0)) or 0
+    return {"evaluated": int(evaluated), "learned": int(learned)}
+
+
 def list_fits(
     session: Session, job_id: uuid.UUID | str, *, status: str | None = None, limit: int | None = None
 ) -> list[FitRow]:

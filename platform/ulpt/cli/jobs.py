@@ -131,10 +131,10 @@ def print_job(status: JobStatus, fits: Sequence[FitStatus], limit: int = 20) -> 
         console.print(
             f"  {counts['done'] / train_s:.2f} fits/s over {train_s:.1f} s of Ray Train", highlight=False
         )
-    verdicts = [fit.metrics["learned"] for fit in fits if "learned" in fit.metrics]
-    if verdicts:
+    evaluated = status.verdicts.get("evaluated", 0)
+    if evaluated:
         console.print(
-            f"  {sum(v >= 1 for v in verdicts)} of {len(verdicts)} evaluated fit(s) learned: beat zero-shot "
+            f"  {status.verdicts.get('learned', 0)} of {evaluated} evaluated fit(s) learned: beat zero-shot "
             "on their held-out rows beyond the 95% interval (`ulpt adapters list --metric learned>=1`)",
             highlight=False,
         )
