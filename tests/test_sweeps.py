@@ -170,7 +170,6 @@ def test_a_job_sweep_registers_one_adapter_per_fit_with_its_sweep_and_verdict(
     learned = list(client.adapters.find(job_id=job_id, metrics=["learned>=1"]))
     assert {a.id for a in learned} == {a.id for a in adapters if a.metrics["learned"] == 1.0}
     from ulpt.cli.jobs import print_job
-
     from ulpt_jobs.progress import learned_text
 
     status = JobsAPI(client).get(job_id).status()
