@@ -107,6 +107,48 @@ def test_a_sweep_whose_rates_differ_picks_a_different_rate_than_the_worst(tiny_m
     assert metrics["lr"] == min(losses, key=losses.__getitem__)
 
 
+def test_a_rank_and_length_sweep_registers_the_best_shape_and_equals_each_shape_alone(tiny_models) -> None:
+    """Candidates of other shapes pack with the rest; the winner is an adapter of its own shape."""
+    model = tiny_models["llama"]
+    request = sweep_request("a", 5, 0.1)
+    request.config = request.config.model_copy(update={"rank": [2, 6], "n_tokens": [3, 5]})
+    adapter, metrics = train_adapters(model, [request])["a"]
+    assert adapter is not None
+    shapes = [(c["rank"], c["n_tokens"]) for c in metrics["sweep"]]
+    assert shapes == [(2, 3), (2, 5), (6, 3), (6, 5)]
+    best = max(metrics["sweep"], key=lambda c: c["eval_accuracy"])
+    assert (adapter.spec.rank, adapter.spec.n_tokens) == (best["rank"], best["n_tokens"])
+    assert adapter.state_dict()["params.ulpt_z"].shape == (best["n_tokens"], best["rank"])
+    for candidate in metrics["sweep"]:
+        alone = sweep_request("a", 5, 0.1)
+        shape = {"rank": candidate["rank"], "n_tokens": candidate["n_tokens"]}
+        alone.spec = alone.spec.model_copy(update=shape)
+        _, alone_metrics = train_adapters(model, [alone])["a"]
+        assert candidate["eval_loss"] == pytest.approx(alone_metrics["eval_loss"], abs=1e-3)
+
+
+def test_a_rank_sweep_of_a_method_without_rank_trains_one_candidate(tiny_models) -> None:
+    request = sweep_request("a", 6, 0.1)
+    request.spec = request.spec.model_copy(update={"method": "pt"})
+    request.config = request.config.model_copy(update={"rank": [2, 4, 8]})
+    adapter, metrics = train_adapters(tiny_models["llama"], [request])["a"]
+    assert adapter is not None and "sweep" not in metrics  # no copies of one candidate
+
+
+def test_sweeps_are_bounded_and_swept_ranks_are_checked_at_submission(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from ulpt.errors import SpecError
+    from ulpt_jobs.plan import make_plan
+
+    with pytest.raises(SpecError, match="4 x 4 x 5 = 80 candidates"):
+        TrainConfig(lr=[0.1, 0.2, 0.3, 0.4], rank=[1, 2, 3, 4], n_tokens=[1, 2, 3, 4, 5])
+    data = write_reviews(tmp_path / "reviews.jsonl", users=2)
+    spec = JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], data, train={"rank": [2, 4096]}))
+    with pytest.raises(SpecError, match=r"train\.rank must be below the model's hidden size .* swept rank"):
+        make_plan(spec, tmp_path)
+
+
 def test_every_fit_records_zero_shot_on_its_held_out_rows(tiny_models) -> None:
     model = tiny_models["llama"]
     request = sweep_request("a", 4, 0.1)
@@ -189,3 +231,5 @@ def test_repeated_lr_flags_make_a_sweep_and_one_is_a_rate(
     assert build_spec(None, {**flags, "lr": [0.1, 0.3]}, [str(data)], None).train.lr == [0.1, 0.3]
     assert build_spec(None, {**flags, "lr": [0.2]}, [str(data)], None).train.lr == 0.2
     assert build_spec(None, {**flags, "preset": "paper"}, [str(data)], None).train.preset == "paper"
+    swept = build_spec(None, {**flags, "rank": [2, 8], "n_tokens": [4]}, [str(data)], None)
+    assert (swept.train.rank, swept.adapter.rank, swept.adapter.n_tokens) == ([2, 8], 2, 4)

@@ -80,6 +80,12 @@ def make_plan(spec: JobSpec, home: Path) -> Plan:
             spec.adapter_for(fit).check_hidden_size(hidden)
         except SpecError as exc:
             raise SpecError(f"{where}.{exc}") from None
+        adapter, (train, _) = spec.adapter_for(fit), spec.train_for(fit)
+        for rank in train.rank or ():  # every candidate of a rank sweep must fit the model too
+            try:
+                adapter.model_copy(update={"rank": rank}).check_hidden_size(hidden)
+            except SpecError as exc:
+                raise SpecError(f"{where.replace('adapter', 'train')}.{exc} (a swept rank)") from None
     groups, rows_read = _groups(spec, home)
     if not groups:
         raise SpecError("dataset.path: the data has no rows")

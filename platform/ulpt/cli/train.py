@@ -6,6 +6,7 @@ Flags override the YAML (or build the whole spec in the simple case):
     ulpt train --base-model ./models/tiny --data reviews.jsonl --input text --target label \\
                --group-by user_id --name "user-{user_id}" --steps 100 --wait --json
     ulpt train job.yaml --lr 0.03 --lr 0.1 --lr 0.3 --wait     # each fit keeps its best rate
+    ulpt train job.yaml --rank 2 --rank 8 --n-tokens 10 --wait  # ... or its best rank
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ _FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "job_name": ("job_name",),
 }
 
+_SWEEPABLE = ("lr", "rank", "n_tokens")
+
 
 def train(
     spec_file: Annotated[
@@ -67,8 +70,10 @@ def train(
     per_file: Annotated[bool, typer.Option("--per-file", help="One fit per data file.")] = False,
     eval_fraction: Annotated[float | None, typer.Option("--eval-fraction", help="Held-out share.")] = None,
     method: Annotated[str | None, typer.Option(help=escape(methods.help_text()))] = None,
-    n_tokens: Annotated[int | None, typer.Option("--n-tokens", help="Prompt tokens n.")] = None,
-    rank: Annotated[int | None, typer.Option(help="Rank r.")] = None,
+    n_tokens: Annotated[
+        list[int] | None, typer.Option("--n-tokens", help="Prompt tokens n; repeat it for a packed sweep.")
+    ] = None,
+    rank: Annotated[list[int] | None, typer.Option(help="Rank r; repeat it for a packed sweep.")] = None,
     seed: Annotated[int | None, typer.Option(help="Adapter seed (the job seed with per_fit).")] = None,
     seed_policy: Annotated[str | None, typer.Option("--seed-policy", help="shared or per_fit.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps per fit.")] = None,
@@ -150,9 +155,13 @@ def build_spec(
     """The YAML spec with flags applied on top (validated as a whole, like the YAML alone)."""
     base = JobSpec.from_yaml(spec_file).to_dict() if spec_file is not None else {}
     for flag, value in flags.items():
-        if flag == "lr" and isinstance(value, list) and len(value) == 1:
-            value = value[0]  # one --lr is a rate; several are a sweep
-        *sections, key = _FLAG_FIELDS[flag]
+        path = _FLAG_FIELDS[flag]
+        if flag in _SWEEPABLE and isinstance(value, list):
+            if len(value) == 1:
+                value = value[0]  # one --lr, --rank or --n-tokens is a value; several are a sweep
+            elif flag != "lr":
+                path = ("train", flag)  # the adapter keeps one value; the sweep tries each
+        *sections, key = path
         node = base
         for section in sections:
             node = node.setdefault(section, {})

@@ -29,7 +29,8 @@ class FitRequest:
     eval_rows: Sequence[Mapping[str, Any]] | None = ()
     """Held-out rows for the best-checkpoint metrics; None or empty: no held-out evaluation."""
     config: TrainConfig = field(default_factory=TrainConfig)
-    """An lr list makes this a sweep (`ulpt.training.sweep`); no lr: the method's default."""
+    """An lr, rank or n_tokens list makes this a sweep (`ulpt.training.sweep`); no lr: the method's
+    default."""
 
 
 class TrainingFailed(UlptError):
@@ -43,7 +44,7 @@ def prepare_fit(model: BaseModel, request: FitRequest, group: str | None = None)
     the fit's config (recorded with its adapter) shows the rate it trained with. `group`: the fit
     a sweep candidate belongs to.
     """
-    if isinstance(request.config.lr, list):
+    if request.config.is_sweep:
         raise TrainingFailed(f"fit {request.key}: a sweep trains as candidates (ulpt.training.sweep.expand)")
     request.spec.check_hidden_size(model.hidden_size)
     train = check_rows(request.train_rows, "train")

@@ -3,9 +3,10 @@ learning rate, which defaults per method to the rate measured on SmolLM2: `ulpt.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from ulpt.validation import SpecModel
 
@@ -23,6 +24,12 @@ LearningRates = Annotated[
 ]
 """One peak rate, or a sweep's rates (each validated as a rate; the error names the one at fault)."""
 
+SweptSizes = Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=1, max_length=16)]
+"""The values of an adapter field a sweep tries, one candidate each."""
+
+MAX_CANDIDATES = 64
+"""Candidates one fit may train (rates x ranks x prompt lengths): each takes a row of the pack."""
+
 
 class TrainConfig(SpecModel):
     """How one adapter is trained; every fit packed in a batch may carry its own."""
@@ -32,6 +39,11 @@ class TrainConfig(SpecModel):
     lr: LearningRates | None = None
     """Peak AdamW learning rate; None: the method's measured default (see `preset`); a list: a sweep,
     one candidate per value trained packed, the best on validation registered."""
+    rank: SweptSizes | None = None
+    """A sweep over the adapter's rank r: one candidate per value (with every rate of `lr`), the best
+    on validation registered; None trains the adapter's own rank. Ignored by pt, which has no rank."""
+    n_tokens: SweptSizes | None = None
+    """A sweep over the adapter's prompt length n, like `rank`; None trains the adapter's own n_tokens."""
     preset: Literal["measured", "paper"] = "measured"
     """Where an unset lr comes from: measured (per method, from the accuracy benchmark) or paper (1e-2)."""
     batch_size: int = Field(default=4, ge=1)
@@ -52,6 +64,20 @@ class TrainConfig(SpecModel):
     """Seeds the order in which this fit sees its rows."""
     max_eval_rows: int | None = Field(default=200, ge=1)
     """Cap on held-out rows per evaluation, to keep evaluation cheap during training."""
+
+    @model_validator(mode="after")
+    def _bounded_sweep(self) -> TrainConfig:
+        sizes = [len(v) for v in (self.lr, self.rank, self.n_tokens) if isinstance(v, list)]
+        if math.prod(sizes) > MAX_CANDIDATES:
+            raise ValueError(
+                f"a sweep of {' x '.join(map(str, sizes))} = {math.prod(sizes)} candidates per fit is more "
+                f"than {MAX_CANDIDATES}; try fewer values"
+            )
+        return self
+
+    @property
+    def is_sweep(self) -> bool:
+        return isinstance(self.lr, list) or self.rank is not None or self.n_tokens is not None
 
     @property
     def peak_lr(self) -> float:

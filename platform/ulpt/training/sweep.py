@@ -1,15 +1,18 @@
-"""Learning-rate sweeps packed into one run: a fit with `lr: [a, b, c]` trains one candidate per
-rate, side by side in the same stacks and forward passes, and only the best on validation remains.
+"""Sweeps packed into one run: a fit with `lr: [a, b, c]` (and/or `rank: [...]`, `n_tokens: [...]`)
+trains one candidate per combination, side by side in the same forward passes (candidates of one
+shape share stacks), and only the best on validation remains.
 
-A candidate is an ordinary fit with a key of its own (`key@lr=a`) and its fit's `group` key, so it
-sees its rows in the same seeded order the fit would alone: the packed sweep equals the candidates
-trained one by one. Every candidate runs to its end (no successive halving): with the benchmark's
-short budgets the ranking at a midpoint is mostly noise, and dropping a candidate saves nothing
-until its whole stack row is idle.
+A candidate is an ordinary fit with a key of its own (`key@lr=a,rank=r`) and its fit's `group` key,
+so it sees its rows in the same seeded order the fit would alone: the packed sweep equals the
+candidates trained one by one. Candidates of another rank or prompt length are adapters of another
+shape; the winner is registered with its own spec. Every candidate runs to its end (no successive
+halving): with the benchmark's short budgets the ranking at a midpoint is mostly noise, and dropping
+a candidate saves nothing until its whole stack row is idle.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -19,25 +22,45 @@ if TYPE_CHECKING:
     from ulpt.training.packed import FitState
 
 
-def candidate_key(key: str, lr: float) -> str:
-    return f"{key}@lr={lr:g}"
+def candidate_key(key: str, lr: float | None = None, **sizes: int) -> str:
+    swept = ([f"lr={lr:g}"] if lr is not None else []) + [f"{k}={v}" for k, v in sizes.items()]
+    return f"{key}@{','.join(swept)}"
 
 
 def expand(request: FitRequest) -> list[FitRequest]:
-    """One request per rate of a sweep; a single rate (or none) is the request itself."""
-    rates = request.config.lr
-    if not isinstance(rates, list):
+    """One request per combination of the swept values; a fit without a sweep is the request itself.
+
+    A rank sweep of a method without a rank (pt) trains one candidate per other value, not copies.
+    """
+    config = request.config
+    if not config.is_sweep:
         return [request]
-    return [
-        replace(
-            request, key=candidate_key(request.key, lr), config=request.config.model_copy(update={"lr": lr})
+    rates: list[float | None] = list(config.lr) if isinstance(config.lr, list) else [None]
+    sizes: dict[str, list[int]] = {
+        field: list(dict.fromkeys(values))
+        for field, values in (("rank", config.rank), ("n_tokens", config.n_tokens))
+        if values is not None and (field != "rank" or request.spec.is_low_rank)
+    }
+    out = []
+    shapes = itertools.product(*sizes.values())
+    for lr, values in itertools.product(rates, list(shapes)):
+        chosen = dict(zip(sizes, values))
+        update: dict[str, object] = {"rank": None, "n_tokens": None}
+        if lr is not None:
+            update["lr"] = lr
+        out.append(
+            replace(
+                request,
+                key=candidate_key(request.key, lr, **chosen) if lr is not None or chosen else request.key,
+                spec=request.spec.model_copy(update=chosen),
+                config=config.model_copy(update=update),
+            )
         )
-        for lr in rates
-    ]
+    return out
 
 
 def is_sweep(request: FitRequest) -> bool:
-    return isinstance(request.config.lr, list)
+    return request.config.is_sweep
 
 
 def score(fit: FitState) -> float | None:
@@ -49,7 +72,7 @@ def score(fit: FitState) -> float | None:
 
 
 def pick(candidates: Sequence[FitState]) -> FitState:
-    """The winner under its fit's own key, carrying the sweep: every candidate's rate and metrics.
+    """The winner under its fit's own key, carrying the sweep: every candidate's values and metrics.
 
     Ties go to the earlier rate in the list. Without held-out rows nothing can be compared: the
     lowest final training loss wins. If every candidate failed, the first failure is returned.
@@ -73,7 +96,13 @@ def pick(candidates: Sequence[FitState]) -> FitState:
 
 
 def _record(fit: FitState) -> dict[str, Any]:
-    entry: dict[str, Any] = {"lr": fit.config.peak_lr, "status": fit.status}
+    spec = fit.adapter.spec
+    entry: dict[str, Any] = {
+        "lr": fit.config.peak_lr,
+        "rank": spec.rank,
+        "n_tokens": spec.n_tokens,
+        "status": fit.status,
+    }
     if fit.best is not None:
         entry.update({k: v for k, v in fit.best.items() if k != "step"}, best_step=int(fit.best["step"]))
     if fit.error:
