@@ -850,7 +850,10 @@ def report(out: Path, doc: Path) -> int:
     s = Settings(**settings)
     configs = [Config(**c) for c in run.configs]
     plots = plot(run, configs, out)
-    doc.write_text(document(run, configs, plots, s))
+    kept = ""  # the section benchmarks/defaults.py writes into the same document stays
+    if doc.exists() and "<!-- defaults:begin -->" in (text := doc.read_text()):
+        kept = "\n" + "<!-- defaults:begin -->" + text.split("<!-- defaults:begin -->", 1)[1]
+    doc.write_text(document(run, configs, plots, s) + kept)
     log(f"wrote {out / 'accuracy.json'}, {', '.join(p.name for p in plots)} and {doc}")
     print(table(run, configs))
     return 0
