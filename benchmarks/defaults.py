@@ -199,7 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tasks", help="comma-separated BIG-bench tasks instead of the defaults")
     parser.add_argument("--steps", type=int, help=f"optimizer steps per candidate (default {Settings.steps})")
+    parser.add_argument("--seeds", type=int, help=f"seeds per method and arm (default {Settings.seeds})")
+    parser.add_argument(
+        "--report-only", action="store_true", help="the document from defaults.json (of a stopped run too)"
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        run = Run(**json.loads((args.out / "defaults.json").read_text()))
+        write_section(args.doc, document(run))
+        return 0
     s = Settings()
     if args.smoke:
         s = Settings(
@@ -208,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
     if args.tasks:
         s = replace(s, tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()))
-    s = replace(s, steps=args.steps or s.steps)
+    s = replace(s, steps=args.steps or s.steps, seeds=args.seeds or s.seeds)
     torch.set_num_threads(s.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     run = Run(settings=asdict(s), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
