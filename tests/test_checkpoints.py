@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ulpt
+from tests.reliability_fixtures import ReliabilityRun
 from tests.test_jobs_spec import job_dict, review_rows, write_reviews
 from ulpt.catalog.jobs import claim_fits, list_fits
 from ulpt.jobs_api import JobsAPI
@@ -74,9 +75,16 @@ def adapters_by_fit(client: Client, job_id: str) -> dict[str, dict[str, torch.Te
     }
 
 
+@pytest.mark.reliability
 def test_a_fit_resumed_after_its_worker_died_ends_as_if_never_interrupted(
-    tiny_models: dict[str, ulpt.BaseModel], tiny_model_dirs: dict[str, Path], tmp_path: Path
+    tiny_models: dict[str, ulpt.BaseModel],
+    tiny_model_dirs: dict[str, Path],
+    tmp_path: Path,
+    reliability: ReliabilityRun,
 ) -> None:
+    """A worker stops dead mid-job (its pack a few steps past a checkpoint) and another claims its fits:
+    each resumes from its last checkpoint, loses at most `checkpoint_every` steps, and ends with the
+    parameters, curve and best checkpoint of the same job run without interruption (within 1e-5, fp32)."""
     data = write_reviews(tmp_path / "reviews.jsonl", users=5)
     spec = spec_for(tiny_model_dirs["llama"], data)
     model = tiny_models["llama"]
@@ -97,9 +105,11 @@ def test_a_fit_resumed_after_its_worker_died_ends_as_if_never_interrupted(
         resumed = {f.key: f for f in JobsAPI(cut).get(job_id).fits()}
         trained, expected = adapters_by_fit(cut, job_id), adapters_by_fit(whole, plain_id)
     assert {f.status for f in resumed.values()} == {"done"} and set(trained) == set(expected) == set(plain)
+    largest_gap = 0.0
     for key in plain:
         for name, tensor in expected[key].items():
             torch.testing.assert_close(trained[key][name], tensor, atol=1e-5, rtol=0)
+            largest_gap = max(largest_gap, (trained[key][name] - tensor).abs().max().item())
         a, b = plain[key].metrics, resumed[key].metrics
         torch.testing.assert_close(
             torch.tensor(b["train_curve"]), torch.tensor(a["train_curve"]), atol=1e-5, rtol=0
@@ -111,6 +121,22 @@ def test_a_fit_resumed_after_its_worker_died_ends_as_if_never_interrupted(
         assert step - K <= start <= step and resumed[key].attempts == 2
     assert any(resumed[key].timings["resumed_from_step"] > 0 for key in reached)
     assert {f.timings["resumed_from_step"] for k, f in resumed.items() if k not in reached} == {0}
+    lost = {key: step - resumed[key].timings["resumed_from_step"] for key, step in reached.items()}
+    reliability.record(
+        "checkpoint_resume",
+        {
+            "fits": len(plain),
+            "steps_per_fit": STEPS,
+            "checkpoint_every": K,
+            "fits_in_flight_at_death": len(reached),
+            "steps_trained_at_death": sum(reached.values()),
+            "steps_kept_by_checkpoints": sum(reached.values()) - sum(lost.values()),
+            "steps_lost": sum(lost.values()),
+            "steps_lost_per_fit_max": max(lost.values()),
+            "steps_lost_bound": f"<= {K} per fit in flight",
+            "largest_parameter_difference_vs_uninterrupted": largest_gap,
+        },
+    )
 
 
 def test_checkpoint_restores_a_sweep_mid_flight_into_fresh_fits(
