@@ -14,7 +14,7 @@ import torch
 import ulpt
 from tests.reliability_fixtures import ReliabilityRun
 from tests.test_jobs_spec import job_dict, review_rows, write_reviews
-from ulpt.catalog.jobs import claim_fits, list_fits
+from ulpt.catalog.jobs import claim_fits, list_fits, set_job_status
 from ulpt.jobs_api import JobsAPI
 from ulpt.jobspec import JobSpec
 from ulpt.sdk import Client
@@ -251,3 +251,40 @@ def test_job_wide_train_fields_are_refused_per_fit(tiny_model_dirs: dict[str, Pa
     spec = JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], data))
     assert (spec.train.checkpoint_every, spec.train.max_attempts) == (25, 3)
     assert "checkpoint_every" not in spec.train_for(None)[0].to_dict()  # not a fit's hyperparameter
+
+
+def test_a_cancel_checkpoints_the_pack_and_a_resume_goes_on_where_it_stopped(
+    tiny_models: dict[str, ulpt.BaseModel],
+    tiny_model_dirs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ulpt_jobs.worker
+
+    monkeypatch.setattr(ulpt_jobs.worker, "STOP_CHECK_S", 0.0)  # read the job's status before every step
+    data = write_reviews(tmp_path / "reviews.jsonl", users=5)
+    with Client(home=tmp_path / "home", tenant="acme") as client:
+        job_id, _ = create_job(JobsAPI(client).target(), spec_for(tiny_model_dirs["llama"], data), "acme")
+        spec = JobSpec.from_dict(JobsAPI(client).get(job_id).status().spec)
+        runner = FitRunner(tiny_models["llama"], client.registry, job_id, "acme", spec, "test:1:rank0")
+        advance, calls = runner.trainer.advance, itertools.count(1)
+
+        def cancel_at_7(fits: Any) -> Any:
+            if next(calls) == 7:
+                with client.catalog.session() as session:
+                    set_job_status(session, job_id, "cancelled")
+            return advance(fits)
+
+        runner.trainer.advance = cancel_at_7  # type: ignore[method-assign]
+        runner.run()
+        held = {key: max(f.step for f in fits) for key, fits in runner.candidates.items()}
+        stopped = {f.key: f for f in JobsAPI(client).get(job_id).fits()}
+        assert set(held.values()) == {7} and {stopped[k].attempts for k in held} == {0}
+        assert {stopped[k].status for k in stopped} == {"pending"}  # nothing was done yet
+        with client.catalog.session() as session:  # what `ulpt train --resume` does first
+            set_job_status(session, job_id, "running")
+            state.reconcile(session, job_id)
+        run_worker(client, job_id, tiny_models["llama"])
+        fits = {f.key: f for f in JobsAPI(client).get(job_id).fits()}
+    assert {f.status for f in fits.values()} == {"done"} and {f.attempts for f in fits.values()} == {1}
+    assert {key: fits[key].timings["resumed_from_step"] for key in held} == held  # not one step lost

@@ -26,7 +26,7 @@ import torch
 
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.db import open_catalog
-from ulpt.catalog.jobs import claim_fits, mark_fit_done, mark_fit_failed, set_job_status
+from ulpt.catalog.jobs import claim_fits, mark_fit_done, mark_fit_failed, release_fits, set_job_status
 from ulpt.catalog.models import FitRow
 from ulpt.errors import CatalogError, ConflictError, MigrationRequiredError, StoreError, UlptError
 from ulpt.jobspec import JobSpec
@@ -188,8 +188,8 @@ class FitRunner:
         if self.checkpoints.every:
             self.checkpoints.save(self.candidates, self.rows)
         with self.catalog.session() as session:
-            for key in dict.fromkeys(fit.group for fit in active):
-                mark_fit_failed(session, self.rows[key].id, "stopped before it finished", retry=True)
+            ids = [self.rows[key].id for key in dict.fromkeys(fit.group for fit in active)]
+            release_fits(session, ids, "stopped before it finished")
 
     def _prepare(self, claimed: Sequence[FitRow]) -> list[FitState]:
         """FitStates for claimed fits; a fit whose rows or spec cannot train is recorded failed now."""

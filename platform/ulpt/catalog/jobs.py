@@ -155,6 +155,18 @@ def mark_fit_failed(session: Session, fit_id: uuid.UUID | str, error: str, *, re
     session.flush()
 
 
+def release_fits(session: Session, fit_ids: Sequence[uuid.UUID], reason: str) -> None:
+    """Put running fits back to pending after a clean stop (their job was cancelled): the claim is not
+    counted as an attempt, and each keeps its checkpoint, so a resume goes on from it."""
+    if fit_ids:
+        session.execute(
+            update(FitRow)
+            .where(FitRow.id.in_(list(fit_ids)), FitRow.status == "running")
+            .values(status="pending", worker=None, error=reason, attempts=FitRow.attempts - 1)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def record_checkpoint(session: Session, fit_ids: Sequence[uuid.UUID], key: str) -> None:
     """Point running fits at the checkpoint blob `key` that holds their state (one statement per pack)."""
     if fit_ids:
