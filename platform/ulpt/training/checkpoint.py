@@ -14,6 +14,7 @@ The bytes depend only on the fits' states, so a checkpoint is content-addressed 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from safetensors.torch import save as save_tensors
 from ulpt.adapters.limits import read_header
 from ulpt.errors import UlptError
 from ulpt.training.packed import FitState
+from ulpt.training.stack import FitStack
 
 FORMAT = "ulpt-fit-checkpoint"
 VERSION = "1"
@@ -42,21 +44,34 @@ class SavedFit:
 
     state: dict[str, Any]
     tensors: dict[str, torch.Tensor]
-    """params.<name>, best.<name>, exp_avg.<name>, exp_avg_sq.<name>: CPU float32."""
+    """params.<name>, best.<name>, and for a fit that had stepped exp_avg.<name>, exp_avg_sq.<name>."""
 
 
 def encode(groups: Mapping[str, Sequence[FitState]]) -> bytes:
-    """One blob for many fits: {fit key: its FitStates (one, or a sweep's candidates)}."""
-    tensors: dict[str, torch.Tensor] = {}
+    """One blob for many fits: {fit key: its FitStates (one, or a sweep's candidates)}.
+
+    Fits of one parameter layout (method and shapes) share one [fits, P] tensor per part (parameters,
+    best parameters, the two AdamW moments), so a pack of thousands of fits is a handful of tensors,
+    and a stacked fit's rows are copied off its device with the whole stack, never one by one.
+    """
+    layouts: dict[tuple[Any, ...], dict[str, list[torch.Tensor]]] = {}
+    stacks: dict[FitStack, dict[str, torch.Tensor]] = {}
     index: dict[str, list[dict[str, Any]]] = {}
-    for g, (group, fits) in enumerate(groups.items()):
+    for group, fits in groups.items():
         index[group] = []
-        for c, fit in enumerate(fits):
-            prefix = f"{g}.{c}."
-            for name, tensor in _fit_tensors(fit).items():
-                tensors[prefix + name] = tensor.detach().to("cpu", torch.float32).contiguous()
-            index[group].append({"key": fit.key, "prefix": prefix, **_fit_state(fit)})
-    header = {"format": FORMAT, "version": VERSION, "fits": index}
+        for fit in fits:
+            layout = tuple((name, tuple(p.shape)) for name, p in fit.adapter.params.items())
+            rows = layouts.setdefault(layout, {part: [] for part in PARTS})
+            entry = {"key": fit.key, "layout": list(layouts).index(layout), "row": len(rows["params"])}
+            for part, row in _fit_rows(fit, stacks).items():
+                rows[part].append(row)
+            index[group].append({**entry, "moments": fit.slot is not None, **_fit_state(fit)})
+    tensors = {
+        f"{i}.{part}": torch.stack(rows[part]).to(torch.float32).contiguous()
+        for i, rows in enumerate(layouts.values())
+        for part in PARTS
+    }
+    header = {"format": FORMAT, "version": VERSION, "layouts": list(layouts), "fits": index}
     return save_tensors(tensors, {METADATA_KEY: json.dumps(header, sort_keys=True)})  # one key: stable bytes
 
 
@@ -67,24 +82,23 @@ def decode(data: bytes) -> dict[str, list[SavedFit]]:
         header = json.loads(metadata[METADATA_KEY])
         if (header.get("format"), header.get("version")) != (FORMAT, VERSION):
             raise CheckpointError(f"not a version {VERSION} fit checkpoint: {header.get('format')!r}")
-        index = header["fits"]
         tensors = load_tensors(data)
-    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        out: dict[str, list[SavedFit]] = {}
+        for group, entries in header["fits"].items():
+            out[group] = [_saved_fit(entry, header["layouts"], tensors) for entry in entries]
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, IndexError) as exc:
         raise CheckpointError(f"not a fit checkpoint: {type(exc).__name__} {exc}") from None
-    out: dict[str, list[SavedFit]] = {}
-    for group, entries in index.items():
-        out[group] = [
-            SavedFit(
-                state=entry,
-                tensors={
-                    name.removeprefix(entry["prefix"]): tensor
-                    for name, tensor in tensors.items()
-                    if name.startswith(entry["prefix"])
-                },
-            )
-            for entry in entries
-        ]
     return out
+
+
+def _saved_fit(entry: dict[str, Any], layouts: list[Any], tensors: Mapping[str, torch.Tensor]) -> SavedFit:
+    layout = layouts[entry["layout"]]
+    sizes = [math.prod(shape) for _, shape in layout]
+    out = {}
+    for part in PARTS if entry["moments"] else PARTS[:2]:
+        row = tensors[f"{entry['layout']}.{part}"][entry["row"]]
+        out.update({f"{part}.{name}": t.view(shape) for (name, shape), t in zip(layout, row.split(sizes))})
+    return SavedFit(state=entry, tensors=out)
 
 
 def restore(fits: Sequence[FitState], saved: Sequence[SavedFit]) -> None:
@@ -143,14 +157,27 @@ def _fit_state(fit: FitState) -> dict[str, Any]:
     }
 
 
-def _fit_tensors(fit: FitState) -> dict[str, torch.Tensor]:
-    out = {f"params.{name}": p for name, p in fit.adapter.params.items()}
-    out.update({f"best.{name.removeprefix('params.')}": t for name, t in fit.best_params.items()})
-    optimizer = fit.optimizer_state()
-    if optimizer is not None:
-        for moment in ("exp_avg", "exp_avg_sq"):
-            out.update({f"{moment}.{name}": t for name, t in optimizer[moment].items()})
-    return out
+def _fit_rows(fit: FitState, stacks: dict[FitStack, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A fit's parts as flat host rows; a stacked fit's are its rows of the stack's tensors, copied to
+    the host once per stack (no device sync per fit). An unstacked fit has no moments (zeros)."""
+    best = torch.cat([t.detach().reshape(-1).to("cpu") for t in fit.best_params.values()])
+    if fit.slot is None:
+        params = torch.cat([p.detach().reshape(-1).to("cpu") for p in fit.adapter.params.values()])
+        return {
+            "params": params,
+            "best": best,
+            "exp_avg": torch.zeros_like(params),
+            "exp_avg_sq": torch.zeros_like(params),
+        }
+    stack, slot = fit.slot
+    if stack not in stacks:
+        stacks[stack] = {part: getattr(stack, name).detach().to("cpu") for part, name in STACKED.items()}
+    return {"best": best, **{part: stacks[stack][part][slot] for part in STACKED}}
+
+
+PARTS = ("params", "best", "exp_avg", "exp_avg_sq")
+STACKED = {"params": "flat", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
+"""Checkpoint part -> the FitStack tensor that holds it, one row per fit."""
 
 
 def _named(tensors: Mapping[str, torch.Tensor], prefix: str, fit: FitState) -> dict[str, torch.Tensor]:
