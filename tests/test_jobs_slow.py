@@ -110,7 +110,8 @@ def test_losing_a_worker_node_mid_job_costs_only_unfinished_fits(
 
 
 def node_loss_scenario(root: Path, n_fits: int = 240) -> dict[str, Any]:
-    """3 one-CPU worker nodes, a 2-worker job; kill a node hosting a worker when a sixth of the fits are done.
+    """3 one-CPU worker nodes, a 2-worker job; kill a node hosting a worker when a sixth of the fits are done
+    and a fit in flight has a checkpoint.
 
     Training starts are counted by the catalog: a worker claims a fit to train it, and every claim adds
     one to the fit's `attempts`. A finished fit trained again would show more attempts after the kill.
@@ -139,7 +140,7 @@ def node_loss_scenario(root: Path, n_fits: int = 240) -> dict[str, Any]:
     )
     with Client(home=root / "home", tenant="acme") as client:
         job = JobsAPI(client).submit(spec)
-        while job.status().counts["done"] < n_fits // 6:
+        while job.status().counts["done"] < n_fits // 6 or not running_checkpointed(client, job.id):
             time.sleep(0.2)
         fits = job.fits()
         running_pids = {int(f.worker.split(":")[1]) for f in fits if f.status == "running" and f.worker}
@@ -198,6 +199,14 @@ def node_loss_scenario(root: Path, n_fits: int = 240) -> dict[str, Any]:
             if after[key].attempts > 1
         },
     }
+
+
+def running_checkpointed(client: Any, job_id: str) -> bool:
+    """Whether a fit in flight has a checkpoint yet (a loss before any would only show the old cost)."""
+    from ulpt.catalog.jobs import list_fits
+
+    with client.catalog.read() as session:
+        return any(f.checkpoint for f in list_fits(session, job_id, status="running"))
 
 
 def checkpointed_steps(client: Any, job_id: str, keys: set[str]) -> dict[str, int]:
