@@ -2,12 +2,15 @@
 
     python benchmarks/reliability.py                # pytest -m reliability (slow tier included), then the doc
     python benchmarks/reliability.py --report-only  # the doc again, from the JSON already there
+    python benchmarks/reliability.py --update -- tests/test_jobs_slow.py  # rerun some tests, keep the rest
 
 Each test of the suite records its figures as `<out>/<section>.json` (see `tests/reliability_fixtures.py`).
 The document has one section per recorded section, with what was tested (the docstring of the test, or
 of its module, that recorded it) and a table of the figures. Sections the tests can record but did not
 (not selected, failed before recording, cut by the time cap) are listed as not run: nothing is invented.
-A run removes the previous JSON first, so figures never outlive the run that measured them.
+A run removes the previous JSON first, so figures never outlive the run that measured them. `--update`
+runs only the tests selected after `--`: the sections they record replace their old figures, every other
+section keeps the last run's, and the document says which sections came from which run.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,13 +42,26 @@ JUNIT_FILE = "_junit.xml"
 # ---- running -----------------------------------------------------------------------------------------
 
 
-def run_suite(out: Path, per_test_s: int, total_s: int, extra: list[str]) -> dict[str, Any]:
-    """pytest over the suite in its own process group, killed whole at the overall cap."""
+def run_suite(
+    out: Path, per_test_s: int, total_s: int, extra: list[str], *, update: bool = False, select: bool = False
+) -> dict[str, Any]:
+    """pytest over the suite in its own process group, killed whole at the overall cap.
+
+    With `update`, the run writes to a folder of its own and `merge_update` moves its sections over;
+    `select`: `extra` names the tests to run, in place of the whole `tests` folder.
+    """
+    if update:
+        partial = out / "_update"
+        shutil.rmtree(partial, ignore_errors=True)
+        run = run_suite(partial, per_test_s, total_s, extra, select=True)
+        merge_update(out, partial, run, extra)
+        shutil.rmtree(partial)
+        return run
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("*.json"), out / JUNIT_FILE]:
         old.unlink(missing_ok=True)
     command = [
-        sys.executable, "-m", "pytest", "tests", "-m", "reliability", "-q", "-rfE",
+        sys.executable, "-m", "pytest", *([] if select else ["tests"]), "-m", "reliability", "-q", "-rfE",
         f"--timeout={per_test_s}", f"--junitxml={out / JUNIT_FILE}", *extra,
     ]  # fmt: skip
     env = dict(os.environ, ULPT_RELIABILITY="full", ULPT_RELIABILITY_OUT=str(out))
@@ -70,6 +87,23 @@ def run_suite(out: Path, per_test_s: int, total_s: int, extra: list[str]) -> dic
     }
     (out / RUN_FILE).write_text(json.dumps(run, indent=2))
     return run
+
+
+def merge_update(out: Path, partial: Path, run: dict[str, Any], selection: list[str]) -> list[str]:
+    """Move a partial run's sections into `out` (replacing theirs) and note the run in `out`'s run record."""
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for path in sorted(partial.glob("*.json")):
+        if not path.name.startswith("_"):
+            path.replace(out / path.name)
+            sections.append(path.stem)
+    record_path = out / RUN_FILE
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    updates = [u for u in record.get("updates", []) if not set(u["sections"]) <= set(sections)]
+    keep = {k: run[k] for k in ("started", "seconds", "pytest_exit_code", "outcome", "failed_tests")}
+    record["updates"] = [*updates, {**keep, "selection": selection, "sections": sections}]
+    record_path.write_text(json.dumps(record, indent=2))
+    return sections
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -229,8 +263,9 @@ def _owner(section: str, families: list[Family]) -> Family | None:
 
 
 def _run_lines(run: dict[str, Any] | None) -> list[str]:
-    if run is None:
-        return ["No run record (`_run.json`): the figures come from tests run outside `make reliability`."]
+    if run is None or "started" not in run:
+        lines = ["No run record (`_run.json`): the figures come from tests run outside `make reliability`."]
+        return lines + _update_lines(run or {})
     outcome = run.get("outcome") or {}
     lines = [
         f"Last run: {run['started']}, {run['seconds']:.0f} s on {run['machine']}; pytest exit code "
@@ -242,6 +277,25 @@ def _run_lines(run: dict[str, Any] | None) -> list[str]:
         lines += ["", "**The run hit its overall cap**: tests after that point did not run."]
     if run.get("failed_tests"):
         lines += ["", "Failed: " + ", ".join(f"`{test}`" for test in run["failed_tests"]) + "."]
+    return lines + _update_lines(run)
+
+
+def _update_lines(run: dict[str, Any]) -> list[str]:
+    """One line per later `--update` run: what it ran, how it ended, which sections it replaced."""
+    lines = []
+    for update in run.get("updates", []):
+        outcome = update.get("outcome") or {}
+        lines += [
+            "",
+            f"Updated {update['started']} by `--update -- {' '.join(update['selection'])}` "
+            f"({update['seconds']:.0f} s; pytest exit code {update['pytest_exit_code']}"
+            + (f", {', '.join(f'{n} {k}' for k, n in outcome.items())}" if outcome else "")
+            + "): "
+            + (", ".join(f"`{name}`" for name in update["sections"]) or "no section recorded")
+            + ".",
+        ]
+        if update.get("failed_tests"):
+            lines.append("Failed: " + ", ".join(f"`{test}`" for test in update["failed_tests"]) + ".")
     return lines
 
 
@@ -306,11 +360,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc", type=Path, default=DOC, help="the document to write")
     parser.add_argument("--per-test-timeout", type=int, default=1200, help="seconds (pytest-timeout)")
     parser.add_argument("--total-timeout", type=int, default=3600, help="seconds for the whole run")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="run only the tests selected after --; replace their sections, keep the others",
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     code = 0
     if not args.report_only:
-        run = run_suite(args.out, args.per_test_timeout, args.total_timeout, args.pytest_args)
+        if args.update and not args.pytest_args:
+            parser.error("--update needs the tests to run after --, e.g. -- tests/test_jobs_slow.py")
+        run = run_suite(
+            args.out, args.per_test_timeout, args.total_timeout, args.pytest_args, update=args.update
+        )
         code = 1 if run["capped"] else int(run["pytest_exit_code"])
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(render(args.out, recorders()))

@@ -52,7 +52,12 @@ def test_losing_a_worker_node_mid_job_costs_only_unfinished_fits(
     tmp_path: Path, reliability: ReliabilityRun
 ) -> None:
     """A worker node of a 3-node Ray cluster is removed while a 240-fit job runs: the job still finishes,
-    every fit is recorded exactly once, and no fit finished before the loss is trained again."""
+    every fit is recorded exactly once, no fit finished before the loss is trained again, and every fit
+    in flight resumes from its last mid-fit checkpoint, losing at most `checkpoint_every` steps.
+
+    The steps lost after a checkpoint die with the worker's memory, so this run bounds them
+    (`steps_lost_at_most`: each fit in flight at most K, or what it had left); the exact count is
+    measured where the kill is at a known step (`tests/test_checkpoints.py`, `checkpoint_resume`)."""
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("platform", "jobs", "serving", "."))
     )
@@ -73,6 +78,10 @@ def test_losing_a_worker_node_mid_job_costs_only_unfinished_fits(
     assert report["changed_finished_fits"] == []  # their adapter and finish time are the ones of before
     assert report["adapters_per_fit"] == {"1": report["fits"]}  # every fit recorded exactly once
     assert report["restarts"] >= 1
+    k, resumed = report["checkpoint_every"], report["resumed_from_step"]
+    assert 0 < len(resumed) <= report["running_at_node_loss"]  # fits in flight, claimed again after it
+    assert all(report["steps_at_last_checkpoint"][key] <= step for key, step in resumed.items())
+    assert sum(step > 0 for step in resumed.values()) > 0  # the loss really came after checkpoints
     reliability.record(
         "node_loss_training",
         {
@@ -86,13 +95,23 @@ def test_losing_a_worker_node_mid_job_costs_only_unfinished_fits(
             "finished_fits_trained_again": report["finished_fits_trained_again"],
             "training_starts": report["training_starts"],
             "worker_group_restarts": report["restarts"],
+            "checkpoint_every": k,
+            "steps_per_fit": report["steps_per_fit"],
+            "fits_in_flight_at_node_loss": report["running_at_node_loss"],
+            "fits_in_flight_claimed_again": len(resumed),
+            "fits_resumed_from_a_checkpoint": sum(step > 0 for step in resumed.values()),
+            "steps_kept_by_checkpoints": sum(resumed.values()),
+            "steps_lost_at_most": sum(min(k, report["steps_per_fit"] - step) for step in resumed.values()),
+            "steps_lost_bound": f"<= {k} per fit in flight",
+            "steps_lost_without_checkpoints_at_least": sum(resumed.values()),
             "seconds": round(time.monotonic() - started, 1),
         },
     )
 
 
 def node_loss_scenario(root: Path, n_fits: int = 240) -> dict[str, Any]:
-    """3 one-CPU worker nodes, a 2-worker job; kill a node hosting a worker when a sixth of the fits are done.
+    """3 one-CPU worker nodes, a 2-worker job; kill a node hosting a worker when a sixth of the fits are done
+    and a fit in flight has a checkpoint.
 
     Training starts are counted by the catalog: a worker claims a fit to train it, and every claim adds
     one to the fit's `attempts`. A finished fit trained again would show more attempts after the kill.
@@ -114,12 +133,14 @@ def node_loss_scenario(root: Path, n_fits: int = 240) -> dict[str, Any]:
     ray.init(address=cluster.address, log_to_driver=False)
     model = build_tiny_model(root / "model", "llama")
     data = write_reviews(root / "reviews.jsonl", users=n_fits)
+    steps = 40
+    train = {"steps": steps, "checkpoint_every": 10}
     spec = JobSpec.from_dict(
-        job_dict(model, data, num_workers=2, fits_per_worker=8, max_failures=3, train={"steps": 40})
+        job_dict(model, data, num_workers=2, fits_per_worker=8, max_failures=3, train=train)
     )
     with Client(home=root / "home", tenant="acme") as client:
         job = JobsAPI(client).submit(spec)
-        while job.status().counts["done"] < n_fits // 6:
+        while job.status().counts["done"] < n_fits // 6 or not running_checkpointed(client, job.id):
             time.sleep(0.2)
         fits = job.fits()
         running_pids = {int(f.worker.split(":")[1]) for f in fits if f.status == "running" and f.worker}
@@ -136,7 +157,9 @@ def node_loss_scenario(root: Path, n_fits: int = 240) -> dict[str, Any]:
         )
         done_before = {f.key: (f.attempts, f.adapter_id, f.finished_at) for f in fits if f.status == "done"}
         open_at_kill = sum(f.status != "done" for f in fits)
+        in_flight = {f.key for f in fits if f.status == "running"}  # Ray Train restarts the whole group
         cluster.remove_node(victim, allow_graceful=False)
+        at_checkpoint = checkpointed_steps(client, job.id, in_flight)
         status = job.wait(timeout=600)
         after = {f.key: f for f in job.fits()}
         per_fit: dict[str, int] = {}
@@ -166,6 +189,37 @@ def node_loss_scenario(root: Path, n_fits: int = 240) -> dict[str, Any]:
         "training_starts": sum(fit.attempts for fit in after.values()),
         "adapters_per_fit": counts if len(per_fit) == len(after) else {"missing": len(after) - len(per_fit)},
         "restarts": restarts,
+        "checkpoint_every": train["checkpoint_every"],
+        "steps_per_fit": steps,
+        "running_at_node_loss": len(in_flight),
+        "steps_at_last_checkpoint": at_checkpoint,
+        "resumed_from_step": {
+            key: int(after[key].timings.get("resumed_from_step", 0))
+            for key in in_flight
+            if after[key].attempts > 1
+        },
+    }
+
+
+def running_checkpointed(client: Any, job_id: str) -> bool:
+    """Whether a fit in flight has a checkpoint yet (a loss before any would only show the old cost)."""
+    from ulpt.catalog.jobs import list_fits
+
+    with client.catalog.read() as session:
+        return any(f.checkpoint for f in list_fits(session, job_id, status="running"))
+
+
+def checkpointed_steps(client: Any, job_id: str, keys: set[str]) -> dict[str, int]:
+    """Each fit's step in the checkpoint its row names (0 without one), read right after the loss."""
+    from ulpt.catalog.jobs import list_fits
+    from ulpt.training import checkpoint
+
+    with client.catalog.read() as session:
+        named = {f.key: f.checkpoint for f in list_fits(session, job_id) if f.key in keys}
+    blobs = {key: checkpoint.decode(client.registry.store.get(key)) for key in set(named.values()) if key}
+    return {
+        key: max((s.state["step"] for s in blobs[blob][key]), default=0) if blob else 0
+        for key, blob in named.items()
     }
 
 

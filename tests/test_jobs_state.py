@@ -83,7 +83,7 @@ def test_reconcile_recovers_registered_fits_and_requeues_the_rest(
         [Registration(adapter, name="user-0", job_id=job_id, training_config={state.FIT_KEY: claimed[0].key})]
     )[0]
     with client.catalog.session() as session:
-        assert state.reconcile(session, job_id) == {"recovered": 1, "requeued": 2, "open": 3}
+        assert state.reconcile(session, job_id) == {"recovered": 1, "exhausted": 0, "requeued": 2, "open": 3}
     fits = {f.key: f for f in JobsAPI(client).get(job_id).fits()}
     assert (fits["0"].status, fits["0"].adapter_id) == ("done", record.id)
     assert [fits[k].status for k in ("1", "2", "3")] == ["pending"] * 3

@@ -98,3 +98,29 @@ def test_report_only_renders_the_repository_suite(tmp_path: Path) -> None:
     for title in ("## Node loss training", "## Registration crash", "## SDK corruption", "## No unpickling"):
         assert title in text
     assert "|" not in text and text.count("**Not run**") >= 4  # an empty folder: every section not run
+
+
+def test_an_update_replaces_only_the_sections_it_recorded_and_says_so(tmp_path: Path) -> None:
+    runner = _runner()
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_things.py").write_text(RECORDING_TESTS)
+    out, partial = tmp_path / "out", tmp_path / "partial"
+    out.mkdir()
+    partial.mkdir()
+    _recorded(out, "alpha", {"count": 1})
+    _recorded(out, "beta_one", {"stack": "old"})
+    first = {"started": "2026-01-01T00:00:00+00:00", "seconds": 60.0, "pytest_exit_code": 0}
+    first |= {"capped": False, "per_test_timeout_s": 1, "total_cap_s": 2, "machine": "m"}
+    (out / runner.RUN_FILE).write_text(json.dumps({**first, "outcome": {"passed": 2}}))
+    _recorded(partial, "beta_one", {"stack": "new"})
+    run = {**first, "started": "2026-02-02T00:00:00+00:00", "pytest_exit_code": 1}
+    run |= {"outcome": {"passed": 0, "failed": 1}, "failed_tests": ["t::x"]}
+
+    assert runner.merge_update(out, partial, run, ["tests/test_things.py"]) == ["beta_one"]
+    doc = runner.render(out, runner.recorders(tests))
+    assert "| count | 1 |" in doc  # kept from the full run
+    assert "| one | new |" in doc and "old" not in doc  # replaced by the update
+    assert "Last run: 2026-01-01T00:00:00+00:00" in doc
+    assert "Updated 2026-02-02T00:00:00+00:00 by `--update -- tests/test_things.py`" in doc
+    assert "pytest exit code 1, 0 passed, 1 failed): `beta_one`." in doc and "Failed: `t::x`." in doc

@@ -17,9 +17,17 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ulpt.catalog.jobs import as_uuid, fit_counts, get_job, requeue_running, verdict_counts
+from ulpt.catalog.jobs import (
+    as_uuid,
+    fail_exhausted,
+    fit_counts,
+    get_job,
+    requeue_running,
+    verdict_counts,
+)
 from ulpt.catalog.models import AdapterRow, FitRow, JobRow, utcnow
 from ulpt.catalog.names import check_json
+from ulpt.jobspec import DEFAULT_MAX_ATTEMPTS
 
 FIT_KEY = "fit_key"
 """The entry of an adapter's `training_config` that names the fit it came from."""
@@ -149,9 +157,13 @@ def fail_fits(session: Session, job_id: uuid.UUID | str, errors: Mapping[str, st
 def reconcile(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
     """Before (re)starting workers: fits whose adapter is registered become done, running ones pending.
 
-    Only call it when no worker of the job is alive (job start, worker-group restart, resume).
+    Only call it when no worker of the job is alive (job start, worker-group restart, resume). A
+    running fit that has been claimed `train.max_attempts` times took its worker down on each: it is
+    failed instead of requeued, so one bad fit cannot use up the job's restarts.
     """
     job = as_uuid(job_id)
+    spec = get_job(session, job).spec or {}
+    max_attempts = int((spec.get("train") or {}).get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
     open_fits = {
         fit.key: fit
         for fit in session.scalars(
@@ -168,12 +180,18 @@ def reconcile(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
         for adapter_id, config, metrics in registered:
             fit = open_fits.get(str((config or {}).get(FIT_KEY)))
             if fit is not None and fit.status != "done":
-                fit.status, fit.adapter_id, fit.error = "done", adapter_id, None
+                fit.status, fit.adapter_id, fit.error, fit.checkpoint = "done", adapter_id, None, None
                 fit.metrics, fit.finished_at = dict(metrics or {}), utcnow()
                 recovered += 1
         session.flush()
+    exhausted = fail_exhausted(session, job, max_attempts)
     requeued = requeue_running(session, job)
-    return {"recovered": recovered, "requeued": requeued, "open": len(open_fits) - recovered}
+    return {
+        "recovered": recovered,
+        "exhausted": exhausted,
+        "requeued": requeued,
+        "open": len(open_fits) - recovered - exhausted,
+    }
 
 
 def update_timings(session: Session, job_id: uuid.UUID | str, **values: Any) -> None:

@@ -5,7 +5,8 @@ Work is not sharded up front: each worker claims pending fits from the catalog (
 so a fast worker takes more and a restarted group picks up exactly the fits nobody finished.
 Progress goes to the catalog, not through `ray.train.report`, which is a barrier across workers.
 A worker never reads the job's dataset: it fetches the rows of each fit it claims from the store, where
-the driver wrote them at submission under the fit's dataset fingerprint.
+the driver wrote them at submission under the fit's dataset fingerprint. Every `train.checkpoint_every`
+steps it saves its whole pack (`ulpt_jobs.checkpoints`), and a fit claimed again resumes from there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.db import open_catalog
-from ulpt.catalog.jobs import claim_fits, mark_fit_done, mark_fit_failed, set_job_status
+from ulpt.catalog.jobs import claim_fits, mark_fit_done, mark_fit_failed, release_fits, set_job_status
 from ulpt.catalog.models import FitRow
 from ulpt.errors import CatalogError, ConflictError, MigrationRequiredError, StoreError, UlptError
 from ulpt.jobspec import JobSpec
@@ -37,6 +38,7 @@ from ulpt.store import open_store
 from ulpt.training import FitRequest, FitState, PackedTrainer, TrainConfig, sweep
 from ulpt.training.api import fit_metrics, prepare_fit
 from ulpt_jobs import state
+from ulpt_jobs.checkpoints import PackCheckpoints
 from ulpt_jobs.fit_data import read_fit_data
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,8 @@ class FitRunner:
         self.trainer = PackedTrainer(model, max_rows_per_forward=spec.max_rows_per_forward)
         self.rows: dict[str, FitRow] = {}
         self.candidates: dict[str, list[FitState]] = {}  # fit key -> its FitStates (several in a sweep)
+        self.checkpoints = PackCheckpoints(self.catalog, registry.store, spec.train.checkpoint_every)
+        self.resumed_from: dict[str, int] = {}  # fit key -> the step its checkpoint had reached
         self.cpu_started = time.process_time()
 
     def run(self) -> None:
@@ -163,6 +167,7 @@ class FitRunner:
             settled = self._settled(ended)
             if settled:
                 self._record(settled)
+            self.checkpoints.step(self.candidates, self.rows)
             active = [f for f in active if f.status == "running"]
 
     # ---- catalog ---------------------------------------------------------------------------------
@@ -178,26 +183,31 @@ class FitRunner:
             return state.job_is_stopped(session, self.job_id)
 
     def _release(self, active: Sequence[FitState]) -> None:
-        """A cancelled (or failed) job: put this worker's unfinished fits back, so a resume trains them."""
+        """A cancelled (or failed) job: checkpoint this worker's unfinished fits and put them back, so a
+        resume trains them on from where they are."""
+        if self.checkpoints.every:
+            self.checkpoints.save(self.candidates, self.rows)
         with self.catalog.session() as session:
-            for key in dict.fromkeys(fit.group for fit in active):
-                mark_fit_failed(session, self.rows[key].id, "stopped before it finished", retry=True)
+            ids = [self.rows[key].id for key in dict.fromkeys(fit.group for fit in active)]
+            release_fits(session, ids, "stopped before it finished")
 
     def _prepare(self, claimed: Sequence[FitRow]) -> list[FitState]:
         """FitStates for claimed fits; a fit whose rows or spec cannot train is recorded failed now."""
-        out, failed = [], {}
+        prepared, failed = [], {}
         for row in claimed:
             try:
-                out += self._fit_states(row)
+                prepared.append((row, self._fit_states(row)))
             except UlptError as exc:
                 if is_outage(exc):
                     raise
                 failed[row.key] = str(exc)
+        self.checkpoints.restore(prepared)
+        self.resumed_from.update({row.key: max(f.step for f in fits) for row, fits in prepared})
         if failed:
             with self.catalog.session() as session:
                 for key, error in failed.items():
                     mark_fit_failed(session, self.rows[key].id, error)
-        return out
+        return [fit for _, fits in prepared for fit in fits]
 
     def _fit_states(self, row: FitRow) -> list[FitState]:
         """The fit's FitState, or one per rate of its sweep (packed like any other fits)."""
@@ -233,7 +243,7 @@ class FitRunner:
         adapter_ids, errors = self._register([f for f in ended if f.status == "done"])
         with self.catalog.session() as session:
             for fit in ended:
-                row = self.rows.pop(fit.key)
+                row, resumed_from = self.rows.pop(fit.key), self.resumed_from.pop(fit.key, 0)
                 if fit.key in adapter_ids:
                     metrics = _finite(fit_metrics(fit))
                     # the worker's so far: memory budgets, and CPU cost that contention does not distort
@@ -241,6 +251,7 @@ class FitRunner:
                         "peak_rss_mb": _peak_rss_mb(),
                         "loop_cpu_s": self._loop_cpu_s(),
                         "base_weights": "shared" if self.model.shared_weights else "private",
+                        "resumed_from_step": resumed_from,
                     }
                     mark_fit_done(
                         session, row.id, adapter_id=adapter_ids[fit.key], metrics=metrics, timings=timings

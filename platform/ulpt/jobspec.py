@@ -137,11 +137,24 @@ class JobAdapterSpec(AdapterSpec):
     """shared: every adapter uses seed; per_fit: a seed derived from seed and the fit key."""
 
 
+DEFAULT_CHECKPOINT_EVERY: Final = 25
+DEFAULT_MAX_ATTEMPTS: Final = 3
+JOB_ONLY_TRAIN_FIELDS: Final = ("checkpoint_every", "max_attempts")
+"""`train:` fields of the job as a whole: how its workers save and retry, not how a fit learns."""
+
+
 class JobTrainConfig(TrainConfig):
-    """The job's `train:` section: every fit's TrainConfig, and optionally a length in epochs."""
+    """The job's `train:` section: every fit's TrainConfig, optionally a length in epochs, and how
+    the job's workers checkpoint and retry fits."""
 
     epochs: float | None = Field(default=None, gt=0, le=1e6)
     """If set, each fit trains ceil(epochs * train rows / batch_size) steps instead of steps."""
+    checkpoint_every: int = Field(default=DEFAULT_CHECKPOINT_EVERY, ge=0, le=1_000_000)
+    """Save every in-flight fit's state to the store every this many steps (one blob per worker's pack),
+    so a fit whose worker dies resumes there and loses at most this many steps; 0 disables."""
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=1000)
+    """A fit whose worker died while training it this many times is failed with the reason, and the
+    job goes on without it."""
 
 
 class JobSpec(SpecModel):
@@ -240,8 +253,11 @@ class JobSpec(SpecModel):
         """The training config of one fit and its epochs (None: train.steps)."""
         overrides = dict(fit.train) if fit else {}
         where = f"fits[{fit.key}].train" if fit else "train"
+        for name in JOB_ONLY_TRAIN_FIELDS:
+            if name in overrides:
+                raise SpecError(f"{where}.{name}: set for the whole job (train.{name}), not per fit")
         merged = JobTrainConfig.from_dict({**self.train.model_dump(), **overrides}, where=where)
-        return TrainConfig(**merged.model_dump(exclude={"epochs"})), merged.epochs
+        return TrainConfig(**merged.model_dump(exclude={"epochs", *JOB_ONLY_TRAIN_FIELDS})), merged.epochs
 
     def owned_by(self, tenant: str) -> JobSpec:
         """This spec recorded under `tenant`, the caller's identity; a spec naming another is refused.

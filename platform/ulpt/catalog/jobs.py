@@ -2,7 +2,9 @@
 
 Deliberately generic (the training driver owns the meaning of a spec): create a job, add its fits in
 bulk, let workers claim pending fits atomically, mark each done or failed, count fits per status.
-A claimed fit whose worker dies is put back with `requeue_running`; a done fit is never claimed again.
+A claimed fit whose worker dies is put back with `requeue_running` (or failed by `fail_exhausted` once
+it has taken its worker down `max_attempts` times); a done fit is never claimed again. A running fit
+records the store key of its last mid-fit checkpoint, which a later claim resumes from.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ def mark_fit_done(
     fit.metrics = None if metrics is None else check_json(dict(metrics), "fit metrics")
     fit.timings = None if timings is None else check_json(dict(timings), "fit timings")
     fit.error = None
+    fit.checkpoint = None  # a finished fit's checkpoints are garbage
     fit.finished_at = utcnow()
     session.flush()
 
@@ -147,7 +150,54 @@ def mark_fit_failed(session: Session, fit_id: uuid.UUID | str, error: str, *, re
     fit.status = "pending" if retry else "failed"
     fit.error = error
     fit.finished_at = None if retry else utcnow()
+    if not retry:
+        fit.checkpoint = None
     session.flush()
+
+
+def release_fits(session: Session, fit_ids: Sequence[uuid.UUID], reason: str) -> None:
+    """Put running fits back to pending after a clean stop (their job was cancelled): the claim is not
+    counted as an attempt, and each keeps its checkpoint, so a resume goes on from it."""
+    if fit_ids:
+        session.execute(
+            update(FitRow)
+            .where(FitRow.id.in_(list(fit_ids)), FitRow.status == "running")
+            .values(status="pending", worker=None, error=reason, attempts=FitRow.attempts - 1)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def record_checkpoint(session: Session, fit_ids: Sequence[uuid.UUID], key: str) -> None:
+    """Point running fits at the checkpoint blob `key` that holds their state (one statement per pack)."""
+    if fit_ids:
+        session.execute(
+            update(FitRow)
+            .where(FitRow.id.in_(list(fit_ids)), FitRow.status == "running")
+            .values(checkpoint=key)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def fail_exhausted(session: Session, job_id: uuid.UUID | str, max_attempts: int) -> int:
+    """Fail the running fits of a job whose worker died that have been claimed `max_attempts` times.
+
+    Call it where `requeue_running` is called, before it: a fit that took its worker down on every
+    attempt (out of memory on one huge row, say) ends failed with the reason, and the job goes on.
+    """
+    result = session.execute(
+        update(FitRow)
+        .where(FitRow.job_id == as_uuid(job_id), FitRow.status == "running", FitRow.attempts >= max_attempts)
+        .values(
+            status="failed",
+            worker=None,
+            checkpoint=None,
+            finished_at=utcnow(),
+            error=f"its worker stopped while training it on each of its {max_attempts} attempt(s) "
+            "(train.max_attempts); e.g. out of memory",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def requeue_running(session: Session, job_id: uuid.UUID | str, *, worker: str | None = None) -> int:
@@ -210,6 +260,16 @@ def fingerprints_of_open_jobs(session: Session) -> set[str]:
         select(FitRow.spec).join(JobRow, JobRow.id == FitRow.job_id).where(JobRow.status != "done")
     )
     return {fp for spec in specs if isinstance(fp := (spec or {}).get("dataset_fingerprint"), str)}
+
+
+def checkpoints_of_open_fits(session: Session) -> set[str]:
+    """Store keys of the last checkpoints of fits that may still train (pending or running)."""
+    keys = session.scalars(
+        select(FitRow.checkpoint)
+        .where(FitRow.status.in_(("pending", "running")), FitRow.checkpoint.is_not(None))
+        .distinct()
+    )
+    return {key for key in keys if key}
 
 
 def _get_fit(session: Session, fit_id: uuid.UUID | str) -> FitRow:

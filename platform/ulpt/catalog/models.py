@@ -267,6 +267,8 @@ class FitRow(Base):
     adapter_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("adapters.id", ondelete="SET NULL"))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    checkpoint: Mapped[str | None] = mapped_column(String(128))
+    """Store key of the fit's last mid-fit checkpoint (one blob per worker's pack); None once it ends."""
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

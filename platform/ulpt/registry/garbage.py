@@ -1,5 +1,5 @@
-"""Garbage collection: blobs no live adapter names (orphans of interrupted registrations, deleted adapters)
-and data blobs no unfinished job needs.
+"""Garbage collection: blobs no live adapter names (orphans of interrupted registrations, deleted adapters),
+data blobs no unfinished job needs, and mid-fit checkpoints no unfinished fit names.
 
 Registration writes the blob before the catalog row, so a crash in between leaves an orphan blob,
 never a row without its blob; collection removes such blobs once they are older than a grace period.
@@ -13,7 +13,7 @@ from typing import Any
 
 from ulpt.catalog import adapters as queries
 from ulpt.catalog.db import Catalog
-from ulpt.catalog.jobs import fingerprints_of_open_jobs
+from ulpt.catalog.jobs import checkpoints_of_open_fits, fingerprints_of_open_jobs
 from ulpt.catalog.models import utcnow
 from ulpt.errors import SpecError
 from ulpt.store import BlobStore, digest_key
@@ -52,7 +52,8 @@ def collect_garbage(
 
     A job's data blobs (each fit's rows, keyed by its dataset fingerprint) are kept while any job that
     is not done names them, since a failed or cancelled job can be resumed; once only done jobs name
-    them they are orphans like any other.
+    them they are orphans like any other. A mid-fit checkpoint is kept while a pending or running fit
+    names it as its last; superseded checkpoints and those of fits that ended are orphans.
 
     A registration that reuses an existing blob refreshes its modification time first, so a blob
     becoming referenced again is younger than the grace period and is left alone. The grace period
@@ -65,6 +66,7 @@ def collect_garbage(
     report = GcReport(dry_run=dry_run)
     with catalog.read() as session:  # read once: a job submitted later writes blobs younger than cutoff
         needed = {digest_key(fp) for fp in fingerprints_of_open_jobs(session)}
+        needed |= checkpoints_of_open_fits(session)
     batch: list[Any] = []
     for entry in store.list_blobs(older_than=cutoff):
         batch.append(entry)

@@ -56,12 +56,21 @@ class FitState:
     """The base model without an adapter on this fit's held-out rows, evaluated once."""
 
     slot: tuple[FitStack, int] | None = field(default=None, repr=False)  # (stack, row) while training
+    resumed_optimizer: dict[str, Any] | None = field(default=None, repr=False)
+    """AdamW state from a checkpoint (`ulpt.training.checkpoint`), loaded when the fit joins a stack."""
 
     def __post_init__(self) -> None:
         self.group = self.group or self.key
-        self._order = make_generator(self.config.seed, f"order:{self.group}")
-        self._queue: list[int] = []
+        self.seek(0)
         self._best_params = self._snapshot()
+
+    @property
+    def best_params(self) -> dict[str, torch.Tensor]:
+        """The parameters of the best evaluation so far (the initial ones before any)."""
+        return self._best_params
+
+    def restore_best(self, params: dict[str, torch.Tensor]) -> None:
+        self._best_params = params
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         # clone, not deepcopy: a stacked parameter is a view, and deepcopy would copy the whole stack
@@ -78,15 +87,34 @@ class FitState:
 
     def next_batch(self) -> list[Example]:
         """The next `batch_size` rows, epoch by epoch in a seeded order of this fit's own."""
-        batch: list[Example] = []
-        size = self.config.batch_size
-        while len(batch) < size:
+        return [self.train[i] for i in self._take(self.config.batch_size)]
+
+    @property
+    def cursor(self) -> int:
+        """Rows this fit has drawn so far: with its seed, all that fixes the rows it sees next."""
+        return self._cursor
+
+    def seek(self, cursor: int) -> None:
+        """Position the row order after `cursor` rows, as if they had been drawn (resuming a fit).
+
+        The order is regenerated from the seed, epoch by epoch, so a resumed fit sees exactly the rows
+        an uninterrupted one would.
+        """
+        self._order = make_generator(self.config.seed, f"order:{self.group}")
+        self._queue: list[int] = []
+        self._cursor = 0
+        self._take(cursor)
+
+    def _take(self, count: int) -> list[int]:
+        rows: list[int] = []
+        while len(rows) < count:
             if not self._queue:
                 self._queue = self._epoch_order()
-            take = min(size - len(batch), len(self._queue))
-            batch += [self.train[i] for i in reversed(self._queue[-take:])]  # popped from the end
+            take = min(count - len(rows), len(self._queue))
+            rows += reversed(self._queue[-take:])  # popped from the end
             del self._queue[-take:]
-        return batch
+        self._cursor += count
+        return rows
 
     def _epoch_order(self) -> list[int]:
         if len(self.train) == 1:

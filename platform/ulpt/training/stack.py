@@ -191,7 +191,8 @@ class FitStacks:
         self.stacks: dict[tuple[Any, ...], FitStack] = {}
 
     def join(self, fits: Sequence[FitState]) -> None:
-        """Stack every fit not yet stacked here (a fit stacked by another trainer moves over)."""
+        """Stack every fit not yet stacked here (a fit stacked by another trainer moves over, and a fit
+        resumed from a checkpoint takes its saved AdamW moments)."""
         newcomers: dict[tuple[Any, ...], list[FitState]] = {}
         moved: dict[int, dict[str, Any]] = {}
         for fit in fits:
@@ -207,8 +208,10 @@ class FitStacks:
             stack = self.stacks[key]
             stack.join(group)
             for fit in group:
-                if id(fit) in moved and fit.slot is not None:
-                    stack.load_optimizer_state(fit.slot[1], moved[id(fit)])
+                saved = moved.get(id(fit), fit.resumed_optimizer)
+                fit.resumed_optimizer = None
+                if saved is not None and fit.slot is not None:
+                    stack.load_optimizer_state(fit.slot[1], saved)
 
     def row_prompts(self, fits: Sequence[FitState]) -> RowPrompts:
         """The prompts of rows owned by `fits` (one entry per row), fits of one stack adjacent."""
