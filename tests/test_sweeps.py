@@ -231,5 +231,7 @@ def test_repeated_lr_flags_make_a_sweep_and_one_is_a_rate(
     assert build_spec(None, {**flags, "lr": [0.1, 0.3]}, [str(data)], None).train.lr == [0.1, 0.3]
     assert build_spec(None, {**flags, "lr": [0.2]}, [str(data)], None).train.lr == 0.2
     assert build_spec(None, {**flags, "preset": "paper"}, [str(data)], None).train.preset == "paper"
+    limits = build_spec(None, {**flags, "checkpoint_every": 0, "max_attempts": 5}, [str(data)], None)
+    assert (limits.train.checkpoint_every, limits.train.max_attempts) == (0, 5)
     swept = build_spec(None, {**flags, "rank": [2, 8], "n_tokens": [4]}, [str(data)], None)
     assert (swept.train.rank, swept.adapter.rank, swept.adapter.n_tokens) == ([2, 8], 2, 4)

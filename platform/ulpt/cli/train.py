@@ -44,6 +44,8 @@ _FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "lr": ("train", "lr"),
     "preset": ("train", "preset"),
     "batch_size": ("train", "batch_size"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+    "max_attempts": ("train", "max_attempts"),
     "name": ("name",),
     "num_workers": ("num_workers",),
     "use_gpu": ("use_gpu",),
@@ -86,6 +88,14 @@ def train(
         str | None, typer.Option(help="Where an unset lr comes from: measured (default) or paper.")
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Rows per fit per step.")] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option("--checkpoint-every", help="Checkpoint in-flight fits every N steps (0: never)."),
+    ] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option("--max-attempts", help="Fail a fit after its worker died this many times with it."),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Adapter name template, e.g. user-{user_id}.")] = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", help="KEY=VALUE adapter tag (repeatable).")
