@@ -28,7 +28,9 @@ STATUS = {"pending": "queued", "running": "running", "done": "succeeded", "faile
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n_epochs: int | Literal["auto"] = Field("auto", description="Passes over the rows; auto: ulpt.steps")
+    n_epochs: int | Literal["auto"] = Field(
+        default="auto", description="Passes over the rows; auto: ulpt.steps"
+    )
     batch_size: int | Literal["auto"] = "auto"
     learning_rate_multiplier: float | Literal["auto"] = "auto"
 
@@ -38,21 +40,21 @@ class UlptOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: Literal["ulpt", "pt", "dpt", "lopt1", "lopt2"] = "ulpt"
-    rank: int = Field(2, ge=1, le=1024)
-    n_tokens: int = Field(10, ge=1, le=512)
-    seed: int = Field(1234, ge=0, le=2**31 - 1)
-    steps: int = Field(200, ge=1, le=100_000)
-    lr: float | None = Field(None, gt=0, le=10)
-    eval_fraction: float = Field(0.2, ge=0, lt=1)
+    rank: int = Field(default=2, ge=1, le=1024)
+    n_tokens: int = Field(default=10, ge=1, le=512)
+    seed: int = Field(default=1234, ge=0, le=2**31 - 1)
+    steps: int = Field(default=200, ge=1, le=100_000)
+    lr: float | None = Field(default=None, gt=0, le=10)
+    eval_fraction: float = Field(default=0.2, ge=0, lt=1)
 
 
 class FineTuneRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(..., min_length=1, max_length=512)
     training_file: str = Field(..., max_length=64)
-    suffix: str | None = Field(None, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")
+    suffix: str | None = Field(default=None, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")
     hyperparameters: Hyperparameters = Field(default_factory=lambda: Hyperparameters())
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     ulpt: UlptOptions = Field(default_factory=lambda: UlptOptions())
 
 
