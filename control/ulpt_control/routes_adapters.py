@@ -128,7 +128,7 @@ def delete_adapter(
     request: Request, ref: str, all_versions: bool = False, force: bool = False, caller: Caller = ADMIN
 ) -> dict[str, Any]:
     deleted = view(request, caller).delete(ref, all_versions=all_versions, force=force)
-    return {"deleted": [r.ref for r in deleted]}
+    return {"deleted": [r.ref for r in deleted], "items": [record_dict(r) for r in deleted]}
 
 
 @router.get("/v1/aliases", tags=["aliases"], summary="The tenant's aliases and what they point at")
