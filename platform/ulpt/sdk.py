@@ -27,7 +27,7 @@ from typing import Any
 
 from ulpt.catalog import Catalog, NewApiKey
 from ulpt.catalog.names import check_tenant
-from ulpt.errors import SpecError
+from ulpt.errors import SpecError, UlptError
 from ulpt.jobspec import JobSpec
 from ulpt.keys_api import Keys
 from ulpt.registry import Adapters, GcReport, Locations, Registry
@@ -73,11 +73,21 @@ class Client:
     @cached_property
     def catalog(self) -> Catalog:
         """The catalog; the embedded default upgrades its own schema, others must already be current."""
+        self._direct_only("the catalog")
         return self.locations.open_catalog()
 
     @cached_property
     def store(self) -> BlobStore:
+        self._direct_only("the object store")
         return self.locations.open_store(**self.store_options)
+
+    def _direct_only(self, what: str) -> None:
+        """In remote mode a local catalog or store would silently be a different one: refuse instead."""
+        if self.api is not None:
+            raise UlptError(
+                f"{what} is not reachable in remote mode (ULPT_API_URL is set): use client.adapters, "
+                "client.jobs and client.train, or pass catalog_url= for direct mode"
+            )
 
     @cached_property
     def registry(self) -> Registry:

@@ -44,3 +44,16 @@ def test_oversized_uploads_are_refused_before_and_while_reading(make_plane) -> N
     streamed = plane.call("POST", "/v1/files", content=chunks())
     assert declared.status_code == streamed.status_code == 413
     assert plane.call("GET", "/v1/files").json()["data"] == []
+
+
+def test_gc_keeps_a_live_files_blob_and_frees_a_deleted_ones(plane: Plane) -> None:
+    from datetime import timedelta
+
+    acme = plane.clients["acme"]
+    file_id = plane.call("POST", "/v1/files", content=ROWS).json()["id"]
+    acme.gc(timedelta(0))
+    assert plane.call("GET", f"/v1/files/{file_id}/content").content == ROWS
+    plane.call("DELETE", f"/v1/files/{file_id}")
+    freed = acme.gc(timedelta(0))
+    assert freed.bytes_freed >= len(ROWS)
+    assert acme.adapters.load("user-2").num_trainable_params > 0  # adapters' blobs untouched

@@ -94,3 +94,21 @@ def test_submit_wait_find_show_alias_delete(
         client.adapters.get(f"{mode}-0")
     with pytest.raises(NotFoundError):
         client.jobs.get("00000000-0000-7000-8000-000000000000")
+
+
+def test_remote_mode_refuses_the_catalog_instead_of_opening_a_local_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ULPT_API_URL", "http://127.0.0.1:9/control")
+    monkeypatch.delenv("ULPT_API_KEY", raising=False)
+    with pytest.raises(SpecError, match="ULPT_API_KEY"):
+        Client(home=tmp_path)
+    monkeypatch.setenv("ULPT_API_KEY", "ulpt_0123456789ab_" + "x" * 40)
+    with Client(home=tmp_path) as remote:
+        with pytest.raises(ulpt.UlptError, match="remote mode"):
+            remote.keys.list()
+        with pytest.raises(ulpt.UlptError, match="cannot reach the control plane"):
+            remote.adapters.find()
+    assert not (tmp_path / "catalog.db").exists()
+    with Client(home=tmp_path, catalog_url=f"sqlite:///{tmp_path}/c.db") as direct:  # explicit: direct mode
+        assert direct.api is None
