@@ -24,11 +24,11 @@ from rich.progress import MofNCompleteColumn, Progress
 from ulpt.adapters import Adapter, AdapterSpec
 from ulpt.config import ulpt_home
 from ulpt.data import load_task, prefetch_tasks, split_rows
+from ulpt.demo_api import demo_client
 from ulpt.demo_report import answers_table, results_table, write_results
 from ulpt.errors import UlptError
 from ulpt.jobspec import JobSpec
 from ulpt.models import BaseModel, load_base_model
-from ulpt.sdk import Client
 from ulpt.training.evaluate import EvalItem, evaluate
 from ulpt.training.examples import tokenize
 
@@ -82,11 +82,13 @@ def run_demo(
     serve: bool = True,
     smoke: bool = False,
     console: Console | None = None,
+    api: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate, save and query the demo adapters; returns the table as data.
 
     Also writes the table to `<ULPT_HOME>/demo/results.json`. `smoke=True` runs every phase at a
     tiny size (two adapters, a few steps), for checking that an installation works end to end.
+    `api=True` trains and reads the catalog through the control plane's HTTP API (`ulpt.demo_api`).
     """
     base = SMOKE if smoke else FULL
     size = DemoSize(
@@ -124,11 +126,11 @@ def run_demo(
         f"{size.steps} steps of {size.batch_size} rows each"
     )
     t0 = time.monotonic()
-    with Client(home=home) as client:
+    with demo_client(home, api) as client:  # with api: over HTTP, holding only a key
         job = client.train(spec)
         job.wait(progress=True)
         fits = {f.key: f for f in job.fits()}
-        adapters = {key: client.adapters.get(f.adapter).load() for key, f in fits.items() if f.adapter}
+        adapters = {key: client.adapters.load(f.adapter) for key, f in fits.items() if f.adapter}
         refs = {key: f.adapter for key, f in fits.items() if f.adapter}
     train_seconds = time.monotonic() - t0
     console.print(f"job {job.id}: registered {', '.join(refs.values())}  (try: ulpt jobs show {job.id})")

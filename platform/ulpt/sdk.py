@@ -9,6 +9,10 @@ Settings: explicit arguments, else ULPT_CATALOG_URL / ULPT_STORE_URL, else the e
 `home` (ULPT_HOME, default ./.ulpt): `catalog.db` and `blobs/`. The embedded catalog creates and
 upgrades its own schema; any other catalog must be upgraded with `ulpt db upgrade`.
 Connections open lazily, on first use.
+
+Remote mode: with `api_url=` and `api_key=` (or ULPT_API_URL and ULPT_API_KEY) `client.adapters`,
+`client.jobs` and `client.train` go to the control plane over HTTP as the key's tenant, with no
+database or store credentials (`ulpt.remote`); explicit catalog or store URLs keep direct mode.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from ulpt.catalog import Catalog, NewApiKey
 from ulpt.catalog.names import check_tenant
+from ulpt.errors import SpecError, UlptError
 from ulpt.jobspec import JobSpec
 from ulpt.keys_api import Keys
 from ulpt.registry import Adapters, GcReport, Locations, Registry
@@ -45,7 +50,11 @@ class Client:
         *,
         store_options: Mapping[str, Any] | None = None,
         ray_address: str | None = None,
+        api_url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
+        self.api = _remote_api(api_url, api_key, direct=bool(catalog_url or store_url))
+        """The control plane this client talks to in remote mode, else None (direct mode)."""
         self.locations = Locations.resolve(home, catalog_url, store_url)
         self.home = self.locations.home
         self.tenant = check_tenant(tenant)
@@ -64,11 +73,21 @@ class Client:
     @cached_property
     def catalog(self) -> Catalog:
         """The catalog; the embedded default upgrades its own schema, others must already be current."""
+        self._direct_only("the catalog")
         return self.locations.open_catalog()
 
     @cached_property
     def store(self) -> BlobStore:
+        self._direct_only("the object store")
         return self.locations.open_store(**self.store_options)
+
+    def _direct_only(self, what: str) -> None:
+        """In remote mode a local catalog or store would silently be a different one: refuse instead."""
+        if self.api is not None:
+            raise UlptError(
+                f"{what} is not reachable in remote mode (ULPT_API_URL is set): use client.adapters, "
+                "client.jobs and client.train, or pass catalog_url= for direct mode"
+            )
 
     @cached_property
     def registry(self) -> Registry:
@@ -77,11 +96,19 @@ class Client:
     @cached_property
     def adapters(self) -> Adapters:
         """Register, find, get, alias, delete and export adapters of this client's tenant."""
+        if self.api is not None:
+            from ulpt.remote import RemoteAdapters
+
+            return RemoteAdapters(self.api)  # type: ignore[return-value]
         return self.registry.for_tenant(self.tenant)
 
     @cached_property
     def jobs(self) -> JobsAPI:
         """Submit, resume, list, get and cancel this tenant's bulk training jobs."""
+        if self.api is not None:
+            from ulpt.remote import RemoteJobs
+
+            return RemoteJobs(self.api)  # type: ignore[return-value]
         return JobsAPI(self)
 
     def job_target(self) -> JobTarget:
@@ -135,4 +162,19 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
+        if self.api is not None:
+            return f"Client(api={self.api.url!r})"
         return f"Client(catalog={self.catalog_url!r}, store={self.store_url!r}, tenant={self.tenant!r})"
+
+
+def _remote_api(url: str | None, key: str | None, *, direct: bool) -> Any:
+    """The control plane of `url` / ULPT_API_URL with `key` / ULPT_API_KEY, or None for direct mode."""
+    url = url or (None if direct else os.environ.get("ULPT_API_URL")) or None
+    if url is None:
+        return None
+    key = key or os.environ.get("ULPT_API_KEY") or None
+    if key is None:
+        raise SpecError("remote mode needs an API key: set ULPT_API_KEY (from `ulpt keys create`)")
+    from ulpt.remote import Api
+
+    return Api(url, key)

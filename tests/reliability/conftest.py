@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from tests.control.conftest import make_plane, plane
 from tests.reliability_fixtures import ReliabilityRun
 
-__all__ = ["ReliabilityRun"]
+__all__ = ["ReliabilityRun", "make_plane", "plane"]  # the control plane's fixtures, for its attacks

@@ -19,6 +19,12 @@ def demo(
         "--smoke",
         help="Every phase at a tiny size (2 adapters, 3 steps): checks an install.",
     ),
+    api: bool = typer.Option(
+        False,
+        "--api",
+        help="Train and read the catalog through the control plane's HTTP API with only an API key "
+        "(it runs on 127.0.0.1 for the demo), as a user of a deployed service would.",
+    ),
 ) -> None:
     """Train adapters on BIG-bench with SmolLM2, compare them with zero-shot, answer in one mixed batch.
 
@@ -26,4 +32,4 @@ def demo(
     """
     from ulpt.demo import run_demo
 
-    run_demo(steps=steps, batch_size=batch_size, test_rows=test_rows, serve=serve, smoke=smoke)
+    run_demo(steps=steps, batch_size=batch_size, test_rows=test_rows, serve=serve, smoke=smoke, api=api)
