@@ -48,10 +48,12 @@ lint: install-test
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# The published JSON Schema of job spec files, generated from the JobSpec model (a test compares them).
+# The published JSON Schema of job spec files, generated from the JobSpec model, and the control
+# plane's OpenAPI schema, generated from its routes (tests compare both with the committed files).
 schema: install
 	$(BIN)/python -c "import json, ulpt.jobspec as j; print(json.dumps(j.json_schema(), indent=2))" \
 		> docs/jobspec.schema.json
+	$(BIN)/python -m ulpt_control openapi > docs/control.openapi.json
 
 test: lint
 	$(BIN)/pytest

@@ -19,8 +19,13 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_LOCK = ROOT / "requirements" / "runtime.txt"
 TEST_LOCK = ROOT / "requirements" / "test.txt"
-SOURCES = [ROOT / "platform" / "ulpt", ROOT / "jobs" / "ulpt_jobs", ROOT / "serving" / "ulpt_serving"]
-FIRST_PARTY = {"ulpt", "ulpt_jobs", "ulpt_serving"}
+SOURCES = [
+    ROOT / "platform" / "ulpt",
+    ROOT / "jobs" / "ulpt_jobs",
+    ROOT / "serving" / "ulpt_serving",
+    ROOT / "control" / "ulpt_control",
+]
+FIRST_PARTY = {"ulpt", "ulpt_jobs", "ulpt_serving", "ulpt_control"}
 OUTSIDE_THE_LOCKS = {"torch"}  # installed first and pinned by the Makefile (CPU or CUDA build)
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s\\;]+)", re.MULTILINE)
 

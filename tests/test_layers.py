@@ -26,12 +26,20 @@ CORE = [
     "ulpt.store",
     "ulpt.training",
 ]
-ABOVE_THE_CORE = ("ulpt.sdk", "ulpt.jobs_api", "ulpt.cli", "ulpt.demo", "ulpt_jobs", "ulpt_serving")
+ABOVE_THE_CORE = (
+    "ulpt.sdk",
+    "ulpt.jobs_api",
+    "ulpt.cli",
+    "ulpt.demo",
+    "ulpt_jobs",
+    "ulpt_serving",
+    "ulpt_control",
+)
 
 
 def _loaded_after(statement: str) -> list[str]:
     """The first-party modules a fresh interpreter has loaded after running `statement`."""
-    first_party = "('ulpt', 'ulpt_jobs', 'ulpt_serving')"
+    first_party = "('ulpt', 'ulpt_jobs', 'ulpt_serving', 'ulpt_control')"
     probe = (
         f"{statement}\nimport json, sys\n"
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {first_party})))"
@@ -48,10 +56,15 @@ def test_importing_the_core_loads_no_layer_above_it() -> None:
     assert above == [], f"the core pulled in {above}"
 
 
-@pytest.mark.parametrize("layer", ["ulpt_jobs.handle", "ulpt_jobs.worker", "ulpt_serving.app"])
-def test_jobs_and_serving_load_neither_the_sdk_nor_the_cli(layer: str) -> None:
+@pytest.mark.parametrize(
+    "layer", ["ulpt_jobs.handle", "ulpt_jobs.worker", "ulpt_serving.app", "ulpt_control.deployment"]
+)
+def test_jobs_serving_and_control_load_neither_the_sdk_nor_the_cli(layer: str) -> None:
     loaded = _loaded_after(f"import {layer}")
-    assert [m for m in loaded if m.startswith(("ulpt.sdk", "ulpt.jobs_api", "ulpt.cli", "ulpt.demo"))] == []
+    above = ("ulpt.sdk", "ulpt.jobs_api", "ulpt.cli", "ulpt.demo") + (
+        ("ulpt_control",) if not layer.startswith("ulpt_control") else ()
+    )
+    assert [m for m in loaded if m.startswith(above)] == []
 
 
 def test_the_sdk_is_still_exported_by_the_package_root() -> None:

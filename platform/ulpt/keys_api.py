@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from ulpt.catalog import Catalog, NewApiKey
-from ulpt.catalog.api_keys import create_api_key, list_api_keys, revoke_api_key
-from ulpt.catalog.models import ApiKeyRow
+from ulpt.catalog.api_keys import create_api_key, list_api_keys, revoke_api_key, scopes_of
+from ulpt.catalog.models import SCOPES, ApiKeyRow
 
 __all__ = ["ApiKeyInfo", "Keys"]
 
@@ -28,6 +28,7 @@ class ApiKeyInfo:
     name: str | None
     created_at: datetime
     revoked_at: datetime | None
+    scopes: tuple[str, ...] = SCOPES
 
     @property
     def prefix(self) -> str:
@@ -40,7 +41,7 @@ class ApiKeyInfo:
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> ApiKeyInfo:
-        return cls(row.id, row.tenant, row.label, row.created_at, row.revoked_at)
+        return cls(row.id, row.tenant, row.label, row.created_at, row.revoked_at, scopes_of(row))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class ApiKeyInfo:
             "prefix": self.prefix,
             "name": self.name,
             "tenant": self.tenant,
+            "scopes": list(self.scopes),
             "created_at": self.created_at.isoformat(),
             "revoked": self.revoked,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
@@ -61,10 +63,11 @@ class Keys:
         self._catalog = catalog
         self.tenant = tenant
 
-    def create(self, name: str | None = None) -> NewApiKey:
-        """A new key; its plaintext (`.key`) is returned only this once and is not stored anywhere."""
+    def create(self, name: str | None = None, scopes: tuple[str, ...] | list[str] = SCOPES) -> NewApiKey:
+        """A new key with `scopes` (read, train, admin; all by default); its plaintext (`.key`) is
+        returned only this once and is not stored anywhere."""
         with self._catalog.session() as session:
-            return create_api_key(session, self.tenant, name)
+            return create_api_key(session, self.tenant, name, scopes)
 
     def list(self) -> list[ApiKeyInfo]:
         """Every key of the tenant, oldest first, revoked ones included (with when)."""

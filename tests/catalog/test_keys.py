@@ -137,3 +137,45 @@ def test_cli_help_says_what_each_command_does(cli: Cli, command: str) -> None:
     assert {"create": "shown only", "list": "never the key", "revoke": "refuses it"}[command] in " ".join(
         text.split()
     )
+
+
+def test_keys_carry_the_scopes_they_were_created_with(tenants: tuple[Client, Client], cli: Cli) -> None:
+    acme, _ = tenants
+    reader = acme.keys.create("dashboard", scopes=["read"])
+    default = acme.keys.create("laptop")
+    identities = [acme.registry.identity_for_key(k.key) for k in (reader, default)]
+    assert [(i.tenant, sorted(i.scopes)) for i in identities if i] == [
+        ("acme", ["read"]),
+        ("acme", ["admin", "read", "train"]),
+    ]
+    assert [k.scopes for k in acme.keys.list()] == [("read",), ("read", "train", "admin")]
+    with pytest.raises(SpecError, match="unknown scope"):
+        acme.keys.create("x", scopes=["root"])
+    with pytest.raises(SpecError, match="one or more"):
+        acme.keys.create("x", scopes=[])
+    made = cli.json("keys", "create", "--tenant", "acme", "--scope", "train", "--scope", "read")
+    assert isinstance(made, dict) and made["scopes"] == ["read", "train"]
+
+
+def test_keys_made_before_scopes_keep_every_scope_after_the_upgrade(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from ulpt.catalog.db import create_catalog_engine, open_catalog, sqlite_url
+    from ulpt.catalog.migrate import upgrade
+
+    url = sqlite_url(tmp_path / "old.db")
+    engine = create_catalog_engine(url)
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (name) VALUES ('acme')"))
+        conn.execute(
+            text("INSERT INTO api_keys (id, tenant, key_hash) VALUES ('0123456789ab', 'acme', :h)"),
+            {"h": "0" * 64},
+        )
+    upgrade(engine)
+    engine.dispose()
+    catalog = open_catalog(url)
+    with catalog.read() as session:
+        row = session.get(ApiKeyRow, "0123456789ab")
+        assert row is not None and row.scopes == "read,train,admin"
+    catalog.close()

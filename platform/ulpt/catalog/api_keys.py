@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ulpt.catalog.models import ApiKeyRow, utcnow
+from ulpt.catalog.models import SCOPES, ApiKeyRow, utcnow
 from ulpt.catalog.names import check_name
 from ulpt.catalog.tenants import ensure_tenant
 from ulpt.errors import NotFoundError, SpecError
@@ -34,36 +34,74 @@ class NewApiKey:
     tenant: str
     key: str
     label: str | None = None
+    scopes: tuple[str, ...] = SCOPES
 
     def __repr__(self) -> str:  # never print the secret by accident
-        return f"NewApiKey(id={self.id!r}, tenant={self.tenant!r}, label={self.label!r})"
+        return (
+            f"NewApiKey(id={self.id!r}, tenant={self.tenant!r}, label={self.label!r}, scopes={self.scopes!r})"
+        )
+
+
+@dataclass(frozen=True)
+class KeyIdentity:
+    """Who an accepted key speaks for and what it may do; holds no secret."""
+
+    key_id: str
+    tenant: str
+    scopes: frozenset[str]
+
+
+def check_scopes(scopes: object) -> tuple[str, ...]:
+    """Known scopes in their canonical order; refuses an empty or unknown one (naming the known)."""
+    if isinstance(scopes, str) or not scopes:
+        raise SpecError(f"scopes: give one or more of {', '.join(SCOPES)}")
+    given = list(scopes)  # type: ignore[call-overload]
+    unknown = [s for s in given if s not in SCOPES]
+    if unknown:
+        raise SpecError(f"scopes: unknown scope {str(unknown[0])[:32]!r}; known: {', '.join(SCOPES)}")
+    return tuple(s for s in SCOPES if s in given)
+
+
+def scopes_of(row: ApiKeyRow) -> tuple[str, ...]:
+    return tuple(s for s in row.scopes.split(",") if s in SCOPES)
 
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_api_key(session: Session, tenant: str, label: str | None = None) -> NewApiKey:
+def create_api_key(
+    session: Session, tenant: str, label: str | None = None, scopes: tuple[str, ...] | list[str] = SCOPES
+) -> NewApiKey:
     """A new key for `tenant` (created if needed); store its plaintext now, it cannot be recovered."""
     if label is not None:
         check_name(label, "API key name")
+    granted = check_scopes(scopes)
     ensure_tenant(session, tenant)
     key_id = secrets.token_hex(6)
     key = f"ulpt_{key_id}_{secrets.token_urlsafe(32)}"
-    session.add(ApiKeyRow(id=key_id, tenant=tenant, key_hash=_hash(key), label=label))
+    session.add(
+        ApiKeyRow(id=key_id, tenant=tenant, key_hash=_hash(key), label=label, scopes=",".join(granted))
+    )
     session.flush()
-    return NewApiKey(id=key_id, tenant=tenant, key=key, label=label)
+    return NewApiKey(id=key_id, tenant=tenant, key=key, label=label, scopes=granted)
 
 
-def verify_api_key(session: Session, key: str) -> str | None:
-    """The tenant a key belongs to, or None for a malformed, unknown or revoked key."""
+def identify_api_key(session: Session, key: str) -> KeyIdentity | None:
+    """The tenant and scopes of a key, or None for a malformed, unknown or revoked key."""
     match = _KEY.fullmatch(key or "")
     if match is None:
         return None
     row = session.get(ApiKeyRow, match.group(1))
-    if row is None or row.revoked_at is not None:
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, _hash(key)):
         return None
-    return row.tenant if hmac.compare_digest(row.key_hash, _hash(key)) else None
+    return KeyIdentity(row.id, row.tenant, frozenset(scopes_of(row)))
+
+
+def verify_api_key(session: Session, key: str) -> str | None:
+    """The tenant a key belongs to, or None for a malformed, unknown or revoked key."""
+    identity = identify_api_key(session, key)
+    return identity.tenant if identity is not None else None
 
 
 def revoke_api_key(session: Session, tenant: str, key_id: str) -> ApiKeyRow:

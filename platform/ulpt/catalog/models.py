@@ -48,6 +48,8 @@ NAMING_CONVENTION = {
 ADAPTER_STATUSES = ("ready", "deleted")
 JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 FIT_STATUSES = ("pending", "running", "done", "failed")
+SCOPES = ("read", "train", "admin")
+ALL_SCOPES = ",".join(SCOPES)
 
 
 def utcnow() -> datetime:
@@ -282,5 +284,25 @@ class ApiKeyRow(Base):
     tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name"))
     key_hash: Mapped[str] = mapped_column(String(64))
     label: Mapped[str | None] = mapped_column(String(128))
+    scopes: Mapped[str] = mapped_column(String(64), default=ALL_SCOPES, server_default=ALL_SCOPES)
+    """What the key may do, comma-separated (`read`, `train`, `admin`); keys made before scopes have all."""
     created_at: Mapped[datetime] = _created()
     revoked_at: Mapped[datetime | None]
+
+
+class FileRow(Base):
+    """A data file a tenant uploaded over HTTP (training rows); its bytes are a blob in the store."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index(None, "tenant", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name"))
+    filename: Mapped[str] = mapped_column(String(256))
+    purpose: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(BigInteger)
+    blob_key: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created()
+    deleted_at: Mapped[datetime | None]

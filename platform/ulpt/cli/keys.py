@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ulpt.catalog.models import SCOPES
 from ulpt.cli.catalog_options import (
     CatalogUrlOption,
     HomeOption,
@@ -34,6 +35,14 @@ def create_key(
     name: Annotated[
         str | None, typer.Option(help="A name to recognize the key by in `ulpt keys list`.")
     ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="What the key may do, repeatable: read (every GET), train (jobs and uploads), "
+            "admin (aliases, deletion, keys). Default: all three.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     tenant: TenantOption = "default",
     home: HomeOption = None,
@@ -42,10 +51,11 @@ def create_key(
 ) -> None:
     """Create an API key for the tenant and print it; it is shown only this once (the catalog keeps a hash).
 
-    Callers of the HTTP API send it as `Authorization: Bearer KEY` and act as this tenant.
+    Callers of the HTTP API send it as `Authorization: Bearer KEY` and act as this tenant, within the
+    key's scopes.
     """
     with make_client(home, catalog_url, store_url, tenant) as client:
-        new = client.keys.create(name)
+        new = client.keys.create(name, scopes=tuple(scope) if scope else SCOPES)
     if as_json:
         print_json(
             {
@@ -53,12 +63,14 @@ def create_key(
                 "prefix": f"ulpt_{new.id}_",
                 "name": new.label,
                 "tenant": new.tenant,
+                "scopes": list(new.scopes),
                 "key": new.key,
             }
         )
         return
     err_console.print(
-        f"created API key {new.id} ({new.label or 'no name'}) of tenant {new.tenant}; "
+        f"created API key {new.id} ({new.label or 'no name'}) of tenant {new.tenant}, "
+        f"scopes {','.join(new.scopes)}; "
         "it is shown only now, store it safely:",
         highlight=False,
         soft_wrap=True,
@@ -81,12 +93,13 @@ def list_keys(
         print_json([info.to_dict() for info in found])
         return
     table = Table()
-    for column in ("id", "name", "created (UTC)", "revoked (UTC)"):
+    for column in ("id", "name", "scopes", "created (UTC)", "revoked (UTC)"):
         table.add_column(column, overflow="fold")
     for info in found:
         table.add_row(
             info.id,
             info.name or "",
+            ",".join(info.scopes),
             info.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             info.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if info.revoked_at else "",
         )

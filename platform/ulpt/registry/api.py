@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ulpt.catalog import adapters as queries
-from ulpt.catalog.api_keys import verify_api_key
+from ulpt.catalog.api_keys import KeyIdentity, identify_api_key
 from ulpt.catalog.base_models import ensure_base_model
 from ulpt.catalog.db import Catalog
 from ulpt.catalog.find import AdapterQuery, find_adapters
@@ -28,6 +28,7 @@ from ulpt.catalog.models import new_id, utcnow
 from ulpt.catalog.names import check_tenant, parse_ref
 from ulpt.catalog.tenants import ensure_tenant
 from ulpt.errors import ConflictError, NotFoundError, SpecError, UlptError
+from ulpt.registry.files import Files
 from ulpt.registry.garbage import GcReport, collect_garbage
 from ulpt.registry.records import AdapterRecord, AliasChange, Lineage, Page, record_from
 from ulpt.registry.registration import Prepared, Registration, prepare, version_after
@@ -251,5 +252,14 @@ class Registry:
 
     def tenant_for_key(self, key: str) -> str | None:
         """The tenant an HTTP API key belongs to, or None for an unknown, malformed or revoked key."""
+        identity = self.identity_for_key(key)
+        return identity.tenant if identity is not None else None
+
+    def identity_for_key(self, key: str) -> KeyIdentity | None:
+        """The tenant and scopes of an HTTP API key, or None for an unknown, malformed or revoked key."""
         with self.catalog.read() as session:
-            return verify_api_key(session, key)
+            return identify_api_key(session, key)
+
+    def files(self, tenant: str) -> Files:
+        """The data files `tenant` uploaded over HTTP (a tenant-bound view, like `for_tenant`)."""
+        return Files(self, check_tenant(tenant))

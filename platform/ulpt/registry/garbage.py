@@ -13,6 +13,7 @@ from typing import Any
 
 from ulpt.catalog import adapters as queries
 from ulpt.catalog.db import Catalog
+from ulpt.catalog.files import live_file_blobs
 from ulpt.catalog.jobs import fingerprints_of_open_jobs
 from ulpt.catalog.models import utcnow
 from ulpt.errors import SpecError
@@ -83,6 +84,7 @@ def _collect(
 ) -> None:
     with catalog.read() as session:
         live, dead = queries.blob_references(session, [e.key for e in entries])
+        live = set(live) | live_file_blobs(session, [e.key for e in entries])
     doomed = [e for e in entries if e.key not in live and e.key not in needed]
     for entry in doomed:
         (report.deleted_adapter_blobs if entry.key in dead else report.orphan_blobs).append(entry.key)

@@ -1,0 +1,70 @@
+"""Every refusal as one JSON shape, `{"error": {"message", "type", "param"}}` (OpenAI's, so its client
+shows our messages), with a status a client can act on.
+
+A missing object and another tenant's object give the same 404 body, built only from what the
+caller sent. Catalog and store failures become a 503 without their details (URLs, hosts, drivers).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ulpt.errors import CatalogError, ConflictError, NotFoundError, StoreError, UlptError, first_line
+
+log = logging.getLogger("ulpt.control")
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+
+
+def not_found(what: str) -> ApiError:
+    """The one 404 for `what`: the same whether it never existed or belongs to another tenant."""
+    return ApiError(404, f"no such {what}", type="not_found_error")
+
+
+def from_ulpt(exc: UlptError) -> ApiError:
+    """Which status a library error becomes; its one-line message for what the caller can fix."""
+    if isinstance(exc, NotFoundError):
+        return ApiError(404, first_line(exc), type="not_found_error")
+    if isinstance(exc, ConflictError):
+        return ApiError(409, first_line(exc), type="conflict_error")
+    if isinstance(exc, (CatalogError, StoreError)):
+        log.warning("control plane storage failure: %s", type(exc).__name__)
+        return ApiError(503, "the catalog or the store is unavailable; retry later", type="server_error")
+    return ApiError(400, first_line(exc))
+
+
+def response(exc: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": None}}
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return response(exc)
+
+    @app.exception_handler(UlptError)
+    async def _ulpt_error(_request: Request, exc: UlptError) -> JSONResponse:
+        return response(from_ulpt(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
+        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid")
+        return response(ApiError(400, message, param=where or None))

@@ -1,0 +1,90 @@
+"""`/v1/files`: data files for jobs. The body is the file itself (JSON lines), its size checked before
+it is read; `purpose=fine-tune` also checks for OpenAI's `{"prompt","completion"}` or `{"messages"}`
+rows. Responses are OpenAI file objects (plus `rows` and `sha256`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from ulpt.registry.files import FileRecord
+from ulpt_control.auth import READ, TRAIN, Caller, context
+from ulpt_control.bodies import read_body
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+PURPOSE = "^(data|fine-tune)$"
+
+
+def file_object(record: FileRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "file",
+        "bytes": record.bytes,
+        "created_at": int(record.created_at.timestamp()),
+        "filename": record.filename,
+        "purpose": record.purpose,
+        "status": "processed",
+        "rows": record.rows,
+        "sha256": record.sha256,
+    }
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Upload a JSON-lines data file (the raw body)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/jsonl": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload_file(
+    request: Request,
+    filename: str = Query("upload.jsonl", max_length=256),
+    purpose: str = Query("data", pattern=PURPOSE),
+    caller: Caller = TRAIN,
+) -> dict[str, Any]:
+    ctx = context(request)
+    data = await read_body(request, ctx.config.max_upload_bytes, "file")
+    files = ctx.registry.files(caller.tenant)
+    record = await run_in_threadpool(lambda: files.upload(data, filename=filename, purpose=purpose))
+    return file_object(record)
+
+
+@router.get("", summary="The tenant's files, newest first")
+def list_files(
+    request: Request,
+    purpose: str | None = Query(None, pattern=PURPOSE),
+    limit: int = Query(100, ge=1, le=1000),
+    caller: Caller = READ,
+) -> dict[str, Any]:
+    found = context(request).registry.files(caller.tenant).list(purpose=purpose, limit=limit)
+    return {"object": "list", "data": [file_object(r) for r in found]}
+
+
+@router.get("/{file_id}", summary="One file's description")
+def get_file(request: Request, file_id: str, caller: Caller = READ) -> dict[str, Any]:
+    return file_object(context(request).registry.files(caller.tenant).get(file_id))
+
+
+@router.get(
+    "/{file_id}/content",
+    summary="A file's bytes",
+    response_class=Response,
+    responses={200: {"content": {"application/jsonl": {}}}},
+)
+def file_content(request: Request, file_id: str, caller: Caller = READ) -> Response:
+    data = context(request).registry.files(caller.tenant).content(file_id)
+    return Response(data, media_type="application/jsonl")
+
+
+@router.delete("/{file_id}", summary="Delete a file (jobs already submitted keep their rows)")
+def delete_file(request: Request, file_id: str, caller: Caller = TRAIN) -> dict[str, Any]:
+    record = context(request).registry.files(caller.tenant).delete(file_id)
+    return {"id": record.id, "object": "file", "deleted": True}

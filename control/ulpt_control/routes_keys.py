@@ -1,0 +1,46 @@
+"""`/v1/keys`: the tenant's API keys (admin scope). A new key's plaintext is in the creation response
+only; listings carry ids, names, scopes and times, never a key or its hash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
+
+from ulpt.catalog.models import SCOPES
+from ulpt.keys_api import Keys
+from ulpt_control.auth import ADMIN, Caller, context
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+def keys(request: Request, caller: Caller) -> Keys:
+    return Keys(context(request).registry.catalog, caller.tenant)
+
+
+@router.get("", summary="The tenant's keys, oldest first (never the keys themselves)")
+def list_keys(request: Request, caller: Caller = ADMIN) -> dict[str, Any]:
+    return {"items": [info.to_dict() for info in keys(request, caller).list()]}
+
+
+@router.post("", status_code=201, summary="Create a key; its plaintext is returned only this once")
+def create_key(
+    request: Request,
+    name: str | None = Body(None, max_length=128),
+    scopes: list[str] = Body(list(SCOPES), max_length=len(SCOPES), description="read, train, admin"),
+    caller: Caller = ADMIN,
+) -> dict[str, Any]:
+    new = keys(request, caller).create(name, scopes=scopes)
+    return {
+        "id": new.id,
+        "prefix": f"ulpt_{new.id}_",
+        "name": new.label,
+        "tenant": new.tenant,
+        "scopes": list(new.scopes),
+        "key": new.key,
+    }
+
+
+@router.delete("/{key_id}", summary="Revoke a key: refused from the next request on")
+def revoke_key(request: Request, key_id: str, caller: Caller = ADMIN) -> dict[str, Any]:
+    return keys(request, caller).revoke(key_id).to_dict()

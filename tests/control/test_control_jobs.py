@@ -1,0 +1,108 @@
+"""Jobs over HTTP on the session's real local Ray: a spec whose data is an uploaded file trains, its
+progress streams as server-sent events, and its adapters are found as the tenant's; specs naming
+what the service must not read are refused before anything is recorded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.control.conftest import Plane
+from tests.test_jobs_spec import job_dict, review_rows
+
+
+def upload_reviews(plane: Plane, users: int = 3, tenant: str = "acme") -> str:
+    rows = [r for u in range(users) for r in review_rows(u, 4, 0)]
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    made = plane.call("POST", "/v1/files", tenant=tenant, params={"filename": "reviews.jsonl"}, content=body)
+    assert made.status_code == 201, made.text
+    return str(made.json()["id"])
+
+
+def spec_for(model: Path, file_id: str, **overrides: Any) -> dict[str, Any]:
+    spec = job_dict(model, Path("unused"), train={"steps": 2, "eval_every": 2}, **overrides)
+    spec["dataset"]["path"] = file_id
+    spec.pop("tenant")
+    return spec
+
+
+@pytest.fixture()
+def job_plane(make_plane: Callable[..., Plane], tiny_model_dirs: dict[str, Path]) -> Plane:
+    return make_plane(base_models=(str(tiny_model_dirs["llama"]),))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dataset": {"path": "/etc/passwd"}}, "dataset.path: give an uploaded file id"),
+        ({"dataset": {"path": "s3://bucket/other/x.jsonl"}}, "outside its allowed prefixes"),
+        ({"base_model": "/srv/models/secret"}, "base_model: not offered"),
+        ({"tenant": "globex"}, "tenant: the spec belongs to tenant 'globex'"),
+        ({"num_workers": 64}, "num_workers: at most 8"),
+    ],
+)
+def test_specs_reaching_outside_the_tenant_are_refused(
+    job_plane: Plane, tiny_model_dirs: dict[str, Path], change: dict[str, Any], message: str
+) -> None:
+    spec = spec_for(tiny_model_dirs["llama"], upload_reviews(job_plane))
+    for key, value in change.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
+    refused = job_plane.call("POST", "/v1/jobs", json=spec)
+    assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text
+    assert job_plane.call("GET", "/v1/jobs").json()["items"] == []
+
+
+def test_another_tenants_file_cannot_be_trained_on(
+    job_plane: Plane, tiny_model_dirs: dict[str, Path]
+) -> None:
+    theirs = upload_reviews(job_plane, tenant="globex")
+    refused = job_plane.call("POST", "/v1/jobs", json=spec_for(tiny_model_dirs["llama"], theirs))
+    assert refused.status_code == 404 and refused.json()["error"]["message"] == f"no file {theirs}"
+
+
+def test_a_job_on_an_uploaded_file_trains_streams_progress_and_registers(
+    ray_session: None, job_plane: Plane, tiny_model_dirs: dict[str, Path]
+) -> None:
+    file_id = upload_reviews(job_plane, users=3)
+    yaml_body = json.dumps(spec_for(tiny_model_dirs["llama"], file_id))  # YAML is a superset of JSON
+    made = job_plane.call("POST", "/v1/jobs", content=yaml_body, headers={"Content-Type": "application/yaml"})
+    assert made.status_code == 201, made.text
+    job_id = made.json()["id"]
+    assert job_plane.call("GET", f"/v1/jobs/{job_id}", tenant="globex").status_code == 404
+    assert job_plane.call("GET", f"/v1/jobs/{job_id}/events", tenant="globex").status_code == 404
+
+    with job_plane.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth(job_plane)) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = parse_sse(stream.iter_text())
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "status" and kinds[-1] == "end" and events[-1][1]["status"] == "done"
+    finished_fits = {data["key"] for kind, data in events if kind == "fit" and data["status"] == "done"}
+    assert finished_fits == {"0", "1", "2"}
+
+    shown = job_plane.call("GET", f"/v1/jobs/{job_id}", params={"fits": True}).json()
+    assert shown["status"] == "done" and len(shown["fits"]) == 3
+    assert shown["spec"]["tenant"] == "acme"
+    found = job_plane.call("GET", "/v1/adapters", params={"job_id": job_id}).json()["items"]
+    assert sorted(a["name"] for a in found) == ["user-0", "user-1", "user-2"]
+    assert [j["id"] for j in job_plane.call("GET", "/v1/jobs").json()["items"]] == [job_id]
+    assert job_plane.call("GET", "/v1/jobs", tenant="globex").json()["items"] == []
+    late = job_plane.call("POST", f"/v1/jobs/{job_id}/cancel")
+    assert late.status_code == 409 and "already done" in late.json()["error"]["message"]
+
+
+def auth(plane: Plane, tenant: str = "acme") -> dict[str, str]:
+    return {"Authorization": f"Bearer {plane.keys[tenant]['all']}"}
+
+
+def parse_sse(text: Any) -> list[tuple[str, dict[str, Any]]]:
+    events, kind = [], None
+    for line in "".join(text).splitlines():
+        if line.startswith("event: "):
+            kind = line[len("event: ") :]
+        elif line.startswith("data: ") and kind is not None:
+            events.append((kind, json.loads(line[len("data: ") :])))
+    return events
