@@ -50,14 +50,19 @@ def test_crd_validation_refuses_an_unknown_field_and_a_wrong_type(tmp_path: Path
 def test_rayservice_embeds_the_serve_config_and_its_args_are_valid(
     manifest: str, serve_config: str, gpus: int
 ) -> None:
+    from ulpt_control.config import ControlConfig
     from ulpt_serving.config import ServeConfig
 
     service = next(d for d in _docs(manifest) if d["kind"] == "RayService")
     embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
     standalone = yaml.safe_load((DEPLOY / "serve" / serve_config).read_text())
     assert embedded == standalone
-    (app,) = embedded["applications"]
+    app, control = embedded["applications"]
     assert app["import_path"] == "ulpt_serving.app:build_app"
+    # The control plane is its own application on the same port, under a prefix of its own.
+    assert control["import_path"] == "ulpt_control.deployment:build_app"
+    assert (app["route_prefix"], control["route_prefix"]) == ("/", "/control")
+    assert ControlConfig.from_dict(control["args"]).max_upload_bytes == 64 << 20
     config = ServeConfig.from_dict(app["args"])
     assert config.auth is True
     assert config.num_gpus == gpus and config.dtype == ("bfloat16" if gpus else "auto")

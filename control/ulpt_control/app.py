@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ulpt_control import errors, routes_adapters, routes_files, routes_jobs, routes_keys
+from ulpt_control import errors, routes_adapters, routes_files, routes_jobs, routes_keys, routes_openai
 from ulpt_control.context import ControlContext
 
 TITLE = "ulpt control plane"
@@ -25,7 +25,7 @@ def build_app(ctx: ControlContext | None) -> FastAPI:
     app = FastAPI(title=TITLE, description=DESCRIPTION, version="1")
     app.state.control = ctx
     errors.install(app)
-    for module in (routes_jobs, routes_files, routes_adapters, routes_keys):
+    for module in (routes_jobs, routes_files, routes_adapters, routes_keys, routes_openai):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"], summary="The control plane is up")

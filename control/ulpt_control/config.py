@@ -33,8 +33,11 @@ class ControlConfig:
     """How long a refused key is remembered (accepted keys are checked on every request)."""
     events_poll_s: float = 1.0
     """How often the event stream reads a job's state."""
+    num_cpus: float = 0.0
+    """CPUs a replica reserves: it reads the catalog and starts job drivers (jobs reserve their own)."""
+    num_replicas: int = 1
     app_name: str = "ulpt-control"
-    route_prefix: str = "/"
+    route_prefix: str = "/control"
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_spec_bytes < 1:

@@ -1,6 +1,6 @@
 """The control plane as its own Ray Serve application, next to the inference app (`ulpt_serving`).
 
-    serve run ulpt_control.deployment:build_app route_prefix=/ data_prefixes=s3://bucket/data
+    serve run ulpt_control.deployment:build_app data_prefixes=s3://bucket/data   # at /control
 
 The app is built in each replica after its constructor has opened the catalog and the store
 (`__serve_build_asgi_app__`), so nothing holding a connection is pickled.
@@ -31,7 +31,11 @@ class ControlServer:
 
 
 def build_application(config: ControlConfig) -> Application:
-    return ControlServer.options(name=config.app_name).bind(config)  # type: ignore[attr-defined]
+    # num_replicas only when asked for, so a Serve config file's deployment options can set it.
+    replicas = {"num_replicas": config.num_replicas} if config.num_replicas != 1 else {}
+    return ControlServer.options(  # type: ignore[attr-defined]
+        name=config.app_name, **replicas, ray_actor_options={"num_cpus": config.num_cpus}
+    ).bind(config)
 
 
 def build_app(args: dict[str, Any]) -> Application:

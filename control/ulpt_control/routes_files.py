@@ -13,6 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from ulpt.registry.files import FileRecord
 from ulpt_control.auth import READ, TRAIN, Caller, context
 from ulpt_control.bodies import read_body
+from ulpt_control.errors import ApiError
+from ulpt_control.multipart import parse_form
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -36,11 +38,23 @@ def file_object(record: FileRecord) -> dict[str, Any]:
 @router.post(
     "",
     status_code=201,
-    summary="Upload a JSON-lines data file (the raw body)",
+    summary="Upload a JSON-lines data file: the raw body, or OpenAI's multipart form (file, purpose)",
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/jsonl": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                "application/jsonl": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "purpose": {"type": "string", "enum": ["data", "fine-tune"]},
+                        },
+                        "required": ["file"],
+                    }
+                },
+            },
         }
     },
 )
@@ -52,6 +66,15 @@ async def upload_file(
 ) -> dict[str, Any]:
     ctx = context(request)
     data = await read_body(request, ctx.config.max_upload_bytes, "file")
+    content_type = request.headers.get("content-type", "")
+    if content_type.lower().startswith("multipart/form-data"):
+        form = parse_form(data, content_type)
+        if form.content is None:
+            raise ApiError(400, "the form has no file part", param="file")
+        data, filename = form.content, form.filename or filename
+        purpose = form.fields.get("purpose", purpose)
+        if purpose not in ("data", "fine-tune"):
+            raise ApiError(400, "purpose: data or fine-tune", param="purpose")
     files = ctx.registry.files(caller.tenant)
     record = await run_in_threadpool(lambda: files.upload(data, filename=filename, purpose=purpose))
     return file_object(record)

@@ -62,10 +62,14 @@ def check_path(path: str, config: ControlConfig, where: str) -> None:
     raise SpecError(f"{where}: give an uploaded file id (file-...), bigbench:TASK or an allowed s3:// URL")
 
 
+def check_base_model(name: str, config: ControlConfig, field: str = "base_model") -> None:
+    if name not in KNOWN_MODELS and name not in config.base_models:
+        raise SpecError(f"{field}: not offered by this service; known: {', '.join(sorted(KNOWN_MODELS))}")
+
+
 def check_spec(spec: JobSpec, config: ControlConfig) -> None:
     """Refuse what the service must not do for a caller; SpecError names the field."""
-    if spec.base_model not in KNOWN_MODELS and spec.base_model not in config.base_models:
-        raise SpecError(f"base_model: not offered by this service; known: {', '.join(sorted(KNOWN_MODELS))}")
+    check_base_model(spec.base_model, config)
     if spec.num_workers > config.max_workers:
         raise SpecError(f"num_workers: at most {config.max_workers} on this service")
     for path in spec.dataset.path:

@@ -10,8 +10,9 @@ import errno
 import re
 import socket
 import time
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from ulpt.config import ensure_ray
 from ulpt.errors import UlptError
@@ -38,8 +39,16 @@ def base_url(config: ServeConfig) -> str:
     return f"http://{host}:{config.port}{prefix}"
 
 
-def start(config: ServeConfig, *, address: str | None = None) -> str:
-    """Deploy the application (waiting until it is running) and return its base URL."""
+class Companion(NamedTuple):
+    """Another Serve application deployed on the same port under its own route prefix (the control plane)."""
+
+    app: Any
+    name: str
+    route_prefix: str
+
+
+def start(config: ServeConfig, *, address: str | None = None, companions: Sequence[Companion] = ()) -> str:
+    """Deploy the application and its companions (waiting until they run) and return its base URL."""
     from ray import serve
 
     from ulpt_serving.app import build_application
@@ -48,6 +57,8 @@ def start(config: ServeConfig, *, address: str | None = None) -> str:
     ensure_ray(address)
     serve.start(http_options={"host": config.host, "port": config.port})
     deploy(build_application(config), config)
+    for companion in companions:
+        serve.run(companion.app, name=companion.name, route_prefix=companion.route_prefix)
     return base_url(config)
 
 
@@ -84,9 +95,12 @@ _RAY_PREFIX = re.compile(r"^(?:ray\.exceptions\.)?RayTaskError\([\w.]+\):\s*(?:\
 class LocalServer:
     """The application on a local Ray for the duration of a `with` block; Ray is stopped if we started it."""
 
-    def __init__(self, config: ServeConfig, *, address: str | None = None) -> None:
+    def __init__(
+        self, config: ServeConfig, *, address: str | None = None, companions: Sequence[Companion] = ()
+    ) -> None:
         self.config = config
         self.address = address
+        self.companions = companions
         self._started_ray = False
 
     def __enter__(self) -> str:
@@ -94,7 +108,7 @@ class LocalServer:
 
         self._started_ray = not ray.is_initialized()
         try:
-            return start(self.config, address=self.address)
+            return start(self.config, address=self.address, companions=self.companions)
         except BaseException:
             self.close()
             raise
@@ -114,11 +128,20 @@ class LocalServer:
         self.close()
 
 
-def serve_forever(config: ServeConfig, *, address: str | None = None, announce: bool = True) -> None:
+def serve_forever(
+    config: ServeConfig,
+    *,
+    address: str | None = None,
+    announce: bool = True,
+    companions: Sequence[Companion] = (),
+) -> None:
     """`ulpt serve`: run until Ctrl-C, then shut the application (and a Ray we started) down."""
-    with LocalServer(config, address=address) as url:
+    with LocalServer(config, address=address, companions=companions) as url:
         if announce:
             print(f"ulpt serving {config.base_model_name} at {url}/v1 (Ctrl-C to stop)", flush=True)
+            root = url[: -len(config.route_prefix.rstrip("/"))] if config.route_prefix.rstrip("/") else url
+            for companion in companions:
+                print(f"{companion.name} at {root}{companion.route_prefix}", flush=True)
         try:
             while True:
                 time.sleep(3600)

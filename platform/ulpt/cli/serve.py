@@ -14,6 +14,7 @@ from ulpt.errors import SpecError, UlptError
 
 if TYPE_CHECKING:
     from ulpt_serving.config import ServeConfig
+    from ulpt_serving.launch import Companion
 
 
 def serve(
@@ -53,6 +54,13 @@ def serve(
         ),
     ] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch threads per replica.")] = None,
+    control: Annotated[
+        bool,
+        typer.Option(
+            help="Also serve the control plane (jobs, files, catalog, keys, OpenAI fine-tuning) at "
+            "/control on the same port, as its own Serve application; it always requires API keys."
+        ),
+    ] = True,
     ray_address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting one.")
     ] = None,
@@ -103,7 +111,24 @@ def serve(
     _check_model_folder(model, config.model)
     _check_catalog(config)
     console.print(f"starting Ray Serve for {config.base_model_name} on {host}:{port} ...", highlight=False)
-    serve_forever(config, address=ray_address)
+    companions = [control_plane(config)] if control else []
+    serve_forever(config, address=ray_address, companions=companions)
+
+
+def control_plane(config: ServeConfig) -> Companion:
+    """The control plane over the inference app's catalog and store, allowed to train its base model;
+    its job drivers run on the Ray its replica is on."""
+    from ulpt_control import ControlConfig
+    from ulpt_control.deployment import build_application
+    from ulpt_serving.launch import Companion
+
+    control = ControlConfig(
+        home=config.home,
+        catalog_url=config.catalog_url,
+        store_url=config.store_url,
+        base_models=(config.model, config.base_model_name),
+    )
+    return Companion(build_application(control), control.app_name, control.route_prefix)
 
 
 def _check_finite(option: str, value: float, high: float) -> None:
