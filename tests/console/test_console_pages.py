@@ -37,7 +37,9 @@ def test_adapters_table_filters_and_an_adapter_page_promotes_an_alias(site: Site
     page.get_by_label("Promote to alias").fill("prod")
     page.get_by_role("button", name="Promote").click()
     expect(page.get_by_text("prod → user-2:1")).to_be_visible()
-    assert site.clients["acme"].adapters.get("prod").ref == "user-2:1"  # the catalog changed, not just the page
+    assert (
+        site.clients["acme"].adapters.get("prod").ref == "user-2:1"
+    )  # the catalog changed, not just the page
     assert site.errors == []
 
 
