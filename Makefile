@@ -16,7 +16,7 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --py
 	--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) \
 	--override requirements/torch-cpu.txt --no-emit-package torch $(if $(UPGRADE),--upgrade)
 
-.PHONY: demo demo-smoke test test-all reliability audit accuracy lint lock install install-test clean schema
+.PHONY: demo demo-smoke test test-all reliability audit accuracy lint lock install install-test clean schema screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ test: lint
 
 test-all: lint
 	$(BIN)/pytest -m "slow or not slow"
+
+# The console's screenshots in docs/console/ (shown in the README), taken by its browser tests.
+screenshots: install-test
+	ULPT_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q -m "slow or not slow" tests/console
 
 # Re-resolve both locks from pyproject.toml's ranges after changing a dependency (pins that still
 # fit are kept); `make lock UPGRADE=1` takes the newest releases the ranges allow. The test lock is

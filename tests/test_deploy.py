@@ -50,6 +50,7 @@ def test_crd_validation_refuses_an_unknown_field_and_a_wrong_type(tmp_path: Path
 def test_rayservice_embeds_the_serve_config_and_its_args_are_valid(
     manifest: str, serve_config: str, gpus: int
 ) -> None:
+    from ulpt.console.deployment import build_app as build_console_app
     from ulpt_control.config import ControlConfig
     from ulpt_serving.config import ServeConfig
 
@@ -57,12 +58,17 @@ def test_rayservice_embeds_the_serve_config_and_its_args_are_valid(
     embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
     standalone = yaml.safe_load((DEPLOY / "serve" / serve_config).read_text())
     assert embedded == standalone
-    app, control = embedded["applications"]
+    app, control, pages = embedded["applications"]
     assert app["import_path"] == "ulpt_serving.app:build_app"
     # The control plane is its own application on the same port, under a prefix of its own.
     assert control["import_path"] == "ulpt_control.deployment:build_app"
     assert (app["route_prefix"], control["route_prefix"]) == ("/", "/control")
     assert ControlConfig.from_dict(control["args"]).max_upload_bytes == 64 << 20
+    # The console's pages call the control plane where this manifest puts it.
+    assert (pages["import_path"], pages["route_prefix"]) == ("ulpt.console.deployment:build_app", "/console")
+    assert pages["args"]["api_base"] == control["route_prefix"]
+    console_config = build_console_app(pages["args"])._bound_deployment.init_args[0]
+    assert console_config.api_base == "/control"
     config = ServeConfig.from_dict(app["args"])
     assert config.auth is True
     assert config.num_gpus == gpus and config.dtype == ("bfloat16" if gpus else "auto")

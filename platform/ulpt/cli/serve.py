@@ -61,6 +61,13 @@ def serve(
             "/control on the same port, as its own Serve application; it always requires API keys."
         ),
     ] = True,
+    console_pages: Annotated[
+        bool,
+        typer.Option(
+            "--console/--no-console",
+            help="Also serve the web console at /console on the same port (needs the control plane).",
+        ),
+    ] = True,
     ray_address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting one.")
     ] = None,
@@ -112,6 +119,8 @@ def serve(
     _check_catalog(config)
     console.print(f"starting Ray Serve for {config.base_model_name} on {host}:{port} ...", highlight=False)
     companions = [control_plane(config)] if control else []
+    if control and console_pages:
+        companions.append(web_console(config, companions[0].route_prefix))
     serve_forever(config, address=ray_address, companions=companions)
 
 
@@ -129,6 +138,16 @@ def control_plane(config: ServeConfig) -> Companion:
         base_models=(config.model, config.base_model_name),
     )
     return Companion(build_application(control), control.app_name, control.route_prefix)
+
+
+def web_console(config: ServeConfig, control_prefix: str) -> Companion:
+    """The console's pages, calling the control plane at `control_prefix` and the inference routes."""
+    from ulpt.console import ConsoleConfig
+    from ulpt.console.deployment import APP_NAME, ROUTE_PREFIX, build_application
+    from ulpt_serving.launch import Companion
+
+    pages = ConsoleConfig(api_base=control_prefix, inference_base=config.route_prefix.rstrip("/"))
+    return Companion(build_application(pages), APP_NAME, ROUTE_PREFIX)
 
 
 def _check_finite(option: str, value: float, high: float) -> None:
