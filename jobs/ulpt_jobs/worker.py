@@ -25,7 +25,7 @@ import torch
 
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.db import open_catalog
-from ulpt.catalog.jobs import claim_fits, mark_fit_done, mark_fit_failed, set_job_status
+from ulpt.catalog.jobs import FitOutcome, claim_fits, mark_fit_failed, mark_fits_done, set_job_status
 from ulpt.catalog.models import FitRow
 from ulpt.errors import CatalogError, ConflictError, MigrationRequiredError, StoreError, UlptError
 from ulpt.jobspec import JobSpec
@@ -65,6 +65,7 @@ def train_loop(config: dict[str, Any]) -> None:
     """`train_loop_per_worker` of the job's TorchTrainer."""
     import ray.train
 
+    entered = time.time()
     cfg = WorkerConfig(**config)
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -81,8 +82,13 @@ def train_loop(config: dict[str, Any]) -> None:
             state.reconcile(session, cfg.job_id)
         _record_base_model(registry, cfg.job_id, model)
     _barrier()
+    ready = time.time()
     worker = f"{socket.gethostname()}:{os.getpid()}:rank{rank}"
     FitRunner(model, registry, job.id, job.tenant, spec, worker, device).run()
+    if rank == 0:  # when the worker started and stopped, for the driver's account of the fixed costs
+        with catalog.session() as session:
+            state.update_timings(session, cfg.job_id, worker_entered_at=entered, worker_ready_at=ready,
+                                 worker_exited_at=time.time())  # fmt: skip
     catalog.close()
 
 
@@ -231,6 +237,7 @@ class FitRunner:
     def _record(self, ended: Sequence[FitState]) -> None:
         """Register finished fits (blobs, then one catalog transaction), then mark every ended fit."""
         adapter_ids, errors = self._register([f for f in ended if f.status == "done"])
+        done = []
         with self.catalog.session() as session:
             for fit in ended:
                 row = self.rows.pop(fit.key)
@@ -242,11 +249,10 @@ class FitRunner:
                         "loop_cpu_s": self._loop_cpu_s(),
                         "base_weights": "shared" if self.model.shared_weights else "private",
                     }
-                    mark_fit_done(
-                        session, row.id, adapter_id=adapter_ids[fit.key], metrics=metrics, timings=timings
-                    )
+                    done.append(FitOutcome(row.id, adapter_ids[fit.key], metrics, timings))
                 else:
                     mark_fit_failed(session, row.id, errors.get(fit.key) or fit.error or "failed")
+            mark_fits_done(session, done)  # one statement for all of them
 
     def _register(self, done: Sequence[FitState]) -> tuple[dict[str, str], dict[str, str]]:
         """({key: adapter id}, {key: error}): one batch, or fit by fit if the batch is refused."""
