@@ -86,9 +86,9 @@ def train_loop(config: dict[str, Any]) -> None:
     worker = f"{socket.gethostname()}:{os.getpid()}:rank{rank}"
     FitRunner(model, registry, job.id, job.tenant, spec, worker, device).run()
     if rank == 0:  # when the worker started and stopped, for the driver's account of the fixed costs
+        stamps = {"worker_entered_at": entered, "worker_ready_at": ready, "worker_exited_at": time.time()}
         with catalog.session() as session:
-            state.update_timings(session, cfg.job_id, worker_entered_at=entered, worker_ready_at=ready,
-                                 worker_exited_at=time.time())  # fmt: skip
+            state.update_timings(session, cfg.job_id, **stamps)
     catalog.close()
 
 
