@@ -89,6 +89,10 @@ def test_train_wait_json_prints_the_finished_job(cli_job: dict[str, Any]) -> Non
     # Two workers: the driver put the base into Ray's object store and both used that one copy.
     assert "share_weights_s" in out["timings"]
     assert {fit["timings"]["base_weights"] for fit in out["fits"] if fit["status"] == "done"} == {"shared"}
+    # The fixed time of `fit()` is accounted for: starting the workers, their setup, stopping them.
+    timings = out["timings"]
+    parts = [timings["workers_start_s"], timings["worker_setup_s"], timings["trainer_stop_s"]]
+    assert all(part >= 0 for part in parts) and sum(parts) <= timings["train_s"]
 
 
 def test_bad_fits_fail_alone_with_their_reason(cli_job: dict[str, Any]) -> None:

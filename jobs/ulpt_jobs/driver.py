@@ -94,9 +94,10 @@ def run_job(target: JobTarget, job_id: str, *, force: bool = False) -> state.Job
             shared_at = time.monotonic()
             weights = share_weights(spec)
             timings["share_weights_s"] = round(time.monotonic() - shared_at, 3)
-            fit_started = time.monotonic()
+            fit_started, fit_started_at = time.monotonic(), time.time()
             result = _trainer(target, job_id, spec, attempt, weights).fit()
             timings["train_s"] = round(time.monotonic() - fit_started, 3)
+            timings.update(_fixed_costs(target.catalog, job_id, fit_started_at, time.time()))
             if result.error is not None:
                 error = f"Ray Train failed after {spec.max_failures} restart(s): {_error_line(result.error)}"
     except BaseException as exc:
@@ -109,6 +110,26 @@ def run_job(target: JobTarget, job_id: str, *, force: bool = False) -> state.Job
         _finish(target.catalog, job_id, error, timings)
     with target.catalog.read() as session:
         return state.job_status(session, job_id)
+
+
+def _fixed_costs(catalog: Catalog, job_id: str, started_at: float, ended_at: float) -> dict[str, float]:
+    """Where `train_s` went besides training, from rank 0's clock readings (one machine, or synced clocks).
+
+    workers_start_s: `fit()` called -> the worker entered its loop (Ray Train's controller, the worker
+    actor's process and its imports); worker_setup_s: -> ready to claim (catalog, base model, barrier);
+    trainer_stop_s: the worker returned -> `fit()` returned (Ray Train's shutdown).
+    """
+    with catalog.read() as session:
+        seen = dict(get_job(session, job_id).timings or {})
+    stamps = [seen.get(f"worker_{k}_at") for k in ("entered", "ready", "exited")]
+    if not all(isinstance(t, (int, float)) and started_at <= t <= ended_at for t in stamps):
+        return {}  # a restarted group, or a worker that never finished: nothing to account for
+    entered, ready, exited = (float(t) for t in stamps)  # type: ignore[arg-type]  # checked just above
+    return {
+        "workers_start_s": round(entered - started_at, 3),
+        "worker_setup_s": round(ready - entered, 3),
+        "trainer_stop_s": round(ended_at - exited, 3),
+    }
 
 
 def restore_fit_data(target: JobTarget, job_id: str, spec: JobSpec) -> int:

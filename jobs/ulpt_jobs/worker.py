@@ -26,7 +26,14 @@ import torch
 
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.db import open_catalog
-from ulpt.catalog.jobs import claim_fits, mark_fit_done, mark_fit_failed, release_fits, set_job_status
+from ulpt.catalog.jobs import (
+    FitOutcome,
+    claim_fits,
+    mark_fit_failed,
+    mark_fits_done,
+    release_fits,
+    set_job_status,
+)
 from ulpt.catalog.models import FitRow
 from ulpt.errors import CatalogError, ConflictError, MigrationRequiredError, StoreError, UlptError
 from ulpt.jobspec import JobSpec
@@ -67,6 +74,7 @@ def train_loop(config: dict[str, Any]) -> None:
     """`train_loop_per_worker` of the job's TorchTrainer."""
     import ray.train
 
+    entered = time.time()
     cfg = WorkerConfig(**config)
     context = ray.train.get_context()
     rank = context.get_world_rank()
@@ -83,8 +91,13 @@ def train_loop(config: dict[str, Any]) -> None:
             state.reconcile(session, cfg.job_id)
         _record_base_model(registry, cfg.job_id, model)
     _barrier()
+    ready = time.time()
     worker = f"{socket.gethostname()}:{os.getpid()}:rank{rank}"
     FitRunner(model, registry, job.id, job.tenant, spec, worker, device).run()
+    if rank == 0:  # when the worker started and stopped, for the driver's account of the fixed costs
+        stamps = {"worker_entered_at": entered, "worker_ready_at": ready, "worker_exited_at": time.time()}
+        with catalog.session() as session:
+            state.update_timings(session, cfg.job_id, **stamps)
     catalog.close()
 
 
@@ -241,6 +254,7 @@ class FitRunner:
     def _record(self, ended: Sequence[FitState]) -> None:
         """Register finished fits (blobs, then one catalog transaction), then mark every ended fit."""
         adapter_ids, errors = self._register([f for f in ended if f.status == "done"])
+        done = []
         with self.catalog.session() as session:
             for fit in ended:
                 row, resumed_from = self.rows.pop(fit.key), self.resumed_from.pop(fit.key, 0)
@@ -253,11 +267,10 @@ class FitRunner:
                         "base_weights": "shared" if self.model.shared_weights else "private",
                         "resumed_from_step": resumed_from,
                     }
-                    mark_fit_done(
-                        session, row.id, adapter_id=adapter_ids[fit.key], metrics=metrics, timings=timings
-                    )
+                    done.append(FitOutcome(row.id, adapter_ids[fit.key], metrics, timings))
                 else:
                     mark_fit_failed(session, row.id, errors.get(fit.key) or fit.error or "failed")
+            mark_fits_done(session, done)  # one statement for all of them
 
     def _register(self, done: Sequence[FitState]) -> tuple[dict[str, str], dict[str, str]]:
         """({key: adapter id}, {key: error}): one batch, or fit by fit if the batch is refused."""

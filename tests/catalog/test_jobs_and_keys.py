@@ -65,6 +65,29 @@ def test_verdict_counts_read_the_learned_flag_of_done_fits_only(client: Client) 
         assert job_queries.verdict_counts(s, job.id) == {"evaluated": 3, "learned": 2}
 
 
+def test_fits_marked_done_together_keep_each_its_own_outcome(client: Client) -> None:
+    with client.catalog.session() as s:
+        job_id = job_queries.create_job(s, "default", {}).id
+        job_queries.add_fits(s, job_id, ["a", "b", "c"])
+    with client.catalog.session() as s:
+        claimed = job_queries.claim_fits(s, job_id, 3, "worker-a")
+        job_queries.mark_fits_done(
+            s,
+            [
+                job_queries.FitOutcome(fit.id, metrics={"eval_loss": i / 4}, timings={"train_s": i})
+                for i, fit in enumerate(claimed[:2])
+            ],
+        )
+        job_queries.mark_fits_done(s, [])  # nothing to mark is not an error
+    with client.catalog.read() as s:
+        fits = {fit.key: fit for fit in job_queries.list_fits(s, job_id)}
+        assert job_queries.fit_counts(s, job_id) == {"pending": 0, "running": 1, "done": 2, "failed": 0}
+    assert (fits["a"].metrics, fits["a"].timings) == ({"eval_loss": 0.0}, {"train_s": 0})
+    assert (fits["b"].metrics, fits["b"].timings) == ({"eval_loss": 0.25}, {"train_s": 1})
+    assert fits["a"].finished_at is not None and fits["c"].status == "running" and fits["c"].metrics is None
+    assert fits["a"].checkpoint is None  # a finished fit's checkpoint is garbage for `ulpt gc`
+
+
 def test_concurrent_claims_never_share_a_fit(client: Client) -> None:
     with client.catalog.session() as s:
         job_id = job_queries.create_job(s, "default", {}).id

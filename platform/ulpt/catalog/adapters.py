@@ -11,10 +11,11 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, any_, func, insert, literal, or_, select, update
+from sqlalchemy import BigInteger, ColumnElement, and_, any_, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from ulpt.catalog.copy import bulk_insert
 from ulpt.catalog.models import AdapterRow, AliasRow, Base, utcnow
 from ulpt.catalog.names import Ref, check_name, numeric_metrics, parse_ref
 from ulpt.errors import ConflictError, NotFoundError
@@ -36,7 +37,10 @@ def _in(session: Session, column: Any, values: Iterable[Any]) -> Iterator[Column
         yield column.in_(items[start : start + _CHUNK])
 
 
-_MAX_NAME_LOCKS = 16
+_MAX_NAME_LOCKS = 128
+"""Names one registration locks one by one; above, it locks the whole tenant. The server's lock table is
+shared (max_locks_per_transaction x max_connections, 6,400 by default), so 16 concurrent workers at this
+bound hold at most 2,048 of its entries."""
 
 
 def _lock_key(*parts: str) -> int:
@@ -48,9 +52,11 @@ def _lock_key(*parts: str) -> int:
 def lock_names(session: Session, tenant: str, names: Iterable[str]) -> None:
     """Serialize version numbering of `names` until commit, so concurrent writers never pick the same number.
 
-    PostgreSQL: a shared tenant lock plus one advisory lock per name (sorted, so no deadlocks); a large
-    batch takes the tenant lock exclusively instead of thousands of name locks. SQLite needs nothing:
-    the registration transaction starts with a write, which takes SQLite's single writer lock.
+    PostgreSQL: a shared tenant lock plus one advisory lock per name, all taken by ONE statement in sorted
+    key order (no deadlocks, one round trip); so concurrent workers registering different names of one
+    tenant never wait for each other. A batch of more than `_MAX_NAME_LOCKS` names takes the tenant lock
+    exclusively instead. SQLite needs nothing: the registration transaction starts with a write, which
+    takes SQLite's single writer lock.
     """
     if session.get_bind().dialect.name != "postgresql":
         return
@@ -62,8 +68,15 @@ def lock_names(session: Session, tenant: str, names: Iterable[str]) -> None:
         session.execute(select(func.pg_advisory_xact_lock(tenant_key)))
         return
     session.execute(select(func.pg_advisory_xact_lock_shared(tenant_key)))
-    for key in sorted(_lock_key(tenant, name) for name in unique):
-        session.execute(select(func.pg_advisory_xact_lock(key)))
+    keys = sorted(_lock_key(tenant, name) for name in unique)
+    listed = (
+        func.unnest(literal(keys, ARRAY(BigInteger)))
+        .table_valued("key", with_ordinality="position")
+        .render_derived()
+    )
+    # ORDER BY: PostgreSQL evaluates a volatile function in the select list after sorting, so the locks
+    # are taken in key order, the same order every writer uses.
+    session.execute(select(func.pg_advisory_xact_lock(listed.c.key)).order_by(listed.c.position))
 
 
 def max_versions(session: Session, tenant: str, names: Iterable[str]) -> dict[str, int]:
@@ -101,14 +114,15 @@ def alias_names(session: Session, tenant: str, names: Iterable[str]) -> set[str]
 
 
 def insert_adapters(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Bulk-insert complete adapter rows plus their tag and metric index rows (one executemany per table).
+    """Bulk-insert complete adapter rows plus their tag and metric index rows, in the caller's transaction.
 
-    Core inserts on the tables, not ORM bulk inserts: rows are complete dicts, and skipping the ORM's
-    per-row bookkeeping roughly doubles the rate.
+    PostgreSQL: one COPY per table (`bulk_insert`), ~5x fewer server and driver cycles per row than
+    an executemany of INSERTs. SQLite: one executemany per table. Core inserts on the tables, not ORM
+    bulk inserts: rows are complete dicts, and skipping the ORM's per-row bookkeeping doubles the rate.
     """
     if not rows:
         return
-    session.execute(insert(_TABLES["adapters"]), [dict(row) for row in rows])
+    bulk_insert(session, _TABLES["adapters"], [dict(row) for row in rows])
     tags = [
         {"adapter_id": row["id"], "key": key, "value": value}
         for row in rows
@@ -119,10 +133,8 @@ def insert_adapters(session: Session, rows: Sequence[Mapping[str, Any]]) -> None
         for row in rows
         for name, value in numeric_metrics(row.get("metrics", {})).items()
     ]
-    if tags:
-        session.execute(insert(_TABLES["adapter_tags"]), tags)
-    if metrics:
-        session.execute(insert(_TABLES["adapter_metrics"]), metrics)
+    bulk_insert(session, _TABLES["adapter_tags"], tags)
+    bulk_insert(session, _TABLES["adapter_metrics"], metrics)
 
 
 def get_by_id(session: Session, adapter_id: uuid.UUID) -> AdapterRow | None:

@@ -116,7 +116,11 @@ def train(
         typer.Option(
             "--address",
             envvar="ULPT_RAY_ADDRESS",
-            help="Ray cluster: http://HEAD:8265 submits there (default: local).",
+            help=(
+                "Ray cluster: http://HEAD:8265 submits there, HOST:6379 joins it. Default: $RAY_ADDRESS, "
+                "else the cluster `ray start --head` started on this machine, else a new local Ray "
+                "(`local` always starts one)."
+            ),
         ),
     ] = None,
     resume: Annotated[
