@@ -71,6 +71,7 @@ def test_fits_marked_done_together_keep_each_its_own_outcome(client: Client) -> 
         job_queries.add_fits(s, job_id, ["a", "b", "c"])
     with client.catalog.session() as s:
         claimed = job_queries.claim_fits(s, job_id, 3, "worker-a")
+        job_queries.record_checkpoint(s, [fit.id for fit in claimed], "checkpoints/pack-1")
         job_queries.mark_fits_done(
             s,
             [
@@ -86,6 +87,7 @@ def test_fits_marked_done_together_keep_each_its_own_outcome(client: Client) -> 
     assert (fits["b"].metrics, fits["b"].timings) == ({"eval_loss": 0.25}, {"train_s": 1})
     assert fits["a"].finished_at is not None and fits["c"].status == "running" and fits["c"].metrics is None
     assert fits["a"].checkpoint is None  # a finished fit's checkpoint is garbage for `ulpt gc`
+    assert fits["c"].checkpoint == "checkpoints/pack-1"  # still running: it may resume from it
 
 
 def test_concurrent_claims_never_share_a_fit(client: Client) -> None:
