@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -13,7 +13,7 @@ from ulpt.config import ulpt_home
 from ulpt.errors import SpecError, UlptError
 
 if TYPE_CHECKING:
-    from ulpt_serving.config import ServeConfig
+    from ulpt_serving.config import ENGINES, EngineName, ServeConfig
 
 
 def serve(
@@ -53,6 +53,13 @@ def serve(
         ),
     ] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch threads per replica.")] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="What decodes: vllm (continuous batching; decoder-only models, needs ulpt[vllm]), "
+            "native (ulpt's own batches, any model) or auto (vllm where installed and the model fits)."
+        ),
+    ] = "auto",
     ray_address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting one.")
     ] = None,
@@ -77,7 +84,10 @@ def serve(
     _check_finite("--num-cpus", num_cpus, 1e6)
     _check_finite("--num-gpus", num_gpus, 1e6)
     check_dtype_name("--dtype", dtype)
+    if engine not in ENGINES:
+        raise SpecError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     config = ServeConfig(
+        engine=cast("EngineName", engine),
         model=model,
         served_model_name=served_model_name or model,
         home=str((home or ulpt_home()).expanduser().absolute()),
