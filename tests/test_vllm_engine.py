@@ -68,11 +68,13 @@ def engines(
     tiny_vllm_folder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Engine, VllmEngine, LoopThread]]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: plenty for a tiny model
+        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "")  # restored after the module (the engine sets it)
+        patch.setenv("VLLM_CACHE_ROOT", "")
         config = ServeConfig(
             model=str(tiny_vllm_folder),
             dtype="float32",
             max_batch_size=32,
+            vllm_cpu_kv_cache_gib=1,  # plenty for a tiny model
             vllm_cache_root=str(tmp_path_factory.mktemp("vllm-cache")),
         )
         model = ulpt.load_base_model(tiny_vllm_folder, dtype="float32")

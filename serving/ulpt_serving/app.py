@@ -143,6 +143,7 @@ class ULPTServer:
             status="ok",
             model=self.config.base_model_name,
             family=self.engine.model.family,
+            engine="vllm" if isinstance(self.engine, VllmEngine) else "native",
             adapters_cached=cache.compact_count,
             adapters_hot=cache.hot_count,
         )

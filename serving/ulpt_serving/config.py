@@ -77,6 +77,8 @@ class ServeConfig(SpecModel):
     where it is installed and the model is decoder-only, else native."""
     vllm_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1.0)
     """Share of the GPU's memory vLLM takes for weights and its key/value cache (vLLM engine on a GPU)."""
+    vllm_cpu_kv_cache_gib: float | None = Field(default=None, gt=0, le=1 << 20)
+    """vLLM's key/value cache on a CPU, in GiB (default: $VLLM_CPU_KVCACHE_SPACE, else vLLM's own)."""
     vllm_cache_root: str | None = None
     """Folder for vLLM's caches (default: $VLLM_CACHE_ROOT, else vLLM's own under the home folder)."""
     share_weights: bool = True

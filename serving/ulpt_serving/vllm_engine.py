@@ -36,7 +36,7 @@ from ulpt.models.prefix import CachedPrompt
 from ulpt.models.registry import resolve_model_path
 from ulpt_serving.cache import AdapterCache, CompactAdapter, HotPrompt
 from ulpt_serving.config import ServeConfig
-from ulpt_serving.engine import BatchItem, Engine, RowFailure
+from ulpt_serving.engine import BatchItem, Engine, RowControl, RowFailure
 from ulpt_serving.metrics import ServingMetrics
 
 logger = logging.getLogger("ray.serve").getChild("ulpt")
@@ -125,17 +125,25 @@ class VllmEngine(Engine):
     same embeddings; see docs/serving.md).
     """
 
+    ABANDON_POLL_S = 0.05
+    """How often in-flight rows are checked for a reader that left (one task for all of them)."""
+
     def __init__(self, model: BaseModel, cache: AdapterCache, llm: Any) -> None:
         super().__init__(model, cache)
         self.llm = llm
+        self.in_flight: dict[str, RowControl] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     @classmethod
     def create(cls, model: BaseModel, config: ServeConfig | None = None) -> VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         config = config or ServeConfig()
-        if config.vllm_cache_root and "VLLM_CACHE_ROOT" not in os.environ:
+        # vLLM reads these from the environment (its engine core process inherits the replica's).
+        if config.vllm_cache_root:
             os.environ["VLLM_CACHE_ROOT"] = config.vllm_cache_root
+        if config.vllm_cpu_kv_cache_gib:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.vllm_cpu_kv_cache_gib:g}"
         dtype = model.token_embeddings.dtype
 
         def prepare(adapters: Sequence[CompactAdapter]) -> list[HotPrompt]:
@@ -173,6 +181,8 @@ class VllmEngine(Engine):
         stream = self.llm.generate(
             self.engine_input(item, prompt), vllm_sampling(params, self.model.eos_ids), request_id
         )
+        self.in_flight[request_id] = item.control
+        self._watch()
         try:
             async for output in stream:
                 for token in output.outputs[0].token_ids:
@@ -180,7 +190,25 @@ class VllmEngine(Engine):
                 if item.control.abandoned.is_set():
                     break
         finally:
+            self.in_flight.pop(request_id, None)
             await stream.aclose()  # vLLM aborts a request whose generator closes before it finished
+
+    def _watch(self) -> None:
+        """Abort rows whose reader left even while nothing reads their stream (a reader that stops
+        iterating does not close it at once), and release them so their log line is written."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._abort_abandoned())
+
+    async def _abort_abandoned(self) -> None:
+        while self.in_flight:
+            left = [rid for rid, control in self.in_flight.items() if control.abandoned.is_set()]
+            if left:
+                await self.llm.abort(left)
+                for rid in left:
+                    control = self.in_flight.pop(rid, None)
+                    if control is not None:
+                        control.release()
+            await asyncio.sleep(self.ABANDON_POLL_S)
 
     def shutdown(self) -> None:
         self.llm.shutdown()
