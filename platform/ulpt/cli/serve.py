@@ -13,7 +13,7 @@ from ulpt.config import ulpt_home
 from ulpt.errors import SpecError, UlptError
 
 if TYPE_CHECKING:
-    from ulpt_serving.config import ENGINES, EngineName, ServeConfig
+    from ulpt_serving.config import EngineName, ServeConfig
 
 
 def serve(
@@ -56,7 +56,7 @@ def serve(
     engine: Annotated[
         str,
         typer.Option(
-            help="What decodes: vllm (continuous batching; decoder-only models, needs ulpt[vllm]), "
+            help="What decodes: vllm (continuous batching; decoder-only models, needs the vllm extra), "
             "native (ulpt's own batches, any model) or auto (vllm where installed and the model fits)."
         ),
     ] = "auto",
@@ -76,7 +76,7 @@ def serve(
     """
     from ulpt.models.precision import check_dtype_name
     from ulpt.models.registry import resolve_model_path
-    from ulpt_serving.config import ServeConfig
+    from ulpt_serving.config import ENGINES, ServeConfig
     from ulpt_serving.launch import serve_forever
 
     # Checked under the names typed here (the config's fields are named and scaled differently).
