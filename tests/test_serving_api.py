@@ -270,6 +270,29 @@ def test_chat_bodies_are_validated_too(serve_stack: ServeStack) -> None:
         assert answer.status_code == 400 and "messages" in answer.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("field", ["prompt_embeds", "inputs_embeds", "Prompt_Embeddings", "hidden_states"])
+def test_requests_carrying_embeddings_are_refused_before_any_decoding(
+    serve_stack: ServeStack, field: str
+) -> None:
+    """The server builds every embedding itself from catalog adapters: a body that carries a tensor
+    (vLLM's base64 `torch.save` `prompt_embeds`, or any other embedding-like field) is refused, on
+    both routes, instead of being ignored like other unknown fields."""
+    payload = "UEsDBAAACAgAAAAAAAAAAAAAAAAAAAAAAAAQABIAYXJjaGl2ZS9kYXRhLnBrbA=="  # a torch.save zip's head
+    before = serve_stack.handle("llama").stats.remote().result()["batches"]
+    chat = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], field: [[0.5] * 64]}
+    for path, body in (
+        ("/v1/completions", {"model": "llama-00", "prompt": PROMPT, "max_tokens": 4, field: payload}),
+        ("/v1/chat/completions", chat),
+    ):
+        answer = _post(serve_stack, "llama", path, body)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["param"] == field and "cannot send embeddings" in error["message"]
+    assert serve_stack.handle("llama").stats.remote().result()["batches"] == before  # nothing decoded
+    unknown = _complete(serve_stack, "llama-00", max_tokens=2, some_extension=True)
+    assert unknown.status_code == 200  # other unknown fields are still ignored, as OpenAI clients expect
+
+
 def test_overload_answers_429_with_retry_after_and_the_auth_less_app_serves_loopback(
     serve_stack: ServeStack,
 ) -> None:

@@ -80,6 +80,9 @@ def test_serve_refuses_a_batch_wait_or_cpus_that_are_not_finite_numbers() -> Non
     assert (
         refused.stderr.strip() == "error: --dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"
     )
+    refused = _ulpt("serve", "--engine", "tgi")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "error: --engine must be one of auto, vllm, native, got 'tgi'"
 
 
 def test_serve_checks_the_model_folder_and_the_catalog_before_starting_ray(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -70,3 +71,34 @@ def test_a_replica_loads_the_base_model_in_the_configured_dtype(tiny_model_dirs:
     assert default_model(ServeConfig(model=folder)).token_embeddings.dtype == torch.float32  # auto on a CPU
     half = default_model(ServeConfig(model=folder, dtype="bfloat16"))
     assert half.token_embeddings.dtype == torch.bfloat16 and half.device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("asked", "installed", "encoder_decoder", "chosen"),
+    [
+        ("auto", True, False, "vllm"),
+        ("auto", True, True, "native"),
+        ("auto", False, False, "native"),
+        ("native", True, False, "native"),
+        ("vllm", True, False, "vllm"),
+        ("vllm", False, False, "needs the vllm extra"),
+        ("vllm", True, True, "decoder-only"),
+    ],
+)
+def test_the_engine_is_vllm_where_installed_for_decoder_only_models_unless_asked_otherwise(
+    monkeypatch: pytest.MonkeyPatch, asked: str, installed: bool, encoder_decoder: bool, chosen: str
+) -> None:
+    from types import SimpleNamespace
+
+    from ulpt_serving import vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "vllm_installed", lambda: installed)
+    config = ServeConfig(model="m", engine=asked)
+    model: Any = SimpleNamespace(is_encoder_decoder=encoder_decoder)
+    if chosen in ("vllm", "native"):
+        assert vllm_engine.engine_kind(config, model) == chosen
+    else:
+        with pytest.raises(ValueError, match=chosen):
+            vllm_engine.engine_kind(config, model)
+    with pytest.raises(SpecError, match="engine"):
+        ServeConfig(model="m", engine="tgi")

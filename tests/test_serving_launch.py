@@ -23,7 +23,12 @@ def test_a_replica_that_cannot_load_its_model_fails_the_deployment_with_its_caus
     folder = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dirs["llama"], folder, ignore=shutil.ignore_patterns("*.safetensors"))
     config = ServeConfig(
-        model=str(folder), home=str(serve_stack.home), app_name="broken", route_prefix="/broken", num_cpus=0
+        model=str(folder),
+        home=str(serve_stack.home),
+        app_name="broken",
+        route_prefix="/broken",
+        num_cpus=0,
+        engine="native",
     )
     try:
         with pytest.raises(UlptError) as failed:

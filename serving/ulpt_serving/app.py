@@ -30,6 +30,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from ulpt.models import BaseModel, load_base_model
+from ulpt.models.precision import resolve_dtype
 from ulpt.registry import Registry
 from ulpt_serving import answers, openapi, responses
 from ulpt_serving.admission import Admission
@@ -42,6 +43,7 @@ from ulpt_serving.protocol import ApiError, ChatCompletionRequest, CompletionReq
 from ulpt_serving.requestlog import RequestInfo, RequestLog
 from ulpt_serving.resolve import AdapterResolution, default_registry
 from ulpt_serving.tenancy import Authenticator
+from ulpt_serving.vllm_engine import DTYPE_NAMES, VllmDecodeLoop, VllmEngine, engine_kind, may_use_vllm
 from ulpt_serving.weights import shared_base_model
 
 # Everything the deployment class uses is defined above it: serve.ingress wraps the class in a new
@@ -70,11 +72,18 @@ class Dependencies:
 
 def default_model(config: ServeConfig) -> BaseModel:
     """The base model in `config.dtype`, on a GPU when the replica reserves one and CUDA is there;
-    built on the node's shared copy of the weights unless `share_weights` is off."""
-    device = torch.device("cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+    built on the node's shared copy of the weights unless `share_weights` is off.
+
+    When vLLM may decode, it holds the weights on the GPU itself: ulpt's copy (tokenizer, embedding
+    table) stays on the CPU, in the dtype ulpt would have picked for that GPU (vLLM runs in it)."""
+    gpu = config.num_gpus > 0 and torch.cuda.is_available()
+    dtype: str = config.dtype
+    if gpu and may_use_vllm(config):
+        gpu, dtype = False, DTYPE_NAMES[resolve_dtype(config.dtype, torch.device("cuda"))]
+    device = torch.device("cuda" if gpu else "cpu")
     if config.share_weights:
-        return shared_base_model(config.model, config.dtype, device)
-    return load_base_model(config.model, device=device, dtype=config.dtype)
+        return shared_base_model(config.model, dtype, device)
+    return load_base_model(config.model, device=device, dtype=dtype)
 
 
 @api.exception_handler(ApiError)
@@ -98,13 +107,19 @@ class ULPTServer:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         model = deps.model_factory() if deps.model_factory else default_model(config)
-        self.engine = Engine.create(model, config)
-        registry = (deps.registry_factory or partial(default_registry, config))()
+        self.engine: Engine
+        self.loop: DecodeLoop | VllmDecodeLoop
         self.metrics = ServingMetrics(per_adapter=config.per_adapter_metrics)
+        if engine_kind(config, model) == "vllm":
+            self.engine = vllm_engine = VllmEngine.create(model, config)
+            self.loop = VllmDecodeLoop(vllm_engine, self.metrics)
+        else:
+            self.engine = Engine.create(model, config)
+            self.loop = DecodeLoop(self.engine, self.metrics)
+        registry = (deps.registry_factory or partial(default_registry, config))()
         self.requests = RequestLog(self.metrics, config.log_requests)
         self.admission = Admission(config, Authenticator(registry, config.auth_cache_ttl_s), self.engine)
         self.adapters = AdapterResolution(config, registry, self.engine)
-        self.loop = DecodeLoop(self.engine, self.metrics)
         self.generation = Generation(self.admission, self.adapters, self.loop, self.requests)
         self.configure_batching(config.max_batch_size, config.batch_wait_timeout_s)
 
@@ -128,6 +143,7 @@ class ULPTServer:
             status="ok",
             model=self.config.base_model_name,
             family=self.engine.model.family,
+            engine="vllm" if isinstance(self.engine, VllmEngine) else "native",
             adapters_cached=cache.compact_count,
             adapters_hot=cache.hot_count,
         )

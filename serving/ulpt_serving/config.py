@@ -18,6 +18,8 @@ from ulpt.validation import NonBlank, SpecModel
 FORMAT_VERSION: Final = 1
 LOOPBACK_NAMES = ("localhost",)
 MiB = 1 << 20
+EngineName = Literal["auto", "vllm", "native"]
+ENGINES: Final = ("auto", "vllm", "native")
 
 
 def is_loopback(host: str) -> bool:
@@ -69,6 +71,16 @@ class ServeConfig(SpecModel):
     """CPUs Ray reserves per replica."""
     num_gpus: float = Field(default=0.0, ge=0, le=1e6)
     """GPUs Ray reserves per replica (the model moves to cuda when > 0)."""
+    engine: EngineName = "auto"
+    """What decodes: `vllm` (vLLM's continuous batching through prompt embeddings; decoder-only models,
+    the `vllm` extra), `native` (ulpt's own batched decode loop: any model, no extra), or `auto`: vLLM
+    where it is installed and the model is decoder-only, else native."""
+    vllm_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1.0)
+    """Share of the GPU's memory vLLM takes for weights and its key/value cache (vLLM engine on a GPU)."""
+    vllm_cpu_kv_cache_gib: float | None = Field(default=None, gt=0, le=1 << 20)
+    """vLLM's key/value cache on a CPU, in GiB (default: $VLLM_CPU_KVCACHE_SPACE, else vLLM's own)."""
+    vllm_cache_root: str | None = None
+    """Folder for vLLM's caches (default: $VLLM_CACHE_ROOT, else vLLM's own under the home folder)."""
     share_weights: bool = True
     """Replicas on a node map one copy of the base model from Ray's object store (read-only) instead of
     each loading its own from disk."""

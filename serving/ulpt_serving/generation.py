@@ -25,6 +25,7 @@ from ulpt_serving.engine import BatchItem, RowFailure, TextStream
 from ulpt_serving.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 from ulpt_serving.requestlog import RequestInfo, RequestLog
 from ulpt_serving.resolve import AdapterResolution
+from ulpt_serving.vllm_engine import VllmDecodeLoop
 
 logger = logging.getLogger("ray.serve").getChild("ulpt")
 
@@ -33,7 +34,11 @@ class Generation:
     """`/v1/completions` and `/v1/chat/completions` of one replica."""
 
     def __init__(
-        self, admission: Admission, adapters: AdapterResolution, loop: DecodeLoop, requests: RequestLog
+        self,
+        admission: Admission,
+        adapters: AdapterResolution,
+        loop: DecodeLoop | VllmDecodeLoop,
+        requests: RequestLog,
     ) -> None:
         self.admission = admission
         self.adapters = adapters

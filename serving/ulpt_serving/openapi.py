@@ -129,6 +129,8 @@ class Health(BaseModel):
     status: Literal["ok"]
     model: str
     family: str
+    engine: Literal["vllm", "native"]
+    """What decodes in this replica: vLLM's continuous batching or ulpt's own batched loop."""
     adapters_cached: int
     adapters_hot: int
 

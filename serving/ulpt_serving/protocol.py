@@ -7,9 +7,11 @@ so a client never silently gets something other than what it asked for.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOPS = 4
 MAX_STOP_CHARS = 256
@@ -64,10 +66,32 @@ _STOP_SCHEMA: dict[str, Any] = {
 }
 
 
+_TENSOR_FIELD = re.compile(r"embed|tensor|hidden_states|multi_modal", re.IGNORECASE)
+"""Body fields that would carry tensors (vLLM's `prompt_embeds`, `inputs_embeds`, ...). Other unknown
+fields are ignored, as OpenAI clients send extensions; these are refused, loudly: embeddings are built
+by the server from catalog adapters only, and a client that believes it sent some must not get an
+answer computed without them. vLLM's own server reads such fields with `torch.load`."""
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
     model: str = Field(min_length=1, max_length=512)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_tensors(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if isinstance(key, str) and _TENSOR_FIELD.search(key) and key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "tensor_field",
+                        "{field}: clients cannot send embeddings or tensors; the server builds every "
+                        "input from catalog adapters and text",
+                        {"field": key},
+                    )
+        return data
+
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -208,6 +232,8 @@ def parse_body(raw: bytes, model: type[_Request]) -> Any:
         message = first.get("msg", "invalid value")
         if first.get("type") == "json_invalid":
             raise ApiError(400, f"the request body is not valid JSON: {message}") from None
+        if first.get("type") == "tensor_field":
+            raise ApiError(400, message, param=str(first.get("ctx", {}).get("field"))) from None
         if first.get("type") == "model_type":
             raise ApiError(400, "the request body must be a JSON object") from None
         param = where or None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -13,7 +13,7 @@ from ulpt.config import ulpt_home
 from ulpt.errors import SpecError, UlptError
 
 if TYPE_CHECKING:
-    from ulpt_serving.config import ServeConfig
+    from ulpt_serving.config import EngineName, ServeConfig
     from ulpt_serving.launch import Companion
 
 
@@ -68,6 +68,13 @@ def serve(
             help="Also serve the web console at /console on the same port (needs the control plane).",
         ),
     ] = True,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="What decodes: vllm (continuous batching; decoder-only models, needs the vllm extra), "
+            "native (ulpt's own batches, any model) or auto (vllm where installed and the model fits)."
+        ),
+    ] = "auto",
     ray_address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting one.")
     ] = None,
@@ -84,7 +91,7 @@ def serve(
     """
     from ulpt.models.precision import check_dtype_name
     from ulpt.models.registry import resolve_model_path
-    from ulpt_serving.config import ServeConfig
+    from ulpt_serving.config import ENGINES, ServeConfig
     from ulpt_serving.launch import serve_forever
 
     # Checked under the names typed here (the config's fields are named and scaled differently).
@@ -92,7 +99,10 @@ def serve(
     _check_finite("--num-cpus", num_cpus, 1e6)
     _check_finite("--num-gpus", num_gpus, 1e6)
     check_dtype_name("--dtype", dtype)
+    if engine not in ENGINES:
+        raise SpecError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     config = ServeConfig(
+        engine=cast("EngineName", engine),
         model=model,
         served_model_name=served_model_name or model,
         home=str((home or ulpt_home()).expanduser().absolute()),

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 from ulpt.models.base import BaseModel, Decoding, PromptSource, RowSource
 from ulpt.models.batch import RowPrompts, pad_ids
+from ulpt.models.cachearg import cache_kwargs
 from ulpt.models.prefix import CachedPrompt, compute_prefixes, prefix_batch, supports_prefix_cache
 
 
@@ -81,7 +82,7 @@ class CausalModel(BaseModel):
             inputs_embeds=packed.inputs_embeds,
             attention_mask=mask,
             position_ids=position_ids,
-            cache=cache,
+            **cache_kwargs(self.hf, cache),
             use_cache=use_cache,
             logits_to_keep=keep,
         ).logits
@@ -97,7 +98,7 @@ class CausalModel(BaseModel):
             input_ids=feed,
             attention_mask=state.mask,
             position_ids=positions,
-            cache=state.cache,
+            **cache_kwargs(self.hf, state.cache),
             use_cache=True,
         ).logits
         state.positions = positions[:, -1:]

@@ -6,7 +6,7 @@ therefore compute them once per adapter and start every request after them, payi
 the request's own tokens. Reference semantics, row by row, to float noise:
 
     model(inputs_embeds=cat([prompt, embed(ids)]))                    # the prompt inline
-    == model(embed(ids), past_key_values=kv(prompt), positions=n, n+1, ...)   # the prompt as a prefix
+    == model(embed(ids), cache=kv(prompt), positions=n, n+1, ...)   # the prompt as a prefix
 
 In a batch, prefixes of different lengths are left-padded inside a prefix segment of the cache and
 the rows' tokens follow in a second, separately left-padded segment; the attention mask hides both
@@ -24,6 +24,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ulpt.models.batch import round_up
+from ulpt.models.cachearg import cache_kwargs
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +70,7 @@ def compute_prefixes(hf_model: Any, prompts: Sequence[torch.Tensor]) -> list[Cac
         hf_model(
             inputs_embeds=embeds,
             position_ids=positions,
-            cache=cache,
+            **cache_kwargs(hf_model, cache),
             use_cache=True,
             logits_to_keep=1,
         )

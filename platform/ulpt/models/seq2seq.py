@@ -14,6 +14,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 
 from ulpt.models.base import BaseModel, Decoding, RowSource
 from ulpt.models.batch import RowPrompts, pad_ids
+from ulpt.models.cachearg import cache_kwargs
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Seq2SeqModel(BaseModel):
             attention_mask=packed.attention_mask,
             decoder_input_ids=decoder_ids,
             decoder_attention_mask=decoder_mask,
-            cache=cache,
+            **cache_kwargs(self.hf, cache),
             use_cache=use_cache,
         ).logits
         return Seq2SeqDecoding(logits, cache, packed.attention_mask, states)
@@ -66,7 +67,7 @@ class Seq2SeqModel(BaseModel):
             encoder_outputs=(state.encoder_states,),
             attention_mask=state.mask,
             decoder_input_ids=feed,
-            cache=state.cache,
+            **cache_kwargs(self.hf, state.cache),
             use_cache=True,
         ).logits
         state.logits = logits
