@@ -8,6 +8,7 @@ worker died back to pending. Progress is read from here too: no `ray.train.repor
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -216,3 +217,18 @@ def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def finite_json(value: Any) -> Any:
+    """JSON has no NaN or infinity: such values become null in recorded metrics."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    return value

@@ -259,7 +259,7 @@ class FitRunner:
             for fit in ended:
                 row, resumed_from = self.rows.pop(fit.key), self.resumed_from.pop(fit.key, 0)
                 if fit.key in adapter_ids:
-                    metrics = _finite(fit_metrics(fit))
+                    metrics = state.finite_json(fit_metrics(fit))
                     # the worker's so far: memory budgets, and CPU cost that contention does not distort
                     timings = {
                         "peak_rss_mb": _peak_rss_mb(),
@@ -295,7 +295,9 @@ class FitRunner:
 
     def _registration(self, fit: FitState) -> Registration:
         record = self.rows[fit.key].spec or {}
-        metrics = {k: v for k, v in state.summary_metrics(fit_metrics(fit)).items() if _is_finite_number(v)}
+        metrics = {
+            k: v for k, v in state.summary_metrics(fit_metrics(fit)).items() if state.is_finite_number(v)
+        }
         return Registration(
             adapter=fit.adapter,
             name=record["name"],
@@ -317,21 +319,6 @@ class FitRunner:
 def is_outage(exc: UlptError) -> bool:
     """The catalog or store itself failing (retry the worker), as opposed to one fit's bad input."""
     return type(exc) in (CatalogError, StoreError) or isinstance(exc, MigrationRequiredError)
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: such values become null in recorded metrics."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _peak_rss_mb() -> float:
