@@ -31,14 +31,7 @@ def create_key(
     caller: Caller = ADMIN,
 ) -> dict[str, Any]:
     new = keys(request, caller).create(name, scopes=scopes)
-    return {
-        "id": new.id,
-        "prefix": f"ulpt_{new.id}_",
-        "name": new.label,
-        "tenant": new.tenant,
-        "scopes": list(new.scopes),
-        "key": new.key,
-    }
+    return new.to_dict()
 
 
 @router.delete("/{key_id}", summary="Revoke a key: refused from the next request on")

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import torch
 
@@ -160,6 +160,20 @@ class AdapterCache:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(loader_threads, thread_name_prefix="ulpt-adapter-load")
         self._hits = self._fetches = self._failed = self._materialized = 0
+
+    @classmethod
+    def sized_by(
+        cls, config: Any, prepare: Callable[[Sequence[CompactAdapter]], list[HotPrompt]]
+    ) -> AdapterCache:
+        """A cache with the tier sizes and loader threads of a `ServeConfig`, whichever engine prepares."""
+        return cls(
+            prepare,
+            compact_bytes=config.compact_cache_bytes,
+            compact_count=config.compact_cache_count,
+            hot_bytes=config.hot_cache_bytes,
+            hot_count=config.hot_cache_count,
+            loader_threads=config.loader_threads,
+        )
 
     # ---- compact tier ------------------------------------------------------------------------
 

@@ -101,14 +101,7 @@ class Engine:
                 return [cached for cached in model.cache_prompts(prompts)]
             return [prompt for prompt in prompts]
 
-        cache = AdapterCache(
-            prepare,
-            compact_bytes=config.compact_cache_bytes,
-            compact_count=config.compact_cache_count,
-            hot_bytes=config.hot_cache_bytes,
-            hot_count=config.hot_cache_count,
-            loader_threads=config.loader_threads,
-        )
+        cache = AdapterCache.sized_by(config, prepare)
         return cls(model, cache)
 
     def tokenize(self, text: str, limit: int) -> list[int] | None:

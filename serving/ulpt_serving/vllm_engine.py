@@ -149,14 +149,7 @@ class VllmEngine(Engine):
         def prepare(adapters: Sequence[CompactAdapter]) -> list[HotPrompt]:
             return [a.materialize().to(dtype) for a in adapters]
 
-        cache = AdapterCache(
-            prepare,
-            compact_bytes=config.compact_cache_bytes,
-            compact_count=config.compact_cache_count,
-            hot_bytes=config.hot_cache_bytes,
-            hot_count=config.hot_cache_count,
-            loader_threads=config.loader_threads,
-        )
+        cache = AdapterCache.sized_by(config, prepare)
         return cls(model, cache, AsyncLLM.from_engine_args(engine_args(config, model)))
 
     def engine_input(self, item: BatchItem, prompt: HotPrompt | None) -> dict[str, Any]:

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 import ulpt
+from tests.http_server import serving
 from ulpt.console import ConsoleConfig, build_console_app
 from ulpt.sdk import Client
 from ulpt_control import ControlConfig, ControlContext, build_app
@@ -64,21 +61,6 @@ class Site:
             self.errors.append(message.text)
 
 
-def serve(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the console test server did not start")
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture()
 def site(tmp_path: Path) -> Iterator[Site]:
     home = tmp_path / "home"
@@ -95,15 +77,12 @@ def site(tmp_path: Path) -> Iterator[Site]:
     app = FastAPI()
     app.mount("/console", build_console_app(ConsoleConfig()))
     app.mount("/", build_app(ControlContext(ControlConfig(home=str(home)), acme.registry, acme.locations)))
-    server, thread, url = serve(app)
-    with sync_playwright() as playwright:
+    with serving(app) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         try:
             yield Site(url, clients, keys, browser)
         finally:
             browser.close()
-            server.should_exit = True
-            thread.join(timeout=10)
             for client in clients.values():
                 client.close()
 

@@ -3,16 +3,13 @@ ULPT_API_KEY, over the control plane's HTTP API served by uvicorn on a free port
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 import ulpt
+from tests.http_server import serving
 from tests.test_jobs_spec import job_dict, write_reviews
 from ulpt.errors import NotFoundError, SpecError
 from ulpt.sdk import Client
@@ -28,19 +25,10 @@ def control_url(
     owner = Client(home=home, tenant="acme")
     config = ControlConfig(home=str(home), base_models=(str(tiny_model_dirs["llama"]),))
     app = build_app(ControlContext(config, owner.registry, owner.locations))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", home
+        with serving(app) as url:
+            yield url, home
     finally:
-        server.should_exit = True
-        thread.join()
         owner.close()
 
 

@@ -13,6 +13,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -40,6 +41,17 @@ class NewApiKey:
         return (
             f"NewApiKey(id={self.id!r}, tenant={self.tenant!r}, label={self.label!r}, scopes={self.scopes!r})"
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `ulpt keys create --json` and the control plane answer: the key, this once, and its prefix."""
+        return {
+            "id": self.id,
+            "prefix": f"ulpt_{self.id}_",
+            "name": self.label,
+            "tenant": self.tenant,
+            "scopes": list(self.scopes),
+            "key": self.key,
+        }
 
 
 @dataclass(frozen=True)

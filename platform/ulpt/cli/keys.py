@@ -57,16 +57,7 @@ def create_key(
     with make_client(home, catalog_url, store_url, tenant) as client:
         new = client.keys.create(name, scopes=tuple(scope) if scope else SCOPES)
     if as_json:
-        print_json(
-            {
-                "id": new.id,
-                "prefix": f"ulpt_{new.id}_",
-                "name": new.label,
-                "tenant": new.tenant,
-                "scopes": list(new.scopes),
-                "key": new.key,
-            }
-        )
+        print_json(new.to_dict())
         return
     err_console.print(
         f"created API key {new.id} ({new.label or 'no name'}) of tenant {new.tenant}, "
