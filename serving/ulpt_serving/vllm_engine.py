@@ -25,7 +25,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoConfig
@@ -41,7 +41,13 @@ from ulpt_serving.metrics import ServingMetrics
 
 logger = logging.getLogger("ray.serve").getChild("ulpt")
 
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+VllmDtype = Literal["float32", "bfloat16", "float16"]
+DTYPE_NAMES: dict[torch.dtype, VllmDtype] = {
+    torch.float32: "float32",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
+}
+"""vLLM's names of the dtypes ulpt loads a base model in (its engine arguments take these literals)."""
 
 
 def vllm_installed() -> bool:
