@@ -115,7 +115,7 @@ def test_ulpt_serve_runs_until_ctrl_c(tiny_model_dirs: dict[str, Path], tmp_path
         "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp"),  # unix sockets need a short path
     }
     args = ["serve", "--no-auth", "--port", str(port), "--model", str(tiny_model_dirs["llama"])]
-    args += ["--served-model-name", "tiny", "--num-cpus", "0", "--threads", "1"]
+    args += ["--served-model-name", "tiny", "--num-cpus", "0", "--threads", "1", "--engine", "native"]
     server = subprocess.Popen(
         [*ULPT, *args],
         env=env,

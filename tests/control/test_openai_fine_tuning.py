@@ -32,8 +32,8 @@ def control(serve_stack: ServeStack) -> Iterator[str]:
     model = str(serve_stack.model_dirs["llama"])
     config = ControlConfig(home=str(serve_stack.home), base_models=(model,), events_poll_s=0.2)
     inference = ServeConfig(
-        home=str(serve_stack.home), model=model, num_cpus=0, torch_threads=1, app_name="ft"
-    )
+        home=str(serve_stack.home), model=model, num_cpus=0, torch_threads=1, app_name="ft", engine="native"
+    )  # ulpt's engine: vLLM's CPU attention has no kernel for the tiny model's 16-wide heads
     serve.run_many(
         [
             serve.RunTarget(build_application(config), name="control", route_prefix="/control"),

@@ -63,6 +63,7 @@ def soak_app(
         home=str(home),
         num_cpus=0,
         torch_threads=1,
+        engine="native",  # the soak measures ulpt's engine (vLLM's CPU kernels need wider heads)
         max_batch_size=16,
         max_ongoing_requests=MAX_ONGOING,
         max_queued_requests=64,
