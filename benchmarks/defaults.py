@@ -171,6 +171,10 @@ def document(run: Run) -> str:
                 cells.append(f"{statistics.mean(accs):.3f}" if accs else "")
         lines.append(f"| `{task}` | {z:.3f} | " + " | ".join(cells) + " |")
     total = run.seconds.get("total")
+    missing = [t for t in s["tasks"] if t not in run.zero_shot]
+    if missing:  # a stopped run reports what it finished, and says so
+        lines += ["", f"A stopped run: {len(run.zero_shot)} of {len(s['tasks'])} tasks finished; not run: "
+                  + ", ".join(f"`{t}`" for t in missing) + "."]  # fmt: skip
     lines += ["", f"Run {run.started}" + (f", {total:.0f} s." if total else "."), END]
     return "\n".join(lines) + "\n"
 
