@@ -226,7 +226,9 @@ def _report(handle: JobHandle, *, wait: bool, as_json: bool) -> None:
                 f"job {handle.id} submitted{where}; follow it with `ulpt jobs show {handle.id}{flag}`"
             )
         return
-    status = handle.wait(progress=not as_json and sys.stderr.isatty())
+    # Ray's driver prints the raylet's warnings to stdout; with --json, stdout holds the JSON alone.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        status = handle.wait(progress=not as_json and sys.stderr.isatty())
     if as_json:
         print_json(handle.to_dict(fits=True))
     else:
