@@ -12,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ulpt.registry.files import FileRecord
 from ulpt_control.auth import READ, TRAIN, Caller, context
-from ulpt_control.bodies import read_body
 from ulpt_control.errors import ApiError
 from ulpt_control.multipart import parse_form
+from ulpt_serving.bodies import read_body
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -65,7 +65,7 @@ async def upload_file(
     caller: Caller = TRAIN,
 ) -> dict[str, Any]:
     ctx = context(request)
-    data = await read_body(request, ctx.config.max_upload_bytes, "file")
+    data = await read_body(request, ctx.config.max_upload_bytes, ApiError, "file")
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
         form = parse_form(data, content_type)

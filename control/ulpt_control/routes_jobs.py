@@ -9,9 +9,10 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ulpt_control.auth import READ, TRAIN, Caller, context
-from ulpt_control.bodies import read_body
+from ulpt_control.errors import ApiError
 from ulpt_control.events import job_events
 from ulpt_control.submission import check_spec, parse_spec, with_uploads
+from ulpt_serving.bodies import read_body
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -36,7 +37,7 @@ async def submit_job(request: Request, caller: Caller = TRAIN) -> dict[str, Any]
     `bigbench:TASK`, or `s3://` URLs under the service's allowed prefixes. Validated against its data
     and model before anything is recorded; runs at once."""
     ctx = context(request)
-    body = await read_body(request, ctx.config.max_spec_bytes, "job spec")
+    body = await read_body(request, ctx.config.max_spec_bytes, ApiError, "job spec")
     spec = parse_spec(body, request.headers.get("content-type", ""))
     check_spec(spec, ctx.config)
 

@@ -20,22 +20,7 @@ from ulpt_serving.engine import Engine
 from ulpt_serving.protocol import ApiError
 from ulpt_serving.tenancy import Authenticator
 
-MAX_BODY_BYTES = 4 << 20
-
-
-async def read_body(request: Request) -> bytes:
-    """The body, refused with 413 as soon as it exceeds MAX_BODY_BYTES (declared or while streaming in)."""
-    too_large = ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+MAX_BODY_BYTES = 4 << 20  # a completion or chat body, refused above this before it is parsed
 
 
 def max_positions(model: BaseModel) -> int | None:

@@ -18,7 +18,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ulpt_serving import answers, openapi, protocol, responses
-from ulpt_serving.admission import Admission, read_body
+from ulpt_serving.admission import MAX_BODY_BYTES, Admission
+from ulpt_serving.bodies import read_body
 from ulpt_serving.chat_template import chat_prompt
 from ulpt_serving.decodeloop import DecodeLoop
 from ulpt_serving.engine import BatchItem, RowFailure, TextStream
@@ -52,7 +53,7 @@ class Generation:
         items: list[BatchItem] = []
         try:
             info.tenant = await self.admission.tenant(request)
-            raw = await read_body(request)
+            raw = await read_body(request, MAX_BODY_BYTES, ApiError)
             body: Any = protocol.parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
             target = await self.adapters.target(info.tenant, body.model)
             info.label = target.label

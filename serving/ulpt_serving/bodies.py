@@ -1,0 +1,31 @@
+"""Request bodies read with a ceiling: refused from the declared length before a byte is read, or as
+soon as a chunked stream passes the limit, so an oversized upload never fills memory.
+
+Both HTTP layers read their bodies here: the inference routes (`admission.MAX_BODY_BYTES`) and the
+control plane (its upload and job spec limits). It lives in `ulpt_serving` because the layers contract
+(pyproject `[tool.importlinter]`) puts the control plane above serving, so both may import it, while
+the core holds no HTTP code. Each layer answers with its own error type, which it passes in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Request
+
+
+async def read_body(
+    request: Request, limit: int, refuse: Callable[[int, str], Exception], what: str = "request body"
+) -> bytes:
+    """The whole body, or `refuse(413, message)` raised once it is known to exceed `limit` bytes."""
+    too_large = refuse(413, f"the {what} is larger than {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
