@@ -5,7 +5,7 @@ what the service must not read are refused before anything is recorded."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,23 @@ def test_specs_reaching_outside_the_tenant_are_refused(
     refused = job_plane.call("POST", "/v1/jobs", json=spec)
     assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text
     assert job_plane.call("GET", "/v1/jobs").json()["items"] == []
+
+
+def test_oversized_specs_are_refused_before_and_while_reading(
+    make_plane: Callable[..., Plane], tiny_model_dirs: dict[str, Path]
+) -> None:
+    plane = make_plane(base_models=(str(tiny_model_dirs["llama"]),), max_spec_bytes=200)
+    spec = json.dumps(spec_for(tiny_model_dirs["llama"], upload_reviews(plane))).encode()
+    assert len(spec) > 200
+
+    def chunks() -> Iterator[bytes]:  # no content-length: the limit must hold while streaming
+        yield from (spec[i : i + 50] for i in range(0, len(spec), 50))
+
+    for body in (spec, chunks()):
+        refused = plane.call("POST", "/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+        assert refused.status_code == 413, refused.text
+        assert refused.json()["error"]["message"] == "the job spec is larger than 200 bytes"
+    assert plane.call("GET", "/v1/jobs").json()["items"] == []
 
 
 def test_another_tenants_file_cannot_be_trained_on(
