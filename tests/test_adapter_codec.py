@@ -35,6 +35,21 @@ def test_folder_blob_and_header_read_give_the_same_config_and_tensors(method: st
     assert all(torch.equal(folder_tensors[k], blob_tensors[k]) for k in folder_tensors)
 
 
+@pytest.mark.parametrize("method", ulpt.METHODS)
+def test_blob_bytes_are_the_safetensors_torch_writer_bytes(method: str) -> None:
+    """The blob is named by its hash: the fast writer must give the bytes the torch writer gives,
+    or the same adapter would be stored twice under two keys (and old blobs would stop deduplicating)."""
+    from safetensors.torch import save
+
+    adapter = ulpt.Adapter.create(ulpt.AdapterSpec(method=method, n_tokens=3, rank=2, seed=4), 16)
+    expected = save(adapter.tensors(), metadata={codec.METADATA_KEY: json.dumps(adapter.config())})
+    assert adapter.to_bytes() == expected
+    half = {k: t.to(torch.bfloat16) for k, t in adapter.tensors().items()}  # the torch writer's path
+    assert codec.to_blob(half, adapter.config()) == save(
+        half, metadata={codec.METADATA_KEY: json.dumps(adapter.config())}
+    )
+
+
 def _header_only(header: dict[str, object]) -> bytes:
     raw = json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import cast, column, func, insert, select, update, values
 from sqlalchemy.orm import Session
 
 from ulpt.catalog.models import FIT_STATUSES, JOB_STATUSES, FitRow, JobRow, new_id, utcnow
@@ -156,35 +156,42 @@ class FitOutcome:
 
 
 def mark_fits_done(session: Session, outcomes: Sequence[FitOutcome]) -> None:
-    """Mark many fits done in ONE executemany UPDATE by primary key.
+    """Mark many fits done in ONE statement.
 
     A packed worker finishes fits by the dozen; marking them one by one cost a read and a write per fit,
     which is what bounded the control plane's throughput at scale (benchmarks/control_plane.py).
+    PostgreSQL: one `UPDATE ... FROM (VALUES ...)`, one plan and one round trip for the whole batch
+    (an executemany still sent and planned a statement per fit). SQLite: one executemany by key.
     """
     if not outcomes:
         return
     now = utcnow()
+    rows = [
+        {
+            "id": as_uuid(outcome.fit_id, "fit id"),
+            "adapter_id": None if outcome.adapter_id is None else as_uuid(outcome.adapter_id, "adapter id"),
+            "metrics": None if outcome.metrics is None else check_json(dict(outcome.metrics), "fit metrics"),
+            "timings": None if outcome.timings is None else check_json(dict(outcome.timings), "fit timings"),
+        }
+        for outcome in outcomes
+    ]
+    done = {"status": "done", "error": None, "checkpoint": None, "finished_at": now}
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(update(FitRow), [{**row, **done} for row in rows])
+        return
+    fits = FitRow.__table__.c
+    batch = values(
+        *(column(name, fits[name].type) for name in ("id", "adapter_id", "metrics", "timings")),
+        name="done",
+    ).data([tuple(row.values()) for row in rows])
     session.execute(
-        update(FitRow),
-        [
-            {
-                "id": as_uuid(outcome.fit_id, "fit id"),
-                "status": "done",
-                "adapter_id": None
-                if outcome.adapter_id is None
-                else as_uuid(outcome.adapter_id, "adapter id"),
-                "metrics": None
-                if outcome.metrics is None
-                else check_json(dict(outcome.metrics), "fit metrics"),
-                "timings": None
-                if outcome.timings is None
-                else check_json(dict(outcome.timings), "fit timings"),
-                "error": None,
-                "checkpoint": None,  # a finished fit's checkpoints are garbage
-                "finished_at": now,
-            }
-            for outcome in outcomes
-        ],
+        update(FitRow.__table__)
+        .where(fits.id == batch.c.id)
+        .values(
+            # cast: a VALUES column of NULLs only is text to PostgreSQL, whatever its bind type says
+            **{name: cast(batch.c[name], fits[name].type) for name in ("adapter_id", "metrics", "timings")},
+            **done,
+        )
     )
 
 

@@ -211,9 +211,8 @@ class AdapterTagRow(Base):
     __tablename__ = "adapter_tags"
     __table_args__ = (Index(None, "key", "value", "adapter_id"),)
 
-    adapter_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
-    )
+    adapter_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    """No foreign key: written only with the adapter, in its transaction (see migration 0004)."""
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(String(256), default="")
 
@@ -224,9 +223,8 @@ class AdapterMetricRow(Base):
     __tablename__ = "adapter_metrics"
     __table_args__ = (Index(None, "tenant", "name", "value", "adapter_id"),)
 
-    adapter_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
-    )
+    adapter_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    """No foreign key: written only with the adapter, in its transaction (see migration 0004)."""
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
     tenant: Mapped[str] = mapped_column(String(64))

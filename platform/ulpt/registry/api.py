@@ -1,16 +1,19 @@
 """`Registry`: adapters in one catalog and one store, the only door upper layers use to reach either.
 
-Write order: the blob first (content-addressed, so a retry or a duplicate costs nothing), then ONE
-catalog transaction that creates the tenant and base model if needed, numbers versions and inserts
-the rows. A process killed anywhere in between leaves at most an orphan blob, never a row that
-points at a missing blob; `collect_garbage` removes orphans once they are older than a grace period.
+Write order: the blobs are durable before their rows commit (content-addressed, so a retry or a
+duplicate costs nothing); ONE catalog transaction creates the tenant and base model if needed,
+numbers versions and inserts the rows (a big batch records them while its blobs are being written,
+and commits once they are). A process killed anywhere leaves at most an orphan blob, never a row
+that points at a missing blob; `collect_garbage` removes orphans older than a grace period.
 Reads verify the blob's SHA-256 and the projection fingerprint before handing out an Adapter.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,8 @@ from ulpt.registry.view import Adapters
 from ulpt.store import BlobInfo, BlobStore
 
 _RETRIES = 5
+_OVERLAP_FROM = 32
+"""Batches this big write their blobs while the rows are recorded (`Registry._writing`)."""
 
 
 class Registry:
@@ -55,32 +60,55 @@ class Registry:
         return self.register_many([registration], tenant=tenant)[0]
 
     def register_many(self, registrations: Sequence[Registration], *, tenant: str) -> list[AdapterRecord]:
-        """Register several adapters: all blobs, then one transaction for all rows (all or nothing)."""
+        """Register several adapters: all blobs, and one transaction for all rows (all or nothing)."""
         check_tenant(tenant)
         prepared = [prepare(item) for item in registrations]
         explicit = [(p.row["name"], p.row["version"]) for p in prepared if p.row["version"] is not None]
         if len(set(explicit)) != len(explicit):
             name, version = next(pair for pair in explicit if explicit.count(pair) > 1)
             raise ConflictError(f"adapter {name}:{version} appears twice in one registration batch")
-        infos = self.store.put_many([p.blob for p in prepared])
-        for attempt in range(_RETRIES):
-            try:
-                with self.catalog.session() as session:
-                    inserted = self._insert(session, tenant, prepared, infos)
-                return [record_from(row, self.store) for row in inserted]
-            except IntegrityError:
-                with self.catalog.read() as session:
-                    taken = queries.existing_versions(session, tenant, explicit)
-                if taken:
-                    name, version = sorted(taken)[0]
-                    raise ConflictError(
-                        f"adapter {name}:{version} already exists in tenant {tenant!r}"
-                    ) from None
-                if attempt == _RETRIES - 1:  # auto-numbered versions kept colliding with concurrent writers
-                    raise ConflictError(
-                        "concurrent registrations of the same names kept colliding; retry"
-                    ) from None
+        infos = [BlobInfo.of(p.blob) for p in prepared]
+        with self._writing([p.blob for p in prepared]) as blobs_written:
+            for attempt in range(_RETRIES):
+                try:
+                    with self.catalog.session() as session:
+                        inserted = self._insert(session, tenant, prepared, infos)
+                        blobs_written()  # every blob durable BEFORE the rows commit
+                    return [record_from(row, self.store) for row in inserted]
+                except IntegrityError:
+                    with self.catalog.read() as session:
+                        taken = queries.existing_versions(session, tenant, explicit)
+                    if taken:
+                        name, version = sorted(taken)[0]
+                        raise ConflictError(
+                            f"adapter {name}:{version} already exists in tenant {tenant!r}"
+                        ) from None
+                    if attempt == _RETRIES - 1:  # auto-numbered versions kept colliding with others
+                        raise ConflictError(
+                            "concurrent registrations of the same names kept colliding; retry"
+                        ) from None
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def _writing(self, blobs: Sequence[bytes]) -> Iterator[Callable[[], object]]:
+        """Write `blobs` to the store while the caller records their rows; yields "wait until durable".
+
+        The rows name blobs by hash, known before a byte is written, so a big batch writes its blobs
+        on a second thread while the catalog transaction runs (the store's system calls and the
+        database's round trips overlap instead of adding up). The caller waits for the blobs before it
+        commits, so a row is never visible without its blob: a crash before then leaves orphan blobs
+        at most, which `collect_garbage` removes. Small batches write first, on the caller's thread.
+        """
+        if len(blobs) < _OVERLAP_FROM:
+            self.store.put_many(blobs)
+            yield lambda: None
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ulpt-blobs") as pool:
+            written = pool.submit(self.store.put_many, blobs)
+            try:
+                yield written.result
+            finally:
+                written.cancel()  # not started yet (the caller failed first): nothing to write
 
     def _insert(
         self, session: Session, tenant: str, prepared: Sequence[Prepared], infos: Sequence[BlobInfo]

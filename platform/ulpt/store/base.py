@@ -51,6 +51,12 @@ class BlobInfo:
     sha256: str
     size: int
 
+    @classmethod
+    def of(cls, data: bytes) -> BlobInfo:
+        """What storing `data` records, known before (or while) it is written: its key is its hash."""
+        sha = sha256_hex(data)
+        return cls(key=blob_key(sha), sha256=sha, size=len(data))
+
 
 @dataclass(frozen=True)
 class BlobEntry:
@@ -70,10 +76,9 @@ class BlobStore(ABC):
 
     def put(self, data: bytes) -> BlobInfo:
         """Store `data` under its content key; a no-op (plus a refresh) if it is already there."""
-        sha = sha256_hex(data)
-        key = blob_key(sha)
-        self._put(key, data)
-        return BlobInfo(key=key, sha256=sha, size=len(data))
+        info = BlobInfo.of(data)
+        self._put(info.key, data)
+        return info
 
     def put_many(self, blobs: Sequence[bytes]) -> list[BlobInfo]:
         """Store several blobs; remote stores override this to upload in parallel."""

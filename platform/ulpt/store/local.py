@@ -7,8 +7,10 @@ read-only on disk to discourage edits behind the catalog's back.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -16,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ulpt.errors import BlobNotFoundError, StoreError
-from ulpt.store.base import BLOB_PREFIX, BlobEntry, BlobInfo, BlobStore, blob_key, sha256_hex, sha256_of_key
+from ulpt.store.base import BLOB_PREFIX, BlobEntry, BlobInfo, BlobStore, sha256_of_key
 
 _TMP = "tmp"
 
@@ -29,43 +31,48 @@ class LocalStore(BlobStore):
         self.url = self.root.as_uri()
         self.fsync = fsync
         """Make new blobs durable before returning: a power cut must not lose a blob the catalog names."""
-        self._dirs: set[Path] = set()
+        self._dirs: set[str] = set()
+        self._tmp = str(self.root / _TMP)
 
     def _path(self, key: str) -> Path:
         sha256_of_key(key)  # refuse anything that is not a blob key (no path traversal)
         return self.root / key
 
     def _put(self, key: str, data: bytes) -> None:
-        final = self._write(key, data)
+        final = self._write(str(self._path(key)), data)
         if final is not None and self.fsync:
-            _fsync_file(final)
-            _fsync_dir(final.parent)
+            _fsync_file(Path(final))
+            _fsync_dir(Path(final).parent)
 
     def put_many(self, blobs: Sequence[bytes]) -> list[BlobInfo]:
         """Write every blob, then make them all durable with ONE syncfs instead of an fsync per blob."""
         infos = []
         written = False
+        root = str(self.root)
         for data in blobs:
-            sha = sha256_hex(data)
-            info = BlobInfo(key=blob_key(sha), sha256=sha, size=len(data))
-            written |= self._write(info.key, data) is not None
+            info = BlobInfo.of(data)
+            written |= self._write(f"{root}/{info.key}", data) is not None  # a key blob_key built
             infos.append(info)
         if self.fsync and written:
             _syncfs(self.root)
         return infos
 
-    def _write(self, key: str, data: bytes) -> Path | None:
-        """Write a new blob (temporary file, then rename: whole or absent); None if it already existed."""
-        final = self._path(key)
-        if final.exists():
+    def _write(self, final: str, data: bytes) -> str | None:
+        """Write a new blob (temporary file, then rename: whole or absent); None if it already existed.
+
+        Plain `os` calls on strings: a bulk registration writes thousands of few-kB blobs, and pathlib's
+        object churn cost more than the system calls themselves.
+        """
+        if os.path.exists(final):
             self._refresh(final)
             return None
-        tmp = self.root / _TMP / f"{uuid.uuid4().hex}.part"
+        folder = os.path.dirname(final)
+        tmp = f"{self._tmp}/{uuid.uuid4().hex}.part"
         try:
-            for folder in (final.parent, tmp.parent):
-                if folder not in self._dirs:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    self._dirs.add(folder)
+            if folder not in self._dirs:
+                os.makedirs(folder, exist_ok=True)
+                os.makedirs(self._tmp, exist_ok=True)
+                self._dirs.add(folder)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
             try:
                 view = memoryview(data)
@@ -78,12 +85,14 @@ class LocalStore(BlobStore):
             os.replace(tmp, final)
         except OSError as exc:
             self._dirs.clear()  # e.g. the folder was removed under us: recreate next time
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            key = os.path.relpath(final, self.root)
             raise StoreError(f"cannot write blob {key} under {self.root}: {exc.strerror or exc}") from None
         return final
 
     @staticmethod
-    def _refresh(path: Path) -> None:
+    def _refresh(path: str) -> None:
         try:
             os.utime(path)
         except FileNotFoundError:  # removed by gc in between: let the caller's next put write it again
@@ -162,17 +171,30 @@ def _fsync_file(path: Path) -> None:
 
 def _syncfs(path: Path) -> None:
     """Flush the filesystem holding `path` (one device flush for a whole batch instead of one per blob)."""
+    libc = _libc()
+    if libc is not None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            pass
+        else:
+            try:
+                if libc.syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+    os.sync()
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once: `find_library` runs a subprocess (a fork per batch of blobs)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
+        libc.syncfs  # noqa: B018  # missing on some platforms: then os.sync()
     except (OSError, AttributeError):
-        pass
-    os.sync()
+        return None
+    return libc
 
 
 def _fsync_dir(path: Path) -> None:
