@@ -185,13 +185,14 @@ def mark_fits_done(session: Session, outcomes: Sequence[FitOutcome]) -> None:
         name="done",
     ).data([tuple(row.values()) for row in rows])
     session.execute(
-        update(FitRow.__table__)
-        .where(fits.id == batch.c.id)
+        update(FitRow)
+        .where(FitRow.id == batch.c.id)
         .values(
             # cast: a VALUES column of NULLs only is text to PostgreSQL, whatever its bind type says
             **{name: cast(batch.c[name], fits[name].type) for name in ("adapter_id", "metrics", "timings")},
             **done,
         )
+        .execution_options(synchronize_session=False)
     )
 
 
