@@ -1,4 +1,4 @@
-"""The job driver: validate and record a job, then run it as one Ray Train `TorchTrainer`.
+"""The job driver: validate and record a job, then run it as one Ray Train `DataParallelTrainer`.
 
 `create_job` plans the whole job (data, model, names) before anything is written, so a bad spec
 fails with one message and leaves nothing behind; it is the only reader of the job's data, and stores
@@ -211,7 +211,7 @@ def share_weights(spec: JobSpec) -> Any | None:
 
 def _trainer(target: JobTarget, job_id: str, spec: JobSpec, attempt: int, weights: Any | None = None) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     config = WorkerConfig(
         job_id=job_id,
@@ -222,7 +222,10 @@ def _trainer(target: JobTarget, job_id: str, spec: JobSpec, attempt: int, weight
         shared_weights=weights,
     )
     resources = {"CPU": spec.cpus_per_worker} | ({"GPU": 1} if spec.use_gpu else {})
-    return TorchTrainer(
+    # Not TorchTrainer: its torch.distributed process group (set up and torn down with every job, 13-15 s
+    # of a 2-CPU machine's job start in benchmarks/training.py) would serve one barrier; workers train
+    # their own fits and meet only in the catalog, and `ray.train.collective.barrier` needs no group.
+    return DataParallelTrainer(
         train_loop,
         train_loop_config=config.to_dict(),
         scaling_config=ScalingConfig(

@@ -71,7 +71,7 @@ class WorkerConfig:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """`train_loop_per_worker` of the job's TorchTrainer."""
+    """`train_loop_per_worker` of the job's Ray Train `DataParallelTrainer`."""
     import ray.train
 
     entered = time.time()
@@ -90,7 +90,7 @@ def train_loop(config: dict[str, Any]) -> None:
         with catalog.session() as session:
             state.reconcile(session, cfg.job_id)
         _record_base_model(registry, cfg.job_id, model)
-    _barrier()
+    _barrier(context.get_world_size())
     ready = time.time()
     worker = f"{socket.gethostname()}:{os.getpid()}:rank{rank}"
     FitRunner(model, registry, job.id, job.tenant, spec, worker, device).run()
@@ -333,9 +333,9 @@ def _device(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def _barrier() -> None:
-    """Wait for rank 0's reconcile before any worker claims (TorchTrainer sets up the process group)."""
-    import torch.distributed as dist
+def _barrier(world_size: int) -> None:
+    """Wait for rank 0's reconcile before any worker claims (Ray Train's own barrier, no process group)."""
+    if world_size > 1:
+        import ray.train.collective
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+        ray.train.collective.barrier()
