@@ -65,7 +65,7 @@ def create_job(target: JobTarget, spec: JobSpec, tenant: str) -> tuple[str, Plan
     write_fit_data(target.store(), [(f.train_rows, f.eval_rows) for f in plan.fits if f.error is None])
     with target.catalog.session() as session:
         job = create_job_row(session, spec.tenant or tenant, spec.to_dict(), name=spec.job_name)
-        add_fits(session, job.id, [(fit.key, fit.record()) for fit in plan.fits])
+        add_fits(session, job.id, ((fit.key, fit.record()) for fit in plan.fits))  # records made lazily
         state.fail_fits(session, job.id, {fit.key: fit.error for fit in plan.fits if fit.error})
         job_id = str(job.id)
     return job_id, plan

@@ -92,6 +92,20 @@ def test_fits_marked_done_together_keep_each_its_own_outcome(client: Client) -> 
     assert fits["c"].checkpoint == "checkpoints/pack-1"  # still running: it may resume from it
 
 
+def test_fits_added_in_several_inserts_are_all_recorded_once(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job_queries, "_FITS_PER_INSERT", 2)  # 5 fits: inserts of 2, 2 and 1
+    with client.catalog.session() as s:
+        job_id = job_queries.create_job(s, "default", {}).id
+        added = job_queries.add_fits(s, job_id, ((f"fit-{i}", {"i": i}) for i in range(5)))
+    with client.catalog.read() as s:
+        fits = job_queries.list_fits(s, job_id)
+        n_fits = job_queries.get_job(s, job_id).n_fits
+    assert added == n_fits == 5
+    assert sorted((f.key, f.spec["i"]) for f in fits) == [(f"fit-{i}", i) for i in range(5)]
+
+
 def test_concurrent_claims_never_share_a_fit(client: Client) -> None:
     with client.catalog.session() as s:
         job_id = job_queries.create_job(s, "default", {}).id

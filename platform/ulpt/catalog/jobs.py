@@ -84,9 +84,14 @@ def set_job_status(
 def add_fits(
     session: Session, job_id: uuid.UUID | str, fits: Iterable[str | tuple[str, Mapping[str, Any] | None]]
 ) -> int:
-    """Add fits by key (optionally with per-fit spec overrides) in one bulk insert; returns how many."""
+    """Add fits by key (optionally with per-fit spec overrides) in bulk inserts; returns how many.
+
+    Inserted `_FITS_PER_INSERT` at a time from an iterable the caller may generate lazily, so a job of
+    100,000 fits never holds every row's parameters at once (all in the caller's one transaction).
+    """
     job = get_job(session, job_id)
-    rows = []
+    added = 0
+    rows: list[dict[str, Any]] = []
     for fit in fits:
         key, spec = (fit, None) if isinstance(fit, str) else fit
         if not isinstance(key, str) or not 1 <= len(key) <= 256:
@@ -94,10 +99,22 @@ def add_fits(
         rows.append(
             {"id": new_id(), "job_id": job.id, "key": key, "spec": None if spec is None else dict(spec)}
         )
+        if len(rows) == _FITS_PER_INSERT:
+            added += _insert_fits(session, rows)
+            rows = []
+    added += _insert_fits(session, rows)
+    if added:
+        job.n_fits += added
+        session.flush()
+    return added
+
+
+_FITS_PER_INSERT = 5000
+
+
+def _insert_fits(session: Session, rows: list[dict[str, Any]]) -> int:
     if rows:
         session.execute(insert(FitRow), rows)
-        job.n_fits += len(rows)
-        session.flush()
     return len(rows)
 
 
