@@ -1,6 +1,6 @@
 """Bulk training benchmark: what packing fits into one Ray job buys, measured in one run on this machine.
 
-(a) 1,000 tiny fits as ONE packed Ray Train job vs the naive Ray way, one `TorchTrainer.fit()` per fit
+(a) 1,000 tiny fits as ONE packed Ray Train job vs the naive Ray way, one Ray Train `fit()` per fit
     (a few single-fit jobs measured, then extrapolated to 1,000);
 (b) K=64 fits on SmolLM2-135M packed in shared forward passes vs the same fits one after another in
     one process, same steps (the sequential side is measured on a subset and extrapolated);
@@ -177,7 +177,7 @@ def tiny_benchmarks(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             for user in range(args.naive_samples):
                 one = write_jsonl(root / f"user-{user}.jsonl", review_rows(user, 6))
                 naive.append(ray_job(client, job_spec(model, one, args.steps)))
-                print(f"one TorchTrainer.fit for one fit: {naive[-1]}", flush=True)
+                print(f"one Ray Train fit() for one fit: {naive[-1]}", flush=True)
         out["naive_per_fit"] = naive
     finally:
         ray.shutdown()
@@ -356,7 +356,7 @@ def table(results: dict[str, Any]) -> str:
         naive = statistics.mean(x["trainer_fit_s"] for x in tiny["naive_per_fit"])
         rows += [
             (f"(a) {n:,} fits x {tiny['steps']} steps: one packed Ray job", f"{w1['trainer_fit_s']:.1f} s"),
-            ("(a) naive: one TorchTrainer.fit per fit (mean)", f"{naive:.1f} s per fit"),
+            ("(a) naive: one Ray Train fit() per fit (mean)", f"{naive:.1f} s per fit"),
             (f"(a) naive extrapolated to {n:,} fits", f"{tiny['naive_extrapolated_s']:.0f} s"),
             ("(a) packed job vs naive", f"{tiny['ratio_packed_vs_naive']:.0f}x"),
             ("(c) same loop in-process, 1 thread: setup + loop",
