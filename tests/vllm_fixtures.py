@@ -16,7 +16,8 @@ import ulpt
 from ulpt.models import SamplingParams
 from ulpt_serving.cache import CompactAdapter
 from ulpt_serving.config import ServeConfig
-from ulpt_serving.engine import BatchItem, Engine, RowFailure, TextStream
+from ulpt_serving.engine import BatchItem, Engine, TextStream
+from ulpt_serving.generation import collect_row
 from ulpt_serving.metrics import ServingMetrics
 from ulpt_serving.vllm_engine import VllmDecodeLoop, VllmEngine, engine_kind
 
@@ -97,29 +98,11 @@ def item(engine: Engine, text: str, params: SamplingParams, adapter: Any = None)
     return BatchItem(text, params, key, compact, token_ids=tuple(engine.model.encode(text)))
 
 
-async def collect(loop: VllmDecodeLoop, row: BatchItem) -> TextStream:
-    """A row read as the server reads it: tokens into a TextStream until it says done."""
-    stream = TextStream(loop.engine.model, row.params, incremental=False)
-    rows = loop.rows(row)
-    try:
-        async for token in rows:
-            if isinstance(token, RowFailure):
-                raise token.error
-            stream.push(token)
-            if stream.done:
-                break
-    finally:
-        row.control.abandon()
-        await rows.aclose()
-    stream.finish()
-    return stream
-
-
 def run_all(engines: Engines, items: list[BatchItem]) -> list[TextStream]:
     _, vllm_engine, loop = engines
     decode = VllmDecodeLoop(vllm_engine, ServingMetrics(export=False))
 
     async def together() -> list[TextStream]:
-        return list(await asyncio.gather(*(collect(decode, it) for it in items)))
+        return list(await asyncio.gather(*(collect_row(decode, it) for it in items)))
 
     return loop.run(together())

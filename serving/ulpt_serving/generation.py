@@ -111,19 +111,7 @@ class Generation:
             raise
 
     async def _collect(self, item: BatchItem) -> TextStream:
-        stream = TextStream(self.model, item.params, incremental=False)
-        try:
-            async for token in self.loop.rows(item):
-                if isinstance(token, RowFailure):
-                    raise token.error
-                stream.push(token)
-                if stream.done:
-                    break
-        finally:
-            if not stream.done:
-                item.control.abandon()
-        stream.finish()
-        return stream
+        return await collect_row(self.loop, item)
 
     async def _stream(
         self, item: BatchItem, body: Any, rid: str, chat: bool, info: RequestInfo
@@ -175,3 +163,23 @@ class Generation:
                 self.requests.record(info, status, item.control.generated)
             else:
                 item.control.abandon(partial(self.requests.record, info, status))
+
+
+async def collect_row(loop: DecodeLoop | VllmDecodeLoop, item: BatchItem) -> TextStream:
+    """One row of a non-streaming request: its tokens into a TextStream until it says done.
+
+    A row that ends early (a failure, or the request abandoned) stops decoding for the others' sake.
+    """
+    stream = TextStream(loop.engine.model, item.params, incremental=False)
+    try:
+        async for token in loop.rows(item):
+            if isinstance(token, RowFailure):
+                raise token.error
+            stream.push(token)
+            if stream.done:
+                break
+    finally:
+        if not stream.done:
+            item.control.abandon()
+    stream.finish()
+    return stream

@@ -172,6 +172,10 @@ class FitOutcome:
     timings: Mapping[str, Any] | None = None
 
 
+_OUTCOME_COLUMNS = ("adapter_id", "metrics", "timings")
+"""What each finished fit sets for itself (`mark_fits_done`); the rest is the same for all."""
+
+
 def mark_fits_done(session: Session, outcomes: Sequence[FitOutcome]) -> None:
     """Mark many fits done in ONE statement.
 
@@ -192,13 +196,14 @@ def mark_fits_done(session: Session, outcomes: Sequence[FitOutcome]) -> None:
         }
         for outcome in outcomes
     ]
+    # a finished fit's checkpoints are garbage (`ulpt gc` collects them once no fit names them)
     done = {"status": "done", "error": None, "checkpoint": None, "finished_at": now}
     if session.get_bind().dialect.name != "postgresql":
         session.execute(update(FitRow), [{**row, **done} for row in rows])
         return
     fits = FitRow.__table__.c
     batch = values(
-        *(column(name, fits[name].type) for name in ("id", "adapter_id", "metrics", "timings")),
+        *(column(name, fits[name].type) for name in ("id", *_OUTCOME_COLUMNS)),
         name="done",
     ).data([tuple(row.values()) for row in rows])
     session.execute(
@@ -206,7 +211,7 @@ def mark_fits_done(session: Session, outcomes: Sequence[FitOutcome]) -> None:
         .where(FitRow.id == batch.c.id)
         .values(
             # cast: a VALUES column of NULLs only is text to PostgreSQL, whatever its bind type says
-            **{name: cast(batch.c[name], fits[name].type) for name in ("adapter_id", "metrics", "timings")},
+            **{name: cast(batch.c[name], fits[name].type) for name in _OUTCOME_COLUMNS},
             **done,
         )
         .execution_options(synchronize_session=False)
