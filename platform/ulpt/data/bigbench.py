@@ -1,8 +1,8 @@
-"""BIG-bench JSON tasks, read from the PyPI sdist `bigbench==1.0.0` (Apache-2.0).
+"""BIG-bench JSON tasks (Apache-2.0), an optional source of data; and the rows' deterministic splits.
 
-No dataset hub is reachable, but the sdist holds all ~1,000 JSON tasks. We download it once
-(358 MB) into `<ULPT_HOME>/cache/bigbench/`, and extract only the `task.json` files a caller asks
-for, streaming through the archive with strict member checks. Examples are formatted the way
+The task files come from the first source that has them, hash-checked (`ulpt.data.bigbench_sources`:
+the cache, `$ULPT_BIGBENCH`, and only where a person asks, the package index and the repository's
+archive). Examples are formatted the way
 BIG-bench's own `default_format_fn` does it (task prefix, "Q:"/"A:" style prefixes, choices), so
 that a row's `input` ends exactly where the model should write the answer.
 """
@@ -14,8 +14,6 @@ import hashlib
 import json
 import posixpath
 import re
-import sys
-import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,15 +22,9 @@ import numpy as np
 from datasets import Dataset, Features, Value
 from datasets import Sequence as DsSequence
 
-from ulpt.config import atomic_write_bytes, file_lock, ulpt_home
-from ulpt.data.pypi import download
+from ulpt.data.bigbench_sources import TASK_FILE, HashList, cache_dir, fetch_task_files
 from ulpt.errors import DataError
 
-SDIST_PROJECT = "bigbench"
-SDIST_FILE = "bigbench-1.0.0.tar.gz"
-SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
-TASKS_DIR = "bigbench/benchmark_tasks/"
-TASK_FILE = "task.json"
 FEATURES = Features(
     {"input": Value("string"), "target": Value("string"), "choices": DsSequence(Value("string"))}
 )
@@ -42,40 +34,6 @@ DEFAULT_OUTPUT_PREFIX = "\nA: "
 DEFAULT_CHOICE_PREFIX = "\n  choice: "
 BIGBENCH_SEED = 42  # JsonTask's default random_seed, which orders the choices listed in the input
 _SAFE_PART = re.compile(r"[A-Za-z0-9_.+-]+")
-
-
-def cache_dir(home: Path | None = None) -> Path:
-    """Where the sdist, the task index and the extracted task files live."""
-    return (Path(home).absolute() if home is not None else ulpt_home()) / "cache" / "bigbench"
-
-
-def fetch_sdist(home: Path | None = None) -> Path:
-    """Return the cached sdist, downloading it from the package index once (SHA-256 pinned)."""
-    folder = cache_dir(home)
-    archive = folder / SDIST_FILE
-    if archive.is_file():
-        return archive
-    with file_lock(folder / ".sdist.lock"):
-        if archive.is_file():
-            return archive
-        print(f"Downloading {SDIST_FILE} from the package index (358 MB, once)", file=sys.stderr, flush=True)
-        download(SDIST_PROJECT, SDIST_FILE, SDIST_SHA256, archive)
-    return archive
-
-
-def task_of_member(member_name: str) -> str | None:
-    """The task name of an archive member `.../bigbench/benchmark_tasks/<task>/task.json`, else None.
-
-    Raises DataError for a member whose path would leave the task folder (absolute, `..`, odd
-    characters): an archive containing one is refused outright.
-    """
-    _, sep, rest = member_name.partition(TASKS_DIR)
-    if not sep or not rest.endswith("/" + TASK_FILE):
-        return None
-    task = rest[: -len("/" + TASK_FILE)]
-    if not is_safe_task_name(task) or member_name.startswith("/") or ".." in member_name.split("/"):
-        raise DataError(f"refusing unsafe archive member {member_name!r}")
-    return task
 
 
 def is_safe_task_name(task: str) -> bool:
@@ -91,77 +49,42 @@ def leaf_tasks(task_names: Iterable[str]) -> list[str]:
     return sorted(names - parents)
 
 
-def extract_task_files(archive: Path, tasks: Iterable[str], dest: Path) -> dict[str, Path]:
-    """Stream through `archive` once and write each requested task's task.json to
-    `dest/<task>/task.json`. Only regular-file members are read; unsafe members are refused."""
-    wanted = set(tasks)
-    for name in wanted:
-        if not is_safe_task_name(name):
-            raise DataError(f"invalid task name {name!r}")
-    root = dest.absolute()
-    done: dict[str, Path] = {}
-    with tarfile.open(archive, mode="r:gz") as tar:
-        for member in tar:
-            task = task_of_member(member.name)
-            if task is None or task not in wanted or task in done:
-                continue
-            if not member.isfile():
-                raise DataError(f"refusing archive member {member.name!r}: not a regular file")
-            target = (root / task / TASK_FILE).resolve()
-            if not target.is_relative_to(root.resolve()):
-                raise DataError(f"refusing archive member {member.name!r}: it would leave {root}")
-            handle = tar.extractfile(member)
-            if handle is None:
-                raise DataError(f"cannot read archive member {member.name!r}")
-            atomic_write_bytes(target, handle.read())
-            done[task] = target
-            if len(done) == len(wanted):
-                break
-    return done
-
-
 def list_tasks(home: Path | None = None) -> list[str]:
-    """All BIG-bench JSON tasks with examples, e.g. `multiemo/reviews_sentence_en`.
-
-    The first call reads the archive's member names (~5 s) and caches them as a text index.
-    """
-    index = cache_dir(home) / "tasks.txt"
-    if not index.is_file():
-        archive = fetch_sdist(home)
-        with tarfile.open(archive, mode="r:gz") as tar:
-            found = {t for m in tar if (t := task_of_member(m.name)) is not None}
-        atomic_write_bytes(index, "".join(f"{t}\n" for t in leaf_tasks(found)).encode())
-    return index.read_text().split()
-
-
-def task_path(name: str, home: Path | None = None) -> Path:
-    """The cached task.json of `name`, extracted from the sdist on first use."""
-    return prefetch_tasks([name], home)[name]
-
-
-def prefetch_tasks(names: Iterable[str], home: Path | None = None) -> dict[str, Path]:
-    """Make sure the task.json of every named task is cached, extracting all missing ones in a
-    single pass over the archive (each pass decompresses up to ~5 s of it)."""
+    """The BIG-bench tasks ulpt knows (its hash list) or has cached, e.g. `multiemo/reviews_sentence_en`."""
     folder = cache_dir(home) / "tasks"
-    paths = {name: folder / name / TASK_FILE for name in names}
-    missing = [n for n, p in paths.items() if not (is_safe_task_name(n) and p.is_file())]
-    if missing:
-        known = set(list_tasks(home))
-        for name in missing:
-            if name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
-                hint = f"; did you mean {', '.join(close)}?" if close else "; see list_tasks()"
-                raise DataError(f"unknown BIG-bench task {name!r}{hint}")
-        with file_lock(cache_dir(home) / ".extract.lock"):
-            still = [n for n in missing if not paths[n].is_file()]
-            if still:
-                found = extract_task_files(fetch_sdist(home), still, folder)
-                if lost := sorted(set(still) - set(found)):
-                    raise DataError(f"BIG-bench tasks {lost} are listed but missing from the archive")
-    return paths
+    cached = (
+        {str(p.parent.relative_to(folder)) for p in folder.rglob(TASK_FILE)} if folder.is_dir() else set()
+    )
+    return leaf_tasks(set(HashList.read().sha256) | cached)
 
 
-def load_task(name: str, home: Path | None = None, append_choices: bool | None = None) -> Dataset:
+def task_path(name: str, home: Path | None = None, remote: bool = False) -> Path:
+    """The checked, cached task.json of `name` (see `ulpt.data.bigbench_sources` for where it comes from)."""
+    return prefetch_tasks([name], home, remote)[name]
+
+
+def prefetch_tasks(names: Iterable[str], home: Path | None = None, remote: bool = False) -> dict[str, Path]:
+    """Make sure the task.json of every named task is cached, from the first source that has it.
+
+    `remote=True` only where a person asked for BIG-bench: it may reach the package index and the
+    repository archive. A name found nowhere that looks like a known one is refused with a hint.
+    """
+    names = list(names)
+    try:
+        return fetch_task_files(names, home, remote)
+    except DataError:
+        known = sorted(set(list_tasks(home)) - set(names))
+        for name in names:
+            if close := difflib.get_close_matches(name, known, n=3, cutoff=0.6):
+                raise DataError(
+                    f"unknown BIG-bench task {name!r}; did you mean {', '.join(close)}?"
+                ) from None
+        raise
+
+
+def load_task(
+    name: str, home: Path | None = None, append_choices: bool | None = None, remote: bool = False
+) -> Dataset:
     """A BIG-bench task as a Dataset with columns `input`, `target`, `choices`.
 
     `input` ends where the answer starts (e.g. "...\\nA:"), `target` has no leading space (see
@@ -169,7 +92,7 @@ def load_task(name: str, home: Path | None = None, append_choices: bool | None =
     `append_choices=None` follows the task's own `append_choices_to_input` setting.
     """
     try:
-        task = json.loads(task_path(name, home).read_text(encoding="utf-8"))
+        task = json.loads(task_path(name, home, remote).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise DataError(f"BIG-bench task {name!r} is not valid JSON: {err}") from err
     rows = format_examples(task, append_choices)

@@ -1,9 +1,11 @@
 """Fetch one release file from a Python package index, checked against a pinned SHA-256.
 
-Used for data shipped as an sdist (BIG-bench's tasks). `pip download` cannot be used for it: pip
-builds an sdist's metadata even with `--no-deps`, and since pip 26.3 refuses any PyPI distribution
-whose metadata names a direct URL dependency, which bigbench's does. Reading the index ourselves
-needs no build at all; the pinned hash makes the file's bytes, not the index, the authority.
+Used only where a person asked for BIG-bench (`ulpt data bigbench`, a benchmark's `--fetch-bigbench`),
+never on a server's request path. Messages never show a URL's credentials (`redact_url`).
+`pip download` cannot be used for it: pip builds an sdist's metadata even with `--no-deps`, and since
+pip 26.3 refuses any PyPI distribution whose metadata names a direct URL dependency, which bigbench's
+does. Reading the index ourselves needs no build at all; the pinned hash makes the file's bytes, not
+the index, the authority.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from ulpt.config import atomic_writer
-from ulpt.errors import DataError
+from ulpt.errors import DataError, redact_url
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 JSON_SIMPLE = "application/vnd.pypi.simple.v1+json"
@@ -36,13 +38,13 @@ def index_url() -> str:
 
 def _open(url: str, accept: str | None = None, timeout: float = 180.0):  # noqa: ANN202
     if urlsplit(url).scheme not in ("https", "http", "file"):
-        raise DataError(f"refusing to fetch {url!r}: not an http(s) or file URL")
+        raise DataError(f"refusing to fetch {redact_url(url)!r}: not an http(s) or file URL")
     request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
     context = ssl.create_default_context(cafile=os.environ.get("PIP_CERT") or None)
     try:
         return urllib.request.urlopen(request, timeout=timeout, context=context)
     except OSError as exc:
-        raise DataError(f"cannot fetch {url}: {exc}") from exc
+        raise DataError(f"cannot fetch {redact_url(url)}: {exc}") from None
 
 
 def file_url(project: str, filename: str, index: str | None = None) -> str:
@@ -58,12 +60,18 @@ def file_url(project: str, filename: str, index: str | None = None) -> str:
     for url, name in links:
         if name == filename:
             return urljoin(page, url)
-    raise DataError(f"{filename} is not listed at {page}")
+    raise DataError(f"{filename} is not listed at {redact_url(page)}")
 
 
 def download(project: str, filename: str, sha256: str, dest: Path, index: str | None = None) -> Path:
     """Download `filename` of `project` to `dest` atomically; refuse bytes whose SHA-256 differs."""
-    url = file_url(project, filename, index)
+    return fetch_url(file_url(project, filename, index), dest, sha256)
+
+
+def fetch_url(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """Download `url` to `dest` atomically, with progress; with `sha256`, refuse bytes that differ
+    (without it the caller checks what it reads, as the BIG-bench loader checks each task file)."""
+    filename = dest.name
     digest = hashlib.sha256()
     with atomic_writer(dest) as out, _open(url) as answer:
         total = int(answer.headers.get("Content-Length") or 0)
@@ -75,8 +83,9 @@ def download(project: str, filename: str, sha256: str, dest: Path, index: str | 
             if total and done * 10 // total > reported:
                 reported = done * 10 // total
                 print(f"  {filename}: {done >> 20} of {total >> 20} MB", file=sys.stderr, flush=True)
-        if digest.hexdigest() != sha256:
+        if sha256 is not None and digest.hexdigest() != sha256:
+            where = redact_url(url)
             raise DataError(
-                f"{filename} from {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: refused"
+                f"{filename} from {where} has SHA-256 {digest.hexdigest()}, expected {sha256}: refused"
             )
     return dest
