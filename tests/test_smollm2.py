@@ -1,4 +1,4 @@
-"""The core on the real model and real data (slow tier: SmolLM2-135M and BIG-bench from PyPI)."""
+"""The core on the real model and real data (slow tier: SmolLM2-135M and the tasks ulpt generates)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ulpt
-from ulpt.data import load_task, split_rows
+from ulpt.data.generated import generate_rows, split_task
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_fresh_ulpt_prompt_rows_match_smollm2_embedding_scale(smollm2: ulpt.Base
 
 
 def test_mixed_batch_equals_solo_on_smollm2(smollm2: ulpt.BaseModel) -> None:
-    rows = load_task("multiemo/reviews_sentence_en").select(range(6))
+    rows = generate_rows("category-code", 6, seed=0)
     adapters = [
         ulpt.Adapter.create(ulpt.AdapterSpec(method=m, n_tokens=n, rank=2, seed=i), smollm2.hidden_size)
         for i, (m, n) in enumerate([("ulpt", 10), ("pt", 4), ("dpt", 7), ("ulpt", 1), ("pt", 12)])
@@ -44,11 +44,11 @@ def test_mixed_batch_equals_solo_on_smollm2(smollm2: ulpt.BaseModel) -> None:
     )
 
 
-def test_training_on_bigbench_lowers_the_held_out_loss(smollm2: ulpt.BaseModel) -> None:
+def test_training_on_a_generated_task_lowers_the_held_out_loss(smollm2: ulpt.BaseModel) -> None:
     from ulpt.training.evaluate import EvalItem, evaluate
     from ulpt.training.examples import tokenize
 
-    train, evals, _ = split_rows(load_task("arithmetic/1_digit_addition"), 0.2, 0.0, seed=0)
+    train, evals, _ = split_task("sum-of-pair", train=200, validation=40, test=0, seed=0)
     spec = ulpt.AdapterSpec(rank=2, n_tokens=10, seed=0)
     fresh = ulpt.Adapter.create(spec, smollm2.hidden_size)  # what training starts from
     before = evaluate(smollm2, [EvalItem("fresh", fresh, tokenize(smollm2, evals, 10))])["fresh"]

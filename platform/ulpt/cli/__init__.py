@@ -26,6 +26,7 @@ def _register_commands() -> None:
         return
     _registered = True
     from ulpt.cli.adapters import adapters_app
+    from ulpt.cli.data import data_app
     from ulpt.cli.db import db_app
     from ulpt.cli.demo import demo
     from ulpt.cli.gc import gc
@@ -41,6 +42,7 @@ def _register_commands() -> None:
     app.command("serve", help=serve.__doc__)(serve)
     app.add_typer(keys_app, name="keys")
     app.add_typer(db_app, name="db")
+    app.add_typer(data_app, name="data")
     app.command("gc", help=gc.__doc__)(gc)
 
 
