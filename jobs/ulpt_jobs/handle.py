@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ulpt.catalog.jobs import list_jobs
-from ulpt.catalog.lifecycle import JobState
+from ulpt.catalog.lifecycle import FitRowState, JobState
 from ulpt.catalog.models import utcnow
 from ulpt.config import ensure_ray
 from ulpt.errors import UlptError
@@ -133,7 +133,7 @@ class JobHandle:
         """A PNG of per-fit training loss curves (and held-out loss points)."""
         status = self.status()
         return plot_curves(
-            self.fits(status=JobState.DONE), Path(path), title=f"job {status.id[:8]}", max_fits=max_fits
+            self.fits(status=FitRowState.DONE), Path(path), title=f"job {status.id[:8]}", max_fits=max_fits
         )
 
     def to_dict(self, *, fits: bool = True, curves: bool = False) -> dict[str, Any]:

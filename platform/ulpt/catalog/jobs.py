@@ -103,15 +103,8 @@ def add_fits(
         key, spec = (fit, None) if isinstance(fit, str) else fit
         if not isinstance(key, str) or not 1 <= len(key) <= 256:
             raise SpecError(f"fit key must be a string of 1-256 characters, got {key!r}")
-        rows.append(
-            {
-                "id": new_id(),
-                "job_id": job.id,
-                "key": key,
-                "status": FitRowState.PENDING.value,
-                "spec": None if spec is None else dict(spec),
-            }
-        )
+        record = None if spec is None else dict(spec)
+        rows.append({"id": new_id(), "job_id": job.id, "key": key, "status": _PENDING, "spec": record})
         if len(rows) == _FITS_PER_INSERT:
             added += _insert_fits(session, rows)
             rows = []
@@ -123,6 +116,7 @@ def add_fits(
 
 
 _FITS_PER_INSERT = 5000
+_PENDING = FitRowState.PENDING.value
 
 
 def _insert_fits(session: Session, rows: list[dict[str, Any]]) -> int:
