@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from ulpt.catalog import jobs as job_queries
 from ulpt.catalog.lifecycle import (
@@ -20,10 +22,11 @@ from ulpt.catalog.lifecycle import (
     JobState,
     job_outcome,
 )
+from ulpt.catalog.models import JobRow, utcnow
 from ulpt.errors import ConflictError
 from ulpt.jobs_api import JobsAPI
 from ulpt.sdk import Client
-from ulpt_jobs.driver import cancel_job, check_runnable, claim, run_job
+from ulpt_jobs.driver import STALE_AFTER_S, cancel_job, check_runnable, claim, run_job
 from ulpt_jobs.state import job_status
 
 RACERS = 8
@@ -150,3 +153,18 @@ def test_a_jobs_end_derives_from_its_fits(
     counts: dict[str, int], error: str | None, outcome: tuple[JobState, str | None]
 ) -> None:
     assert job_outcome(counts, error) == outcome
+
+
+def test_a_resume_takes_over_a_running_job_only_once_its_driver_went_silent(client: Client) -> None:
+    job_id = recorded_job(client)
+    claim(client.catalog, str(job_id), resume=False)
+    with pytest.raises(ConflictError, match="is running"):
+        claim(client.catalog, str(job_id))
+    with client.catalog.session() as s:  # its driver's last beat was longer ago than STALE_AFTER_S
+        silent = utcnow() - timedelta(seconds=STALE_AFTER_S + 1)
+        s.execute(update(JobRow).where(JobRow.id == job_id).values(heartbeat_at=silent))
+    second = claim(client.catalog, str(job_id))
+    with client.catalog.read() as s:
+        status = job_status(s, job_id)
+    assert (status.status, status.driver, status.attempt) == ("running", second, 2)
+    assert status.heartbeat_at is not None and status.heartbeat_at > silent
