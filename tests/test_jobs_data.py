@@ -59,12 +59,15 @@ def test_gc_keeps_a_jobs_data_until_the_job_is_done(
     spec = JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], data))
     job_id, plan = create_job(JobsAPI(client).target(), spec, "acme")
     keys = {data_key(fit.fingerprint or "") for fit in plan.fits}
-    for status in ("pending", "running", "failed", "cancelled"):  # each can still (re)start and train
+    # pending, running, failed, cancelled: each can still (re)start and train (a resume runs it again)
+    for moves in ((), ("running",), ("failed",), ("running", "cancelled")):
         with client.catalog.session() as session:
-            set_job_status(session, job_id, status)
+            for status in moves:
+                set_job_status(session, job_id, status)
         report = client.gc(grace=timedelta(0))
-        assert stored_keys(client) == keys and report.orphan_blobs == [], status
+        assert stored_keys(client) == keys and report.orphan_blobs == [], moves
     with client.catalog.session() as session:
+        set_job_status(session, job_id, "running")
         set_job_status(session, job_id, "done")
     report = client.gc(grace=timedelta(0))
     assert sorted(report.orphan_blobs) == sorted(keys) and stored_keys(client) == set()

@@ -9,13 +9,14 @@ import pytest
 
 import ulpt
 from tests.test_jobs_spec import job_dict, review_rows, write_jsonl, write_reviews
-from ulpt.catalog.jobs import claim_fits, set_job_status
+from ulpt.catalog import lifecycle
+from ulpt.catalog.jobs import as_uuid, claim_fits, set_job_status
 from ulpt.jobs_api import JobsAPI
 from ulpt.jobspec import JobSpec
 from ulpt.registry import Registration
 from ulpt.sdk import Client
 from ulpt_jobs import state
-from ulpt_jobs.driver import _now, create_job
+from ulpt_jobs.driver import create_job
 from ulpt_jobs.worker import FitRunner
 
 
@@ -96,9 +97,9 @@ def test_resume_is_refused_while_the_driver_beats_and_after_the_job_is_done(
     jobs = JobsAPI(client)
     job = jobs.submit(JobSpec.from_dict(job_dict(tiny_model_dirs["llama"], data)), start=False)
     assert job.status().status == "pending" and job.status().counts["pending"] == 2
-    with client.catalog.session() as session:  # what a live driver keeps in the job row
-        set_job_status(session, job.id, "running")
-        state.update_timings(session, job.id, heartbeat=_now(), driver="elsewhere:1")
+    with client.catalog.session() as session:  # a live driver's claim: its name and a fresh heartbeat
+        only = lifecycle.NEW_JOB
+        assert lifecycle.claim_job(session, as_uuid(job.id), "elsewhere:1", only=only, stale_before=None)
     with pytest.raises(ulpt.UlptError, match=r"is running \(driver elsewhere:1, heartbeat 0 s ago\)"):
         jobs.resume(job.id)
     with client.catalog.session() as session:

@@ -18,12 +18,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ulpt.adapters import AdapterSpec
+from ulpt.catalog.lifecycle import JobState
 from ulpt.jobspec import JobSpec
 from ulpt.training.defaults import default_lr
 from ulpt_jobs.state import FitStatus, JobStatus
 
 FINE_TUNE_TAG = "openai_fine_tuning"
-STATUS = {"pending": "queued", "running": "running", "done": "succeeded", "failed": "failed"}
+STATUS = {
+    JobState.PENDING: "queued",
+    JobState.RUNNING: "running",
+    JobState.DONE: "succeeded",
+    JobState.FAILED: "failed",
+    JobState.CANCELLED: "cancelled",
+}
+"""Our job states as OpenAI's fine-tuning job statuses."""
 
 
 class Hyperparameters(BaseModel):
@@ -117,7 +125,7 @@ def job_object(status: JobStatus, fits: list[FitStatus]) -> dict[str, Any]:
     """A `fine_tuning.job` as OpenAI's client reads it."""
     spec, fit = status.spec, (fits[0] if fits else None)
     tags, train = spec.get("tags") or {}, spec.get("train") or {}
-    state = "cancelled" if status.status == "cancelled" else STATUS.get(status.status, status.status)
+    state = STATUS[status.status]
     error = None
     if state == "failed":
         error = {

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ulpt.catalog.lifecycle import FitRowState, JobState
 from ulpt_control.auth import READ, TRAIN, Caller, context
 from ulpt_control.errors import ApiError
 from ulpt_control.events import job_events
@@ -16,8 +17,8 @@ from ulpt_serving.bodies import read_body
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-JOB_STATUSES = "^(pending|running|done|failed|cancelled)$"
-FIT_STATUSES = "^(pending|running|done|failed)$"
+JOB_STATUSES = f"^({'|'.join(JobState)})$"
+FIT_STATUSES = f"^({'|'.join(FitRowState)})$"
 SPEC_BODY = {
     "requestBody": {
         "required": True,

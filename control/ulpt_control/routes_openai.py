@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from ulpt.catalog.lifecycle import FitRowState
 from ulpt.errors import SpecError
 from ulpt_control.auth import READ, TRAIN, Caller, context
 from ulpt_control.errors import not_found
@@ -95,11 +96,11 @@ def events(
     if status.started_at:
         found.append((status.started_at, "info", "training started", "running"))
     for fit in fits:
-        if fit.status == "done":
+        if fit.status == FitRowState.DONE:
             found.append(
                 (fit.finished_at or status.created_at, "info", f"fine-tuned model {fit.adapter} ready", "fit")
             )
-        elif fit.status == "failed":
+        elif fit.status == FitRowState.FAILED:
             found.append(
                 (fit.finished_at or status.created_at, "error", f"training failed: {fit.error}", "fit")
             )

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ulpt.catalog.db import Catalog
+from ulpt.catalog.lifecycle import JobState
 from ulpt.catalog.names import check_tenant
 from ulpt.errors import UlptError
 from ulpt.registry import Locations
@@ -52,12 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     run.add_argument("--tenant", default="default")
     run.add_argument("--force", action="store_true", help="run even if another driver seems alive")
+    run.add_argument(
+        "--new", action="store_true", help="a new submission's driver: start the job only if still pending"
+    )
     args = parser.parse_args(argv)
 
     owner = None
     try:
         owner = FromEnvironment(check_tenant(args.tenant))
-        handle = JobsAPI(owner, ray_address=args.address).resume(args.job_id, force=args.force)
+        jobs = JobsAPI(owner, ray_address=args.address)
+        handle = jobs.start(args.job_id) if args.new else jobs.resume(args.job_id, force=args.force)
         status = handle.wait()
     except UlptError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if owner is not None:
             owner.close()
     print(f"job {status.id} {status.status}: {status.counts}")
-    return 0 if status.status == "done" else 1
+    return 0 if status.status == JobState.DONE else 1
 
 
 if __name__ == "__main__":

@@ -4,27 +4,34 @@
 fails with one message and leaves nothing behind; it is the only reader of the job's data, and stores
 each fit's rows as a content-addressed blob (`fit_data`) before recording the fits that name them.
 `run_job` works the same for a new job, a resumed one (`ulpt train --resume`) and a detached driver:
-it reconciles the catalog, starts the workers, keeps a heartbeat in the job row (so a second driver
-refuses to run the same job), and records the outcome.
+it claims the job (`claim`: one compare-and-set on the job row, so of two drivers exactly one runs it
+and a driver never writes running over a cancel), reconciles the catalog, starts the workers, keeps
+its heartbeat in the job row, and records the outcome through its claim.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
+from ulpt.catalog import lifecycle
 from ulpt.catalog.db import Catalog
-from ulpt.catalog.jobs import add_fits, fit_counts, get_job, list_fits, set_job_status
+from ulpt.catalog.jobs import add_fits, as_uuid, fit_counts, get_job, list_fits
 from ulpt.catalog.jobs import create_job as create_job_row
+from ulpt.catalog.lifecycle import JobState
+from ulpt.catalog.models import JobRow, utcnow
 from ulpt.config import ensure_ray
 from ulpt.errors import ConflictError, UlptError, first_line
 from ulpt.jobspec import JobSpec
@@ -71,21 +78,47 @@ def create_job(target: JobTarget, spec: JobSpec, tenant: str) -> tuple[str, Plan
     return job_id, plan
 
 
-def run_job(target: JobTarget, job_id: str, *, force: bool = False) -> state.JobStatus:
-    """Train every unfinished fit of the job on Ray and record the outcome; returns the final status."""
+def claim(catalog: Catalog, job_id: str, *, resume: bool = True, force: bool = False) -> str:
+    """Make a new driver the job's only one (one compare-and-set UPDATE); its name, for `run_job`.
+
+    A new job's driver (`resume=False`) claims only a pending job, so a cancel that came first wins.
+    A resume claims a pending, failed or cancelled job, or a running one whose driver's heartbeat is
+    older than STALE_AFTER_S (any running one with `force`). Of N claims at once exactly one wins; the
+    others get a ConflictError saying why (the control plane answers 409).
+    """
+    driver = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    stale_before = None if force else utcnow() - timedelta(seconds=STALE_AFTER_S)
+    only = lifecycle.RESUMABLE if resume else lifecycle.NEW_JOB
+    with catalog.session() as session:
+        job_uuid = as_uuid(job_id)
+        if lifecycle.claim_job(session, job_uuid, driver, only=only, stale_before=stale_before):
+            return driver
+        job = get_job(session, job_uuid)
+        check_runnable(job.status, job.heartbeat_at, job.driver, job_id, force=force, resume=resume)
+        raise ConflictError(f"job {job_id} was claimed by another driver first ({job.driver})")
+
+
+def run_job(
+    target: JobTarget, job_id: str, *, force: bool = False, resume: bool = True, driver: str | None = None
+) -> state.JobStatus:
+    """Train every unfinished fit of the job on Ray and record the outcome; returns the final status.
+
+    `driver` is the name `claim` returned when the caller claimed the job already; without it this
+    claims the job itself (`resume` and `force` as for `claim`). A job that was cancelled after the
+    claim and before this driver started is left cancelled, with no worker started.
+    """
     started = time.monotonic()
+    driver = driver or claim(target.catalog, job_id, resume=resume, force=force)
     with target.catalog.session() as session:
+        if not lifecycle.beat(session, as_uuid(job_id), driver):  # cancelled (or taken over) meanwhile
+            return state.job_status(session, job_id)
         job = get_job(session, job_id)
-        check_runnable(job.status, dict(job.timings or {}), job_id, force)
-        spec = JobSpec.from_dict(job.spec)
+        spec, attempt = JobSpec.from_dict(job.spec), job.attempt
         recovered = state.reconcile(session, job_id)
-        set_job_status(session, job_id, "running")
-        attempt = int((job.timings or {}).get("attempt", 0)) + 1
-        state.update_timings(session, job_id, attempt=attempt, driver=_driver_name(), heartbeat=_now())
     timings: dict[str, Any] = {"recovered_fits": recovered["recovered"]}
     error: str | None = None
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(target.catalog, job_id, stop), daemon=True)
+    beat = threading.Thread(target=_heartbeat, args=(target.catalog, job_id, driver, stop), daemon=True)
     beat.start()
     try:
         if recovered["open"]:  # otherwise every fit already ended: no workers needed
@@ -94,12 +127,17 @@ def run_job(target: JobTarget, job_id: str, *, force: bool = False) -> state.Job
             shared_at = time.monotonic()
             weights = share_weights(spec)
             timings["share_weights_s"] = round(time.monotonic() - shared_at, 3)
-            fit_started, fit_started_at = time.monotonic(), time.time()
-            result = _trainer(target, job_id, spec, attempt, weights).fit()
-            timings["train_s"] = round(time.monotonic() - fit_started, 3)
-            timings.update(_fixed_costs(target.catalog, job_id, fit_started_at, time.time()))
-            if result.error is not None:
-                error = f"Ray Train failed after {spec.max_failures} restart(s): {_error_line(result.error)}"
+            with target.catalog.read() as session:  # cancelled while Ray started: no workers to start
+                stopped = state.job_is_stopped(session, job_id, driver)
+            if not stopped:
+                fit_started, fit_started_at = time.monotonic(), time.time()
+                result = _trainer(target, job_id, spec, attempt, driver, weights).fit()
+                timings["train_s"] = round(time.monotonic() - fit_started, 3)
+                timings.update(_fixed_costs(target.catalog, job_id, fit_started_at, time.time()))
+                if result.error is not None:
+                    error = (
+                        f"Ray Train failed after {spec.max_failures} restart(s): {_error_line(result.error)}"
+                    )
     except BaseException as exc:
         error = f"driver stopped: {_error_line(exc)}"
         raise
@@ -107,7 +145,7 @@ def run_job(target: JobTarget, job_id: str, *, force: bool = False) -> state.Job
         stop.set()
         beat.join()
         timings["driver_s"] = round(time.monotonic() - started, 3)
-        _finish(target.catalog, job_id, error, timings)
+        _finish(target.catalog, job_id, driver, error, timings)
     with target.catalog.read() as session:
         return state.job_status(session, job_id)
 
@@ -154,46 +192,61 @@ def restore_fit_data(target: JobTarget, job_id: str, spec: JobSpec) -> int:
     return write_fit_data(store, [(f.train_rows, f.eval_rows) for f in plan.fits if f.fingerprint in missing])
 
 
-def check_runnable(status: str, timings: dict[str, Any], job_id: str, force: bool) -> None:
-    """Refuse a done job, and a running one whose driver still beats (unless `force`)."""
-    if status == "done":
+def check_runnable(
+    status: str,
+    heartbeat_at: datetime | None,
+    driver: str | None,
+    job_id: str,
+    *,
+    force: bool = False,
+    resume: bool = True,
+) -> None:
+    """Refuse, in one line, what `claim` would refuse: a done job; a new job's driver for a job that is
+    no longer pending (cancelled before it started); a running job whose driver beats (unless `force`)."""
+    if status == JobState.DONE:
         raise ConflictError(f"job {job_id} is already done; nothing to resume")
-    if status == "running" and not force:
-        beat = timings.get("heartbeat")
-        age = (datetime.now(timezone.utc) - datetime.fromisoformat(beat)).total_seconds() if beat else None
-        if age is not None and age < STALE_AFTER_S:
+    if not resume and status != JobState.PENDING:
+        raise ConflictError(
+            f"job {job_id} is {status}, so its driver does not start it; "
+            f"`ulpt train --resume {job_id}` trains its unfinished fits"
+        )
+    if status == JobState.RUNNING and not force and heartbeat_at is not None:
+        age = (utcnow() - heartbeat_at).total_seconds()
+        if age < STALE_AFTER_S:
             raise ConflictError(
-                f"job {job_id} is running (driver {timings.get('driver')}, heartbeat {age:.0f} s ago); "
+                f"job {job_id} is running (driver {driver}, heartbeat {age:.0f} s ago); "
                 "cancel it first, or use --force (force=True) if that driver is gone"
             )
 
 
-def _finish(catalog: Catalog, job_id: str, error: str | None, timings: dict[str, Any]) -> None:
-    """Record the outcome: done when every fit ended (some may have failed alone), else failed/cancelled."""
+def _finish(catalog: Catalog, job_id: str, driver: str, error: str | None, timings: dict[str, Any]) -> None:
+    """Record the outcome through the driver's claim: derived from the fits (`lifecycle.job_outcome`).
+
+    A job that is no longer running (cancelled by a user, failed by a worker) keeps its status and
+    reason; one another driver took over is that driver's to record, timings included.
+    """
     with catalog.session() as session:
         job = get_job(session, job_id)
-        counts = fit_counts(session, job_id)
-        state.update_timings(session, job_id, **timings, heartbeat=None)
-        if job.status != "running":  # cancelled by a user, or failed by a worker: keep its reason
+        if job.driver != driver:
             return
-        open_fits = counts["pending"] + counts["running"]
-        if error is None and open_fits:
-            error = f"{open_fits} fit(s) did not finish"
-        if error is None and counts["done"] == 0 and counts["failed"]:
-            error = f"all {counts['failed']} fit(s) failed"
-        elif error is None and counts["failed"]:
-            set_job_status(session, job_id, "done", error=f"{counts['failed']} of {job.n_fits} fit(s) failed")
-            return
-        set_job_status(session, job_id, "failed" if error else "done", error=error)
+        state.update_timings(session, job_id, **timings)
+        to, error = lifecycle.job_outcome(fit_counts(session, job_id), error)
+        mine = [JobRow.driver == driver]
+        lifecycle.move_job(session, job.id, to, only=[JobState.RUNNING], where=mine, error=error)
 
 
 def cancel_job(catalog: Catalog, job_id: str, tenant: str | None = None) -> None:
-    """Ask the workers to stop: they put their unfinished fits back to pending and exit."""
+    """Ask the workers to stop: they put their unfinished fits back to pending and exit.
+
+    One compare-and-set: a job that ended meanwhile keeps its end (409), and no driver claims or
+    finishes over a cancel. Workers obey within `worker.STOP_CHECK_S` plus one pack step and its
+    checkpoint; no fit is claimed after the cancel commits.
+    """
     with catalog.session() as session:
         job = get_job(session, job_id, tenant)
-        if job.status in state.TERMINAL:
-            raise ConflictError(f"job {job_id} is already {job.status}")
-        set_job_status(session, job_id, "cancelled", error="cancelled")
+        if not lifecycle.move_job(session, job.id, JobState.CANCELLED, error="cancelled"):
+            now = session.scalar(select(JobRow.status).where(JobRow.id == job.id))
+            raise ConflictError(f"job {job_id} is already {now}")
 
 
 def share_weights(spec: JobSpec) -> Any | None:
@@ -209,12 +262,15 @@ def share_weights(spec: JobSpec) -> Any | None:
     return put_base_model(spec.base_model, dtype)
 
 
-def _trainer(target: JobTarget, job_id: str, spec: JobSpec, attempt: int, weights: Any | None = None) -> Any:
+def _trainer(
+    target: JobTarget, job_id: str, spec: JobSpec, attempt: int, driver: str, weights: Any | None = None
+) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     config = WorkerConfig(
         job_id=job_id,
+        driver=driver,
         catalog_url=target.catalog_url,
         store_url=target.store_url,
         store_options=dict(target.store_options),
@@ -250,21 +306,14 @@ def _worker_env() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(roots + extra))}
 
 
-def _heartbeat(catalog: Catalog, job_id: str, stop: threading.Event) -> None:
+def _heartbeat(catalog: Catalog, job_id: str, driver: str, stop: threading.Event) -> None:
+    """Renew the driver's heartbeat until it stops (a job no longer its own is simply not renewed)."""
     while not stop.wait(HEARTBEAT_S):
         try:
             with catalog.session() as session:
-                state.update_timings(session, job_id, heartbeat=_now())
+                lifecycle.beat(session, as_uuid(job_id), driver)
         except UlptError as exc:  # a catalog hiccup must not kill the driver; the next beat retries
             print(f"ulpt: heartbeat failed: {exc}", file=sys.stderr)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def _driver_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _error_line(exc: BaseException) -> str:

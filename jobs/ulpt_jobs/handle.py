@@ -7,6 +7,8 @@
 
 A job runs in a driver thread of this process by default (it lives as long as the process), or in a
 detached driver process (`detach=True`, what `ulpt train` without --wait does) that outlives it.
+A driver thread claims the job here, before `submit` or `resume` returns (so of N resumes at once one
+wins and the others raise ConflictError); a detached driver claims it when it starts.
 With a dashboard URL as the Ray address (`ray_address="http://HEAD:8265"`) the detached driver runs on
 the cluster as a Ray job instead (`ulpt_jobs.remote`). Either way a driver that dies can be resumed:
 finished fits are never trained again.
@@ -19,15 +21,25 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from ulpt.catalog.jobs import list_jobs
+from ulpt.catalog.lifecycle import FitRowState, JobState
+from ulpt.catalog.models import utcnow
 from ulpt.config import ensure_ray
 from ulpt.errors import UlptError
 from ulpt.jobspec import JobSpec
-from ulpt_jobs.driver import STALE_AFTER_S, JobTarget, cancel_job, check_runnable, create_job, run_job
+from ulpt_jobs.driver import (
+    STALE_AFTER_S,
+    JobTarget,
+    cancel_job,
+    check_runnable,
+    claim,
+    create_job,
+    run_job,
+)
 from ulpt_jobs.plot import plot_curves
 from ulpt_jobs.progress import follow
 from ulpt_jobs.remote import RemoteRun, is_dashboard_url, submit
@@ -95,8 +107,8 @@ class JobHandle:
                 if self.status().finished:  # it ended between the two reads
                     return False
                 raise self.remote.failure(self.id, *ended)
-            beat = status.timings.get("heartbeat")
-            if status.status == "running" and beat and _age(beat) > STALE_AFTER_S:
+            beat = status.heartbeat_at
+            if status.status == JobState.RUNNING and beat and _age(beat) > STALE_AFTER_S:
                 raise UlptError(
                     f"the driver of job {self.id} stopped (no heartbeat for {_age(beat):.0f} s); "
                     f"resume it with `ulpt train --resume {self.id}`"
@@ -121,7 +133,7 @@ class JobHandle:
         """A PNG of per-fit training loss curves (and held-out loss points)."""
         status = self.status()
         return plot_curves(
-            self.fits(status="done"), Path(path), title=f"job {status.id[:8]}", max_fits=max_fits
+            self.fits(status=FitRowState.DONE), Path(path), title=f"job {status.id[:8]}", max_fits=max_fits
         )
 
     def to_dict(self, *, fits: bool = True, curves: bool = False) -> dict[str, Any]:
@@ -131,19 +143,21 @@ class JobHandle:
             out["fits"] = [fit.to_dict(curves=curves) for fit in self.fits()]
         return out
 
-    def _start_thread(self, target: JobTarget, force: bool) -> None:
+    def _start_thread(self, target: JobTarget, *, resume: bool, force: bool) -> None:
+        """Claim the job in the calling thread (a lost claim raises here), then drive it in a new one."""
         ensure_ray(target.ray_address)  # in the calling thread: Ray installs signal handlers
+        driver = claim(target.catalog, self.id, resume=resume, force=force)
 
         def drive() -> None:
             try:
-                run_job(target, self.id, force=force)
+                run_job(target, self.id, driver=driver)
             except BaseException as exc:  # handed to wait(); the job row already says failed
                 self._error = exc
 
         self._thread = threading.Thread(target=drive, name=f"ulpt-job-{self.id[:8]}", daemon=True)
         self._thread.start()
 
-    def _start_process(self, target: JobTarget, force: bool) -> None:
+    def _start_process(self, target: JobTarget, *, resume: bool, force: bool) -> None:
         """`python -m ulpt_jobs run ID` in its own session; settings travel in the environment."""
         log_dir = target.home / "jobs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +169,8 @@ class JobHandle:
             command += ["--address", target.ray_address]
         if force:
             command.append("--force")
+        if not resume:
+            command.append("--new")
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -201,7 +217,16 @@ class JobsAPI:
         job_id, _ = create_job(target, spec, self.tenant)
         handle = JobHandle(self, job_id)
         if start:
-            self._start(handle, target, detach=detach, force=False)
+            self._start(handle, target, detach=detach, resume=False, force=False)
+        return handle
+
+    def start(self, job_id: str, *, ray_address: str | None = None, detach: bool = False) -> JobHandle:
+        """Start a recorded job no driver has started yet (`submit(start=False)`, a detached driver).
+
+        Only a pending job starts: one cancelled before its driver started stays cancelled (ConflictError).
+        """
+        handle = self.get(job_id)
+        self._start(handle, self.target(ray_address), detach=detach, resume=False, force=False)
         return handle
 
     def resume(
@@ -209,12 +234,11 @@ class JobsAPI:
     ) -> JobHandle:
         """Continue a job whose driver died, failed or was cancelled: only unfinished fits train.
 
-        Refused while the job's driver still beats; `force` overrides that check.
+        Refused while the job's driver still beats (`force` overrides that check), and for every resume
+        but one when several race: ConflictError, which the control plane answers with 409.
         """
         handle = self.get(job_id)
-        status = handle.status()
-        check_runnable(status.status, status.timings, status.id, force)  # here, not in the driver thread
-        self._start(handle, self.target(ray_address), detach=detach, force=force)
+        self._start(handle, self.target(ray_address), detach=detach, resume=True, force=force)
         return handle
 
     def get(self, job_id: str) -> JobHandle:
@@ -233,14 +257,21 @@ class JobsAPI:
     def cancel(self, job_id: str) -> None:
         cancel_job(self.target().catalog, str(job_id), self.tenant)
 
-    def _start(self, handle: JobHandle, target: JobTarget, *, detach: bool, force: bool) -> None:
-        if is_dashboard_url(target.ray_address):  # always detached: the driver runs on the cluster
-            handle.remote = submit(target, handle.id, self.tenant, force=force)
-        elif detach:
-            handle._start_process(target, force)
+    def _start(
+        self, handle: JobHandle, target: JobTarget, *, detach: bool, resume: bool, force: bool
+    ) -> None:
+        status = handle.status()  # a quick refusal before Ray starts; the driver's claim decides
+        check_runnable(
+            status.status, status.heartbeat_at, status.driver, status.id, force=force, resume=resume
+        )
+        remote = is_dashboard_url(target.ray_address)  # always detached: the driver runs on the cluster
+        if not (remote or detach):
+            handle._start_thread(target, resume=resume, force=force)
+        elif remote:
+            handle.remote = submit(target, handle.id, self.tenant, force=force, new=not resume)
         else:
-            handle._start_thread(target, force)
+            handle._start_process(target, resume=resume, force=force)
 
 
-def _age(iso: str) -> float:
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
+def _age(when: datetime) -> float:
+    return (utcnow() - when).total_seconds()

@@ -23,6 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from ulpt.catalog.lifecycle import FIT_TERMINAL, FitRowState
 from ulpt_jobs.state import JobStatus
 
 
@@ -62,12 +63,12 @@ def follow(
         status = read()
         task = bar.add_task(_describe(status), total=status.n_fits or None, failed=0, learned="")
         while True:
-            ended = status.counts.get("done", 0) + status.counts.get("failed", 0)
+            ended = sum(status.counts.get(state, 0) for state in FIT_TERMINAL)
             bar.update(
                 task,
                 completed=ended,
                 total=status.n_fits or None,
-                failed=status.counts.get("failed", 0),
+                failed=status.counts.get(FitRowState.FAILED, 0),
                 learned=learned_text(status),
                 description=_describe(status),
             )

@@ -56,10 +56,11 @@ def job_env(target: JobTarget) -> dict[str, str]:
     return env
 
 
-def entrypoint(job_id: str, tenant: str, force: bool = False) -> str:
-    """The shell command the cluster runs: the detached driver, joining the cluster it runs in."""
+def entrypoint(job_id: str, tenant: str, force: bool = False, new: bool = False) -> str:
+    """The shell command the cluster runs: the detached driver, joining the cluster it runs in
+    (`--new`: the driver of a new submission, which starts the job only while it is still pending)."""
     command = ["python", "-m", "ulpt_jobs", "run", job_id, "--tenant", tenant, "--address", "auto"]
-    return shlex.join(command + (["--force"] if force else []))
+    return shlex.join(command + (["--force"] if force else []) + (["--new"] if new else []))
 
 
 @dataclass
@@ -106,7 +107,9 @@ class RemoteRun:
         return lines[-1] if lines else ""
 
 
-def submit(target: JobTarget, job_id: str, tenant: str, *, force: bool = False) -> RemoteRun:
+def submit(
+    target: JobTarget, job_id: str, tenant: str, *, force: bool = False, new: bool = False
+) -> RemoteRun:
     """Record a fresh submission id on the job (in its timings), then submit its driver to the cluster.
 
     The id is written before submitting so that the driver's own timing updates keep it. A failed
@@ -121,7 +124,7 @@ def submit(target: JobTarget, job_id: str, tenant: str, *, force: bool = False) 
     while True:
         try:
             client.submit_job(
-                entrypoint=entrypoint(job_id, tenant, force),
+                entrypoint=entrypoint(job_id, tenant, force, new),
                 submission_id=run.submission_id,
                 runtime_env={"env_vars": job_env(target)},
                 metadata={"ulpt_job_id": job_id, "tenant": tenant},

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ulpt.catalog.jobs import (
@@ -26,13 +26,13 @@ from ulpt.catalog.jobs import (
     requeue_running,
     verdict_counts,
 )
-from ulpt.catalog.models import AdapterRow, FitRow, JobRow, utcnow
+from ulpt.catalog.lifecycle import FIT_TERMINAL, JOB_TERMINAL, FitRowState, JobState, fit_state, move_fits
+from ulpt.catalog.models import AdapterRow, FitRow, JobRow
 from ulpt.catalog.names import check_json
 from ulpt.jobspec import DEFAULT_MAX_ATTEMPTS
 
 FIT_KEY = "fit_key"
 """The entry of an adapter's `training_config` that names the fit it came from."""
-TERMINAL = ("done", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class JobStatus:
     id: str
     tenant: str
     name: str | None
-    status: str
+    status: JobState
     n_fits: int
     counts: dict[str, int]
     error: str | None
@@ -53,10 +53,16 @@ class JobStatus:
     spec: dict[str, Any]
     verdicts: dict[str, int] = field(default_factory=dict)
     """{"evaluated": done fits with a verdict, "learned": those that beat zero-shot on held-out rows}."""
+    driver: str | None = None
+    """The process that claimed the job last (host:pid:token)."""
+    heartbeat_at: datetime | None = None
+    """Its driver's last heartbeat while the job runs; None once it ended."""
+    attempt: int = 0
+    """How many drivers claimed the job (1 for a job that ran once; a resume adds one)."""
 
     @property
     def finished(self) -> bool:
-        return self.status in TERMINAL
+        return self.status in JOB_TERMINAL
 
     def to_dict(self, *, spec: bool = False) -> dict[str, Any]:
         out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name != "spec"}
@@ -70,7 +76,7 @@ class FitStatus:
     """One fit of a job: its status, adapter (name:version) and metrics, or its error."""
 
     key: str
-    status: str
+    status: FitRowState
     name: str | None
     adapter: str | None
     adapter_id: str | None
@@ -99,7 +105,7 @@ def _status_of(job: JobRow, counts: dict[str, int], verdicts: dict[str, int] | N
         id=str(job.id),
         tenant=job.tenant,
         name=job.name,
-        status=job.status,
+        status=JobState(job.status),
         n_fits=job.n_fits,
         counts=counts,
         error=job.error,
@@ -109,6 +115,9 @@ def _status_of(job: JobRow, counts: dict[str, int], verdicts: dict[str, int] | N
         finished_at=job.finished_at,
         spec=dict(job.spec or {}),
         verdicts=verdicts or {},
+        driver=job.driver,
+        heartbeat_at=job.heartbeat_at,
+        attempt=job.attempt,
     )
 
 
@@ -121,13 +130,13 @@ def fit_statuses(session: Session, job_id: uuid.UUID | str, *, status: str | Non
         .order_by(FitRow.id)
     )
     if status is not None:
-        stmt = stmt.where(FitRow.status == status)
+        stmt = stmt.where(FitRow.status == fit_state(status).value)
     out = []
     for fit, name, version in session.execute(stmt):
         out.append(
             FitStatus(
                 key=fit.key,
-                status=fit.status,
+                status=FitRowState(fit.status),
                 name=(fit.spec or {}).get("name"),
                 adapter=f"{name}:{version}" if name is not None else None,
                 adapter_id=str(fit.adapter_id) if fit.adapter_id else None,
@@ -146,13 +155,8 @@ def fit_statuses(session: Session, job_id: uuid.UUID | str, *, status: str | Non
 def fail_fits(session: Session, job_id: uuid.UUID | str, errors: Mapping[str, str]) -> None:
     """Mark fits failed by key (fits the plan already knows cannot run)."""
     job = as_uuid(job_id)
-    now = utcnow()
     for key, error in errors.items():
-        session.execute(
-            update(FitRow)
-            .where(FitRow.job_id == job, FitRow.key == key)
-            .values(status="failed", error=error, finished_at=now)
-        )
+        move_fits(session, FitRowState.FAILED, FitRow.job_id == job, FitRow.key == key, error=error)
 
 
 def reconcile(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
@@ -166,9 +170,11 @@ def reconcile(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
     spec = get_job(session, job).spec or {}
     max_attempts = int((spec.get("train") or {}).get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
     open_fits = {
-        fit.key: fit
-        for fit in session.scalars(
-            select(FitRow).where(FitRow.job_id == job, FitRow.status.in_(("pending", "running")))
+        key: fit_id
+        for key, fit_id in session.execute(
+            select(FitRow.key, FitRow.id).where(
+                FitRow.job_id == job, FitRow.status.not_in([s.value for s in FIT_TERMINAL])
+            )
         )
     }
     recovered = 0
@@ -178,13 +184,17 @@ def reconcile(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
                 AdapterRow.job_id == job
             )
         )
-        for adapter_id, config, metrics in registered:
-            fit = open_fits.get(str((config or {}).get(FIT_KEY)))
-            if fit is not None and fit.status != "done":
-                fit.status, fit.adapter_id, fit.error, fit.checkpoint = "done", adapter_id, None, None
-                fit.metrics, fit.finished_at = dict(metrics or {}), utcnow()
-                recovered += 1
-        session.flush()
+        for adapter_id, config, metrics in registered.all():
+            fit_id = open_fits.get(str((config or {}).get(FIT_KEY)))
+            if fit_id is not None:
+                recovered += move_fits(
+                    session,
+                    FitRowState.DONE,
+                    FitRow.id == fit_id,
+                    adapter_id=adapter_id,
+                    error=None,
+                    metrics=dict(metrics or {}),
+                )
     exhausted = fail_exhausted(session, job, max_attempts)
     requeued = requeue_running(session, job)
     return {
@@ -196,18 +206,20 @@ def reconcile(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
 
 
 def update_timings(session: Session, job_id: uuid.UUID | str, **values: Any) -> None:
-    """Merge values (heartbeat, driver, attempt, durations) into the job's timings."""
+    """Merge values (durations, worker clock stamps, the Ray submission) into the job's timings."""
     job = get_job(session, job_id)
     job.timings = check_json({**(job.timings or {}), **values}, "job timings")
     session.flush()
 
 
-def job_is_stopped(session: Session, job_id: uuid.UUID | str) -> bool:
-    """Whether workers should stop: the job was cancelled, or failed (e.g. its base model changed)."""
-    return session.scalar(select(JobRow.status).where(JobRow.id == as_uuid(job_id))) in (
-        "cancelled",
-        "failed",
-    )
+def job_is_stopped(session: Session, job_id: uuid.UUID | str, driver: str | None = None) -> bool:
+    """Whether workers should stop: the job ended (cancelled, or failed: e.g. its base model changed),
+    or, for the workers of `driver`, another driver took it over (a resume after a cancel, --force)."""
+    row = session.execute(select(JobRow.status, JobRow.driver).where(JobRow.id == as_uuid(job_id))).first()
+    if row is None:
+        return True
+    status, current = row
+    return status in JOB_TERMINAL or (driver is not None and current != driver)
 
 
 def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,14 +26,8 @@ import torch
 
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.db import open_catalog
-from ulpt.catalog.jobs import (
-    FitOutcome,
-    claim_fits,
-    mark_fit_failed,
-    mark_fits_done,
-    release_fits,
-    set_job_status,
-)
+from ulpt.catalog.jobs import FitOutcome, as_uuid, claim_fits, mark_fit_failed, mark_fits_done, release_fits
+from ulpt.catalog.lifecycle import JobState, move_job
 from ulpt.catalog.models import FitRow
 from ulpt.errors import CatalogError, ConflictError, MigrationRequiredError, StoreError, UlptError
 from ulpt.jobspec import JobSpec
@@ -51,7 +45,7 @@ from ulpt_jobs.fit_data import read_fit_data
 log = logging.getLogger(__name__)
 
 STOP_CHECK_S = 0.5
-"""How often a worker reads the job's status (a cancel takes effect within this)."""
+"""How often a worker reads the job's status: a cancel stops it within this plus one pack step."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +56,8 @@ class WorkerConfig:
     catalog_url: str
     store_url: str
     store_options: Mapping[str, Any]
+    driver: str | None = None
+    """The driver that claimed the job: workers stop once another one took it over."""
     threads: int = 1
     shared_weights: Any = None
     """The base model in Ray's object store (`put_base_model`), or None: each worker reads the disk."""
@@ -93,7 +89,7 @@ def train_loop(config: dict[str, Any]) -> None:
     _barrier(context.get_world_size())
     ready = time.time()
     worker = f"{socket.gethostname()}:{os.getpid()}:rank{rank}"
-    FitRunner(model, registry, job.id, job.tenant, spec, worker, device).run()
+    FitRunner(model, registry, job.id, job.tenant, spec, worker, device, driver=cfg.driver).run()
     if rank == 0:  # when the worker started and stopped, for the driver's account of the fixed costs
         stamps = {"worker_entered_at": entered, "worker_ready_at": ready, "worker_exited_at": time.time()}
         with catalog.session() as session:
@@ -126,7 +122,7 @@ def _record_base_model(registry: Registry, job_id: str, model: BaseModel) -> Non
         )
     except ConflictError as exc:
         with registry.catalog.session() as session:
-            set_job_status(session, job_id, "failed", error=str(exc))
+            move_job(session, as_uuid(job_id), JobState.FAILED, only=[JobState.RUNNING], error=str(exc))
 
 
 class FitRunner:
@@ -141,8 +137,11 @@ class FitRunner:
         spec: JobSpec,
         worker: str,
         device: torch.device | None = None,
+        *,
+        driver: str | None = None,
     ) -> None:
         self.model = model
+        self.driver = driver
         self.registry = registry
         self.catalog = registry.catalog
         self.job_id = job_id
@@ -193,7 +192,7 @@ class FitRunner:
 
     def _stopped(self) -> bool:
         with self.catalog.read() as session:
-            return state.job_is_stopped(session, self.job_id)
+            return state.job_is_stopped(session, self.job_id, self.driver)
 
     def _release(self, active: Sequence[FitState]) -> None:
         """A cancelled (or failed) job: checkpoint this worker's unfinished fits and put them back, so a
@@ -202,7 +201,7 @@ class FitRunner:
             self.checkpoints.save(self.candidates, self.rows)
         with self.catalog.session() as session:
             ids = [self.rows[key].id for key in dict.fromkeys(fit.group for fit in active)]
-            release_fits(session, ids, "stopped before it finished")
+            release_fits(session, ids, "stopped before it finished", worker=self.worker)
 
     def _prepare(self, claimed: Sequence[FitRow]) -> list[FitState]:
         """FitStates for claimed fits; a fit whose rows or spec cannot train is recorded failed now."""

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from tests.services import PostgresServer, free_port
 from ulpt.catalog.db import SCHEMA_REVISION, create_catalog_engine, open_catalog, sqlite_url
 from ulpt.catalog.migrate import head_revision, migrations_dir, upgrade
-from ulpt.catalog.models import Base
+from ulpt.catalog.models import Base, JobRow
 from ulpt.errors import CatalogError, MigrationRequiredError
 from ulpt.sdk import Client
 
@@ -85,3 +87,40 @@ def test_unreachable_catalog_is_one_line() -> None:
 def test_bad_catalog_urls(url: str, expected: str) -> None:
     with pytest.raises(CatalogError, match=expected):
         open_catalog(url)
+
+
+def test_upgrade_moves_a_jobs_driver_heartbeat_and_attempt_out_of_its_timings(empty_url: str) -> None:
+    """Migration 0005: what older drivers kept in `timings` lands in the columns, and only there."""
+    engine = create_catalog_engine(empty_url)
+    upgrade(engine, "0004")
+    old = {"driver": "host:41", "attempt": 2, "heartbeat": "2026-12-06T10:00:05+00:00", "train_s": 3.5}
+    jobs = {"01a25272-849b-732d-9be9-e497a764d0f6": old, "01a25272-849b-732d-9be9-e497a764d0f7": None}
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (name) VALUES ('acme')"))
+        for job_id, timings in jobs.items():
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant, status, spec, n_fits, timings) "
+                    "VALUES (:id, 'acme', 'running', :spec, 0, :timings)"
+                ),
+                {
+                    "id": job_id if engine.dialect.name == "postgresql" else job_id.replace("-", ""),
+                    "spec": json.dumps({}),
+                    "timings": None if timings is None else json.dumps(timings),
+                },
+            )
+    upgrade(engine)
+    engine.dispose()
+    catalog = open_catalog(empty_url)
+    with catalog.read() as session:
+        rows = {str(job.id): job for job in session.scalars(select(JobRow))}
+    catalog.close()
+    moved, untouched = (rows[job_id] for job_id in jobs)
+    assert (moved.driver, moved.attempt, moved.timings) == ("host:41", 2, {"train_s": 3.5})
+    assert moved.heartbeat_at == datetime(2026, 12, 6, 10, 0, 5, tzinfo=timezone.utc)
+    assert (untouched.driver, untouched.attempt, untouched.heartbeat_at, untouched.timings) == (
+        None,
+        0,
+        None,
+        None,
+    )

@@ -5,6 +5,8 @@ what the service must not read are refused before anything is recorded."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,3 +125,37 @@ def parse_sse(text: Any) -> list[tuple[str, dict[str, Any]]]:
         elif line.startswith("data: ") and kind is not None:
             events.append((kind, json.loads(line[len("data: ") :])))
     return events
+
+
+RESUMERS = 4
+
+
+def test_of_concurrent_resumes_one_drives_the_job_and_the_others_get_409(
+    ray_session: None, job_plane: Plane, tiny_model_dirs: dict[str, Path]
+) -> None:
+    made = job_plane.call(
+        "POST", "/v1/jobs", json=spec_for(tiny_model_dirs["llama"], upload_reviews(job_plane))
+    )
+    job_id = made.json()["id"]
+    assert job_plane.call("POST", f"/v1/jobs/{job_id}/cancel").status_code == 200
+    start, answers = threading.Barrier(RESUMERS), []
+
+    def resume() -> None:
+        start.wait()
+        answers.append(job_plane.call("POST", f"/v1/jobs/{job_id}/resume"))
+
+    threads = [threading.Thread(target=resume) for _ in range(RESUMERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answer.status_code for answer in answers) == [200] + [409] * (RESUMERS - 1)
+    refusals = [answer.json()["error"] for answer in answers if answer.status_code == 409]
+    assert all(e["type"] == "conflict_error" and "is running (driver" in e["message"] for e in refusals)
+    deadline, shown = time.monotonic() + 300, {}
+    while time.monotonic() < deadline and shown.get("status") != "done":
+        time.sleep(0.2)
+        shown = job_plane.call("GET", f"/v1/jobs/{job_id}").json()
+    assert (shown["status"], shown["counts"]["done"], shown["attempt"]) == ("done", 3, 2)
+    found = job_plane.call("GET", "/v1/adapters", params={"job_id": job_id}).json()["items"]
+    assert sorted(a["name"] for a in found) == ["user-0", "user-1", "user-2"]  # each trained once

@@ -5,7 +5,7 @@
         row = adapters.resolve(session, "default", "user-42:3")
 
 Query functions live in `adapters`, `find`, `jobs`, `tenants`, `base_models` and `api_keys` and take
-a Session first.
+a Session first; `lifecycle` holds the job and fit statuses, their transitions, and every status write.
 """
 
 from ulpt.catalog.api_keys import NewApiKey, create_api_key, revoke_api_key, verify_api_key

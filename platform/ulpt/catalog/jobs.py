@@ -2,6 +2,7 @@
 
 Deliberately generic (the training driver owns the meaning of a spec): create a job, add its fits in
 bulk, let workers claim pending fits atomically, mark each done or failed, count fits per status.
+Every status change is a move of `ulpt.catalog.lifecycle` (a compare-and-set on the row's status).
 A claimed fit whose worker dies is put back with `requeue_running` (or failed by `fail_exhausted` once
 it has taken its worker down `max_attempts` times); a done fit is never claimed again. A running fit
 records the store key of its last mid-fit checkpoint, which a later claim resumes from.
@@ -14,15 +15,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import cast, column, func, insert, select, update, values
+from sqlalchemy import bindparam, cast, column, exists, func, insert, select, update, values
 from sqlalchemy.orm import Session
 
-from ulpt.catalog.models import FIT_STATUSES, JOB_STATUSES, FitRow, JobRow, new_id, utcnow
+from ulpt.catalog.lifecycle import (
+    FIT_TERMINAL,
+    JOB_TERMINAL,
+    FitRowState,
+    JobState,
+    fit_move,
+    fit_state,
+    job_state,
+    move_fits,
+    move_job,
+)
+from ulpt.catalog.models import FitRow, JobRow, new_id, utcnow
 from ulpt.catalog.names import check_json
 from ulpt.catalog.tenants import ensure_tenant
-from ulpt.errors import NotFoundError, SpecError
-
-_FINISHED = ("done", "failed", "cancelled")
+from ulpt.errors import ConflictError, NotFoundError, SpecError
 
 
 def as_uuid(value: uuid.UUID | str, what: str = "job id") -> uuid.UUID:
@@ -36,7 +46,8 @@ def as_uuid(value: uuid.UUID | str, what: str = "job id") -> uuid.UUID:
 
 def create_job(session: Session, tenant: str, spec: Mapping[str, Any], *, name: str | None = None) -> JobRow:
     ensure_tenant(session, tenant)
-    job = JobRow(tenant=tenant, name=name, spec=check_json(dict(spec), "job spec"), status="pending")
+    spec = check_json(dict(spec), "job spec")
+    job = JobRow(tenant=tenant, name=name, spec=spec, status=JobState.PENDING.value)
     session.add(job)
     session.flush()
     return job
@@ -52,7 +63,7 @@ def get_job(session: Session, job_id: uuid.UUID | str, tenant: str | None = None
 def list_jobs(session: Session, tenant: str, *, status: str | None = None, limit: int = 50) -> list[JobRow]:
     stmt = select(JobRow).where(JobRow.tenant == tenant)
     if status is not None:
-        stmt = stmt.where(JobRow.status == status)
+        stmt = stmt.where(JobRow.status == job_state(status).value)
     return list(session.scalars(stmt.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)))
 
 
@@ -64,21 +75,17 @@ def set_job_status(
     error: str | None = None,
     timings: Mapping[str, Any] | None = None,
 ) -> None:
-    """Move a job to `status`, stamping started_at on the first `running` and finished_at on an end state."""
-    if status not in JOB_STATUSES:
-        raise SpecError(f"job status must be one of {', '.join(JOB_STATUSES)}, got {status!r}")
+    """Move a job to `status` from any status the state machine allows; ConflictError if it cannot move.
+
+    For operators and tests; drivers claim a job with `lifecycle.claim_job` and end it through their claim.
+    """
+    to = job_state(status)
     job = get_job(session, job_id)
-    job.status = status
-    now = utcnow()
-    if status == "running" and job.started_at is None:
-        job.started_at = now
-    if status in _FINISHED:
-        job.finished_at = now
-    if error is not None:
-        job.error = error
+    changes: dict[str, Any] = {} if error is None else {"error": error}
     if timings is not None:
-        job.timings = check_json(dict(timings), "job timings")
-    session.flush()
+        changes["timings"] = check_json(dict(timings), "job timings")
+    if not move_job(session, job.id, to, **changes):
+        raise ConflictError(f"job {job.id} cannot go from {job.status} to {to}")
 
 
 def add_fits(
@@ -96,9 +103,8 @@ def add_fits(
         key, spec = (fit, None) if isinstance(fit, str) else fit
         if not isinstance(key, str) or not 1 <= len(key) <= 256:
             raise SpecError(f"fit key must be a string of 1-256 characters, got {key!r}")
-        rows.append(
-            {"id": new_id(), "job_id": job.id, "key": key, "spec": None if spec is None else dict(spec)}
-        )
+        record = None if spec is None else dict(spec)
+        rows.append({"id": new_id(), "job_id": job.id, "key": key, "status": _PENDING, "spec": record})
         if len(rows) == _FITS_PER_INSERT:
             added += _insert_fits(session, rows)
             rows = []
@@ -110,6 +116,7 @@ def add_fits(
 
 
 _FITS_PER_INSERT = 5000
+_PENDING = FitRowState.PENDING.value
 
 
 def _insert_fits(session: Session, rows: list[dict[str, Any]]) -> int:
@@ -119,11 +126,15 @@ def _insert_fits(session: Session, rows: list[dict[str, Any]]) -> int:
 
 
 def claim_fits(session: Session, job_id: uuid.UUID | str, limit: int, worker: str) -> list[FitRow]:
-    """Atomically move up to `limit` pending fits to running for `worker`; no two workers get one fit."""
+    """Atomically move up to `limit` pending fits to running for `worker`; no two workers get one fit.
+
+    Nothing is claimed once the job has ended (cancelled, failed): the job's status is checked in the
+    same statement, so a cancel that commits before a claim leaves every fit pending.
+    """
     job = as_uuid(job_id)
     pending = (
         select(FitRow.id)
-        .where(FitRow.job_id == job, FitRow.status == "pending")
+        .where(FitRow.job_id == job, FitRow.status == FitRowState.PENDING.value)
         .order_by(FitRow.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -131,14 +142,12 @@ def claim_fits(session: Session, job_id: uuid.UUID | str, limit: int, worker: st
     ids = list(session.scalars(pending))
     if not ids:
         return []
+    job_open = exists().where(JobRow.id == job, JobRow.status.not_in([s.value for s in JOB_TERMINAL]))
     claimed = session.scalars(
-        update(FitRow)
-        .where(FitRow.id.in_(ids), FitRow.status == "pending")  # re-checked: SQLite has no row locks
-        .values(
-            status="running", worker=worker, attempts=FitRow.attempts + 1, started_at=utcnow(), error=None
-        )
+        fit_move(FitRowState.RUNNING)  # re-checks pending: SQLite has no row locks
+        .where(FitRow.id.in_(ids), job_open)
+        .values(worker=worker, attempts=FitRow.attempts + 1, started_at=utcnow(), error=None)
         .returning(FitRow)
-        .execution_options(synchronize_session=False)
     )
     return sorted(claimed, key=lambda fit: fit.id)
 
@@ -151,15 +160,7 @@ def mark_fit_done(
     metrics: Mapping[str, Any] | None = None,
     timings: Mapping[str, Any] | None = None,
 ) -> None:
-    fit = _get_fit(session, fit_id)
-    fit.status = "done"
-    fit.adapter_id = None if adapter_id is None else as_uuid(adapter_id, "adapter id")
-    fit.metrics = None if metrics is None else check_json(dict(metrics), "fit metrics")
-    fit.timings = None if timings is None else check_json(dict(timings), "fit timings")
-    fit.error = None
-    fit.checkpoint = None  # a finished fit's checkpoints are garbage
-    fit.finished_at = utcnow()
-    session.flush()
+    mark_fits_done(session, [FitOutcome(_get_fit(session, fit_id).id, adapter_id, metrics, timings)])
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,6 @@ def mark_fits_done(session: Session, outcomes: Sequence[FitOutcome]) -> None:
     """
     if not outcomes:
         return
-    now = utcnow()
     rows = [
         {
             "id": as_uuid(outcome.fit_id, "fit id"),
@@ -196,10 +196,14 @@ def mark_fits_done(session: Session, outcomes: Sequence[FitOutcome]) -> None:
         }
         for outcome in outcomes
     ]
-    # a finished fit's checkpoints are garbage (`ulpt gc` collects them once no fit names them)
-    done = {"status": "done", "error": None, "checkpoint": None, "finished_at": now}
+    done = fit_move(FitRowState.DONE).values(error=None)  # a fit already done (or failed) stays as it is
     if session.get_bind().dialect.name != "postgresql":
-        session.execute(update(FitRow), [{**row, **done} for row in rows])
+        fits = FitRow.__table__.c
+        by_id = done.where(FitRow.id == bindparam("fit_id")).values(
+            **{name: bindparam(f"new_{name}", type_=fits[name].type) for name in _OUTCOME_COLUMNS}
+        )
+        params = [{"fit_id": row["id"], **{f"new_{k}": row[k] for k in _OUTCOME_COLUMNS}} for row in rows]
+        session.connection().execute(by_id, params)  # Core's executemany: not the ORM's bulk by key
         return
     fits = FitRow.__table__.c
     batch = values(
@@ -207,38 +211,40 @@ def mark_fits_done(session: Session, outcomes: Sequence[FitOutcome]) -> None:
         name="done",
     ).data([tuple(row.values()) for row in rows])
     session.execute(
-        update(FitRow)
-        .where(FitRow.id == batch.c.id)
-        .values(
+        done.where(FitRow.id == batch.c.id).values(
             # cast: a VALUES column of NULLs only is text to PostgreSQL, whatever its bind type says
             **{name: cast(batch.c[name], fits[name].type) for name in _OUTCOME_COLUMNS},
-            **done,
         )
-        .execution_options(synchronize_session=False)
     )
 
 
-def mark_fit_failed(session: Session, fit_id: uuid.UUID | str, error: str, *, retry: bool = False) -> None:
-    """Record a fit's error; `retry` puts it back to pending (its attempts count stays)."""
+def mark_fit_failed(session: Session, fit_id: uuid.UUID | str, error: str, *, retry: bool = False) -> bool:
+    """Record a fit's error; `retry` puts a running fit back to pending (its attempts count stays).
+
+    Whether it moved: a fit that ended meanwhile (or, for a retry, is no longer running) is left alone.
+    """
     fit = _get_fit(session, fit_id)
-    fit.status = "pending" if retry else "failed"
-    fit.error = error
-    fit.finished_at = None if retry else utcnow()
-    if not retry:
-        fit.checkpoint = None
-    session.flush()
+    to = FitRowState.PENDING if retry else FitRowState.FAILED
+    return bool(move_fits(session, to, FitRow.id == fit.id, error=error))
 
 
-def release_fits(session: Session, fit_ids: Sequence[uuid.UUID], reason: str) -> None:
-    """Put running fits back to pending after a clean stop (their job was cancelled): the claim is not
-    counted as an attempt, and each keeps its checkpoint, so a resume goes on from it."""
-    if fit_ids:
-        session.execute(
-            update(FitRow)
-            .where(FitRow.id.in_(list(fit_ids)), FitRow.status == "running")
-            .values(status="pending", worker=None, error=reason, attempts=FitRow.attempts - 1)
-            .execution_options(synchronize_session=False)
-        )
+def release_fits(session: Session, fit_ids: Sequence[uuid.UUID], reason: str, *, worker: str) -> int:
+    """Put `worker`'s running fits back to pending after a clean stop (their job was cancelled): the
+    claim is not counted as an attempt, and each keeps its checkpoint, so a resume goes on from it.
+
+    A fit another worker claimed since (a resume that requeued it) is not this worker's to give back.
+    """
+    if not fit_ids:
+        return 0
+    return move_fits(
+        session,
+        FitRowState.PENDING,
+        FitRow.id.in_(list(fit_ids)),
+        FitRow.worker == worker,
+        only=[FitRowState.RUNNING],
+        error=reason,
+        attempts=FitRow.attempts - 1,
+    )
 
 
 def record_checkpoint(session: Session, fit_ids: Sequence[uuid.UUID], key: str) -> None:
@@ -246,7 +252,7 @@ def record_checkpoint(session: Session, fit_ids: Sequence[uuid.UUID], key: str) 
     if fit_ids:
         session.execute(
             update(FitRow)
-            .where(FitRow.id.in_(list(fit_ids)), FitRow.status == "running")
+            .where(FitRow.id.in_(list(fit_ids)), FitRow.status == FitRowState.RUNNING.value)
             .values(checkpoint=key)
             .execution_options(synchronize_session=False)
         )
@@ -258,36 +264,27 @@ def fail_exhausted(session: Session, job_id: uuid.UUID | str, max_attempts: int)
     Call it where `requeue_running` is called, before it: a fit that took its worker down on every
     attempt (out of memory on one huge row, say) ends failed with the reason, and the job goes on.
     """
-    result = session.execute(
-        update(FitRow)
-        .where(FitRow.job_id == as_uuid(job_id), FitRow.status == "running", FitRow.attempts >= max_attempts)
-        .values(
-            status="failed",
-            worker=None,
-            checkpoint=None,
-            finished_at=utcnow(),
-            error=f"its worker stopped while training it on each of its {max_attempts} attempt(s) "
-            "(train.max_attempts); e.g. out of memory",
-        )
-        .execution_options(synchronize_session=False)
+    return move_fits(
+        session,
+        FitRowState.FAILED,
+        FitRow.job_id == as_uuid(job_id),
+        FitRow.attempts >= max_attempts,
+        only=[FitRowState.RUNNING],
+        worker=None,
+        error=f"its worker stopped while training it on each of its {max_attempts} attempt(s) "
+        "(train.max_attempts); e.g. out of memory",
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def requeue_running(session: Session, job_id: uuid.UUID | str, *, worker: str | None = None) -> int:
     """Put fits stuck in running (their worker died) back to pending; returns how many."""
-    stmt = update(FitRow).where(FitRow.job_id == as_uuid(job_id), FitRow.status == "running")
-    if worker is not None:
-        stmt = stmt.where(FitRow.worker == worker)
-    result = session.execute(
-        stmt.values(status="pending", worker=None).execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    where = [FitRow.job_id == as_uuid(job_id)] + ([] if worker is None else [FitRow.worker == worker])
+    return move_fits(session, FitRowState.PENDING, *where, only=[FitRowState.RUNNING])
 
 
 def fit_counts(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
     """Fits per status, every status present (0 if none)."""
-    counts = dict.fromkeys(FIT_STATUSES, 0)
+    counts = {state.value: 0 for state in FitRowState}
     rows = session.execute(
         select(FitRow.status, func.count()).where(FitRow.job_id == as_uuid(job_id)).group_by(FitRow.status)
     )
@@ -303,7 +300,7 @@ def verdict_counts(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
     """
     verdict = FitRow.metrics["learned"].as_float()
     done = select(func.count()).where(
-        FitRow.job_id == as_uuid(job_id), FitRow.status == "done", verdict.is_not(None)
+        FitRow.job_id == as_uuid(job_id), FitRow.status == FitRowState.DONE.value, verdict.is_not(None)
     )
     evaluated = session.scalar(done) or 0
     learned = session.scalar(done.where(verdict >= 1.0)) or 0
@@ -315,7 +312,7 @@ def list_fits(
 ) -> list[FitRow]:
     stmt = select(FitRow).where(FitRow.job_id == as_uuid(job_id))
     if status is not None:
-        stmt = stmt.where(FitRow.status == status)
+        stmt = stmt.where(FitRow.status == fit_state(status).value)
     stmt = stmt.order_by(FitRow.id)
     if limit is not None:
         stmt = stmt.limit(limit)
@@ -331,7 +328,9 @@ def fingerprints_of_open_jobs(session: Session) -> set[str]:
     """Dataset fingerprints of the fits of every job that is not done: a pending, running, failed or
     cancelled job can still (re)start, and its workers fetch those rows from the store."""
     specs = session.scalars(
-        select(FitRow.spec).join(JobRow, JobRow.id == FitRow.job_id).where(JobRow.status != "done")
+        select(FitRow.spec)
+        .join(JobRow, JobRow.id == FitRow.job_id)
+        .where(JobRow.status != JobState.DONE.value)
     )
     return {fp for spec in specs if isinstance(fp := (spec or {}).get("dataset_fingerprint"), str)}
 
@@ -340,7 +339,7 @@ def checkpoints_of_open_fits(session: Session) -> set[str]:
     """Store keys of the last checkpoints of fits that may still train (pending or running)."""
     keys = session.scalars(
         select(FitRow.checkpoint)
-        .where(FitRow.status.in_(("pending", "running")), FitRow.checkpoint.is_not(None))
+        .where(FitRow.status.not_in([s.value for s in FIT_TERMINAL]), FitRow.checkpoint.is_not(None))
         .distinct()
     )
     return {key for key in keys if key}

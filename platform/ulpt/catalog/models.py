@@ -46,8 +46,6 @@ NAMING_CONVENTION = {
 }
 
 ADAPTER_STATUSES = ("ready", "deleted")
-JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
-FIT_STATUSES = ("pending", "running", "done", "failed")
 SCOPES = ("read", "train", "admin")
 ALL_SCOPES = ",".join(SCOPES)
 
@@ -137,19 +135,32 @@ class BaseModelRow(Base):
 
 
 class JobRow(Base):
-    """A bulk training job: one spec, many fits."""
+    """A bulk training job: one spec, many fits.
+
+    `status` only ever changes through `ulpt.catalog.lifecycle` (its values and moves live there).
+    A running job has one driver, named in `driver`, which renews `heartbeat_at`; `attempt` counts the
+    drivers that claimed it (migration 0005 took the three out of `timings` so claims and liveness are
+    one indexed query, not a scan of JSON).
+    """
 
     __tablename__ = "jobs"
-    __table_args__ = (Index(None, "tenant", "created_at"),)
+    __table_args__ = (Index(None, "tenant", "created_at"), Index(None, "status", "heartbeat_at"))
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name"))
     name: Mapped[str | None] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
     n_fits: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    """Where the job's time went (durations, worker clock stamps, its Ray submission); no state."""
+    driver: Mapped[str | None] = mapped_column(String(128))
+    """The process that claimed the job last (host:pid:token); kept after it ends, for the record."""
+    heartbeat_at: Mapped[datetime | None]
+    """Renewed by the running job's driver; None once the job ends. Stale: the driver is gone."""
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """How many times a driver claimed the job (1 for a job run once)."""
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -258,7 +269,8 @@ class FitRow(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(256))
     """The fit's identity within its job, e.g. a user id."""
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16))
+    """Changed only through `ulpt.catalog.lifecycle`."""
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     """Per-fit overrides of the job spec."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from ulpt.catalog.lifecycle import FitRowState, JobState
 from ulpt.cli.catalog_options import (
     CatalogUrlOption,
     HomeOption,
@@ -38,7 +39,7 @@ def _jobs(home: Path | None, catalog_url: str | None, store_url: str | None, ten
 
 @jobs_app.command("list")
 def list_jobs(
-    status: Annotated[str | None, typer.Option(help="pending, running, done, failed or cancelled.")] = None,
+    status: Annotated[str | None, typer.Option(help=f"One of {', '.join(JobState)}.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
     as_json: JsonOption = False,
     tenant: TenantOption = "default",
@@ -140,7 +141,7 @@ def print_job(status: JobStatus, fits: Sequence[FitStatus], limit: int = 20) -> 
         )
     if not fits or limit == 0:
         return
-    ordered = sorted(fits, key=lambda f: f.status != "failed")[:limit]
+    ordered = sorted(fits, key=lambda f: f.status != FitRowState.FAILED)[:limit]
     table = Table()
     for column in ("fit", "status", "adapter", "eval_loss", "eval_accuracy", "zero_shot", "learned"):
         table.add_column(column, overflow="fold")

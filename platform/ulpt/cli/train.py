@@ -20,6 +20,7 @@ import typer
 from rich.markup import escape
 
 from ulpt.adapters import methods
+from ulpt.catalog.lifecycle import FitRowState, JobState
 from ulpt.cli.catalog_options import CatalogUrlOption, HomeOption, StoreUrlOption, make_client
 from ulpt.cli.jobs import print_job
 from ulpt.cli.output import console, fail, print_json
@@ -233,11 +234,11 @@ def _report(handle: JobHandle, *, wait: bool, as_json: bool) -> None:
         print_json(handle.to_dict(fits=True))
     else:
         print_job(status, handle.fits())
-    failed = status.counts.get("failed", 0)
+    failed = status.counts.get(FitRowState.FAILED, 0)
     if failed:  # a job that trained only some of its adapters did not do what was asked
         fail(
             f"{failed} of {status.n_fits} fit(s) of job {status.id} failed; "
             f"`ulpt jobs show {status.id}` says why"
         )
-    if status.status != "done":
+    if status.status != JobState.DONE:
         fail(f"job {status.id} ended {status.status}: {status.error or 'see `ulpt jobs show`'}")
