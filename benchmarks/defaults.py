@@ -141,7 +141,8 @@ def document(run: Run) -> str:
         BEGIN,
         "## Do adapters learn by default? (`benchmarks/defaults.py`)",
         "",
-        f"{'a tiny random model (smoke run)' if s['smoke'] else 'SmolLM2-135M'}, tasks: "
+        f"{'a tiny random model (smoke run)' if s['smoke'] else 'SmolLM2-135M'}, "
+        f"{s.get('task_source', 'BIG-bench')} tasks: "
         f"{', '.join(f'`{t}`' for t in run.zero_shot)}; {s['steps']} steps of "
         f"{s['batch_size']} rows, n_tokens {s['n_tokens']}, {s['seeds']} seeds; every fit's verdict on "
         f"its {s['val_rows']} validation rows, accuracy on {s['test_rows']} test rows per task "
@@ -202,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--doc", type=Path, default=accuracy.DOC, help="document whose marked section is written"
     )
     parser.add_argument("--tasks", help="comma-separated BIG-bench tasks instead of the defaults")
+    parser.add_argument(
+        "--fetch-bigbench",
+        action="store_true",
+        help="fetch missing BIG-bench tasks from the network (without it: the cache and $ULPT_BIGBENCH, "
+        "else the tasks ulpt generates)",
+    )
     parser.add_argument("--steps", type=int, help=f"optimizer steps per candidate (default {Settings.steps})")
     parser.add_argument("--seeds", type=int, help=f"seeds per method and arm (default {Settings.seeds})")
     parser.add_argument(
@@ -229,11 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = accuracy.load_model(sizes, args.out)
     if s.smoke:
         tasks = [accuracy.synthetic_task(name, i, sizes) for i, name in enumerate(s.tasks)]
+        run.settings["task_source"] = "synthetic"
     else:
-        from ulpt.data.bigbench import prefetch_tasks
-
-        prefetch_tasks(s.tasks)
-        tasks = [accuracy.load_task_data(name, sizes) for name in s.tasks]
+        tasks, run.settings["task_source"] = accuracy.candidate_tasks(s.tasks, sizes, args.fetch_bigbench)
     for task in tasks:
         started = time.monotonic()
         run_task(model, task, s, run)

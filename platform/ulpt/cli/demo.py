@@ -26,9 +26,12 @@ def demo(
         "(it runs on 127.0.0.1 for the demo), as a user of a deployed service would.",
     ),
 ) -> None:
-    """Train adapters on BIG-bench with SmolLM2, compare them with zero-shot, answer in one mixed batch.
+    """Train adapters with SmolLM2 on tasks ulpt generates, compare them with zero-shot, answer in one
+    mixed batch, serve them.
 
-    Writes the accuracy table also as JSON to $ULPT_HOME/demo/results.json.
+    Writes the accuracy table also as JSON to $ULPT_HOME/demo/results.json. The full demo exits
+    non-zero when an adapter does not beat the better of zero-shot and the best constant answer by
+    10 points on its held-out rows; --smoke only checks that every phase runs. Nothing is downloaded.
     """
     from ulpt.demo import run_demo
 

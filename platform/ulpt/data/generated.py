@@ -9,6 +9,12 @@ The tasks are chosen so that a prompt adapter has something to learn that the fr
 guess from the input alone: the input never says what is asked (which operation, which label names),
 and every row is scored against its own `choices` (accuracy is BIG-bench's multiple-choice scoring,
 `ulpt.training.evaluate`), so zero-shot sits near chance and so does the best constant answer.
+
+Measured on SmolLM2-135M at the demo's budget (40 steps of 4 rows, 100 test rows), zero-shot -> PT
+(lr 0.03) / ULPT r=2 (lr 0.3): sum-of-pair 0.04 -> 0.95 / 0.07, largest 0.18 -> 0.85 / 0.37,
+category-code 0.39 -> 0.55 / 0.18, compare 0.47 -> 0.75 / 0.59. Dropped: a unit conversion whose
+choices differ in length (summed log-probabilities pick the shortest: 0.00 for every method) and
+a parity task no method learned in that budget.
 """
 
 from __future__ import annotations
@@ -70,28 +76,10 @@ def _category_code(rng: random.Random) -> Row:
     return _row(f"{first}, {second} ->", code, sorted(_CATEGORIES), rng)
 
 
-_UNITS = (("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("l", "ml", 1000), ("cm", "mm", 10))
-
-
-def _unit_conversion(rng: random.Random) -> Row:
-    """A metric quantity and a target unit, with the conversion's factor off by ten as distractors."""
-    source, target, factor = rng.choice(_UNITS)
-    value = rng.randint(2, 299)
-    right = value * factor
-    candidates = [str(right), str(right * 10), str(right // 10), str(value)]
-    return _row(f"{value} {source} in {target}:", str(right), candidates, rng)
-
-
 def _compare(rng: random.Random) -> Row:
     """Two numbers: the answer says which is larger with two arbitrary words."""
     a, b = rng.sample(range(100, 1000), 2)
     return _row(f"{a} {b} ->", "left" if a > b else "right", ["left", "right"], rng)
-
-
-def _parity_code(rng: random.Random) -> Row:
-    """A number: an arbitrary word for even, another for odd."""
-    n = rng.randint(100, 9999)
-    return _row(f"{n} ->", "sun" if n % 2 == 0 else "moon", ["sun", "moon"], rng)
 
 
 TASKS: dict[str, GeneratedTask] = {
@@ -102,11 +90,7 @@ TASKS: dict[str, GeneratedTask] = {
         ),
         GeneratedTask("largest", "the largest of four 2-digit numbers", _largest, 100_000),
         GeneratedTask("category-code", "the code word of the kind two words share", _category_code, 800),
-        GeneratedTask("unit-conversion", "a metric quantity in a smaller unit", _unit_conversion, 1400),
         GeneratedTask("compare", "which of two numbers is larger, in two code words", _compare, 100_000),
-        GeneratedTask(
-            "parity-code", "whether a number is even or odd, in two code words", _parity_code, 9000
-        ),
     )
 }
 
