@@ -30,7 +30,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from ulpt.models import BaseModel, load_base_model
-from ulpt.models.precision import resolve_dtype
+from ulpt.models.precision import require_cuda, resolve_dtype
 from ulpt.registry import Registry
 from ulpt_serving import answers, openapi, responses
 from ulpt_serving.admission import Admission
@@ -71,12 +71,14 @@ class Dependencies:
 
 
 def default_model(config: ServeConfig) -> BaseModel:
-    """The base model in `config.dtype`, on a GPU when the replica reserves one and CUDA is there;
+    """The base model in `config.dtype`, on a GPU when the replica reserves one (an error without CUDA);
     built on the node's shared copy of the weights unless `share_weights` is off.
 
     When vLLM may decode, it holds the weights on the GPU itself: ulpt's copy (tokenizer, embedding
     table) stays on the CPU, in the dtype ulpt would have picked for that GPU (vLLM runs in it)."""
-    gpu = config.num_gpus > 0 and torch.cuda.is_available()
+    gpu = config.num_gpus > 0
+    if gpu:  # a replica that reserved a GPU and has none fails here instead of serving on the CPU
+        require_cuda(torch.device("cuda"), f"num_gpus={config.num_gpus:g}")
     dtype: str = config.dtype
     if gpu and may_use_vllm(config):
         gpu, dtype = False, DTYPE_NAMES[resolve_dtype(config.dtype, torch.device("cuda"))]

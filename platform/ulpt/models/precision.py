@@ -13,12 +13,13 @@ do not change with the default.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import torch
 from pydantic import AfterValidator, Field
 
-from ulpt.errors import SpecError
+from ulpt.errors import SpecError, UlptError
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -54,6 +55,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise SpecError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+
+
+def require_cuda(device: torch.device, asked_by: str) -> torch.device:
+    """`device` when it is a usable CUDA device, else a one-line error naming what asked for a GPU.
+
+    A job with `use_gpu: true` or a replica with `num_gpus` > 0 that lands where CUDA is unavailable (a
+    driver too old for the image's CUDA build, a mis-scheduled pod) must stop: on the CPU it would
+    train or serve in float32 at a fraction of the speed and still report success.
+    """
+    if device.type == "cuda" and torch.cuda.is_available():
+        return device
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raise UlptError(
+        f"{asked_by} asks for a GPU, but this process has no usable CUDA device "
+        f"(torch {torch.__version__}, {build}, {torch.cuda.device_count()} device(s) visible"
+        + (f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
+        + "): check the node's NVIDIA driver and the pod's GPU request"
+    )
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
