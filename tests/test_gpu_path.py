@@ -1,13 +1,16 @@
 """What a first GPU user relies on, checked on a CPU-only machine: a job or replica that asked for a
-GPU fails in one line when it has none, instead of running on the CPU in float32 and reporting done."""
+GPU fails in one line when it has none, instead of running on the CPU in float32 and reporting done;
+vLLM compiles on a GPU and claims only the replica's share of its memory."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+import ulpt
 from ulpt.errors import UlptError
 from ulpt.models.precision import require_cuda
 from ulpt_serving.config import ServeConfig
@@ -36,3 +39,53 @@ def test_a_replica_that_reserved_a_gpu_does_not_serve_on_the_cpu(tiny_model_dirs
     config = ServeConfig(model=str(tiny_model_dirs["llama"]), num_gpus=0.5, engine="native")
     with pytest.raises(UlptError, match=r"num_gpus=0\.5 asks for a GPU"):
         default_model(config)
+
+
+def _vllm_args(model: ulpt.BaseModel, on_cpu: bool, **config: Any) -> Any:
+    pytest.importorskip("vllm", reason="the vllm extra is not installed (make test installs it)")
+    from ulpt_serving.vllm_engine import engine_args
+
+    assert model.path is not None
+    return engine_args(ServeConfig(model=str(model.path), **config), model, on_cpu=on_cpu)
+
+
+def test_vllm_compiles_on_a_gpu_although_ulpts_own_copy_of_the_model_is_on_the_cpu(
+    tiny_models: dict[str, ulpt.BaseModel],
+) -> None:
+    model = tiny_models["llama"]
+    assert model.device.type == "cpu"  # what a replica keeps beside vLLM
+    assert _vllm_args(model, on_cpu=False, num_gpus=1).enforce_eager is False
+    assert _vllm_args(model, on_cpu=True).enforce_eager is True
+
+
+def test_vllm_replicas_that_split_a_gpu_each_claim_their_share(
+    tiny_models: dict[str, ulpt.BaseModel],
+) -> None:
+    model = tiny_models["llama"]
+    assert _vllm_args(model, on_cpu=False, num_gpus=1).gpu_memory_utilization == pytest.approx(0.9)
+    assert _vllm_args(model, on_cpu=False, num_gpus=0.5).gpu_memory_utilization == pytest.approx(0.45)
+    asked = _vllm_args(model, on_cpu=False, num_gpus=0.5, vllm_gpu_memory_utilization=0.3)
+    assert asked.gpu_memory_utilization == pytest.approx(0.3)
+
+
+def test_vllm_on_a_cpu_sizes_its_cache_instead_of_demanding_most_of_the_ram_free(
+    tiny_models: dict[str, ulpt.BaseModel],
+) -> None:
+    from ulpt_serving.vllm_memory import kv_bytes_per_token
+
+    model = tiny_models["llama"]
+    args = _vllm_args(model, on_cpu=True, max_batch_size=4)
+    per_token = kv_bytes_per_token(model.config, model.token_embeddings.dtype)
+    # an explicit cache size is what makes vLLM's CPU worker skip its "0.9 of RAM free" start check
+    assert args.kv_cache_memory_bytes == 4 * args.max_model_len * per_token
+    assert _vllm_args(model, on_cpu=True, vllm_cpu_kv_cache_gib=0.5).kv_cache_memory_bytes == 1 << 29
+    assert _vllm_args(model, on_cpu=False, num_gpus=1).kv_cache_memory_bytes is None  # a GPU: the share
+
+
+def test_memory_vllm_cannot_have_is_refused_in_one_line_before_it_starts() -> None:
+    from ulpt_serving.vllm_memory import check_free_memory
+
+    with pytest.raises(UlptError, match=r"vLLM needs \d+\.\d GiB of RAM .* are available") as caught:
+        check_free_memory(True, 1 << 60, 0.9)
+    assert "\n" not in str(caught.value)
+    check_free_memory(True, 1 << 20, 0.9)  # a MiB is there
