@@ -23,11 +23,12 @@ from typing import Any
 import torch
 
 from ulpt.adapters import Adapter
-from ulpt.models.batch import PackedInputs, RowPrompts, pack_rows, pad_ids
+from ulpt.models.batch import PackedInputs, RowPrompts, StagedGrid, StagedTokens, pack_rows, pad_ids
 from ulpt.models.fingerprint import state_fingerprint, weights_fingerprint
 from ulpt.models.output import Generation, OutputText, eos_token_ids
 from ulpt.models.prefix import CachedPrompt
 from ulpt.models.sampling import RowSampler, SamplingParams
+from ulpt.models.transfer import Staging
 
 PromptSource = Adapter | torch.Tensor | None
 """An adapter, an already materialized [n, d] prompt, or None for the bare base model."""
@@ -53,6 +54,17 @@ class Decoding:
         if self.cache is not None:
             self.cache.batch_select_indices(index)
         self.mask = self.mask.index_select(0, index)
+
+
+@dataclass
+class TeacherForcing:
+    """A batch's inputs and targets staged for the device (`models.transfer`), so a training step
+    copies every chunk's ids in one transfer before its first forward pass."""
+
+    tokens: StagedTokens  # what the forward pass embeds (decoder-only: input ⊕ target; T5: the input)
+    targets: StagedGrid  # [B, K] target ids
+    mask: StagedGrid  # [B, K] 1 = a real target
+    decoder_ids: StagedGrid | None = None  # [B, K] T5: the start token and every target but the last
 
 
 class BaseModel(ABC):
@@ -100,13 +112,18 @@ class BaseModel(ABC):
         """Feed [B, L] more tokens per row (right padding allowed on a last step); return [B, L, V]."""
 
     @abstractmethod
-    def _teacher_forced(
+    def _stage_targets(
         self,
-        prompts: Sequence[RowSource] | RowPrompts,
+        prompt_lengths: Sequence[int],
         input_ids: Sequence[Sequence[int]],
         target_ids: Sequence[Sequence[int]],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits [B, K, V], targets [B, K], mask [B, K]) of every target position in one forward pass."""
+        staging: Staging,
+    ) -> TeacherForcing:
+        """The ids `_teacher_forced` reads, added to `staging` (host work only, no device copy)."""
+
+    @abstractmethod
+    def _teacher_forced(self, prompts: RowPrompts, forcing: TeacherForcing) -> torch.Tensor:
+        """Logits [B, K, V] of every target position of `forcing`, in one forward pass."""
 
     @property
     def device(self) -> torch.device:
@@ -167,16 +184,22 @@ class BaseModel(ABC):
         """Each prompt with its per-layer keys and values, to reuse across requests (see `models.prefix`)."""
         raise ValueError(f"{self.name}: prefix caching needs a decoder-only model without sliding windows")
 
-    def _pack(
-        self, prompts: Sequence[RowSource] | RowPrompts, input_ids: Sequence[Sequence[int]]
-    ) -> PackedInputs:
+    def _row_prompts(self, prompts: Sequence[RowSource] | RowPrompts) -> RowPrompts:
         if not isinstance(prompts, RowPrompts):
-            prompts = RowPrompts.of([self._prompt(p) for p in prompts])
-        elif prompts.embeds is not None and prompts.embeds.shape[-1] != self.hidden_size:
+            return RowPrompts.of([self._prompt(p) for p in prompts])
+        if prompts.embeds is not None and prompts.embeds.shape[-1] != self.hidden_size:
             raise ValueError(
                 f"prompt width {prompts.embeds.shape[-1]} does not match the model's hidden size "
                 f"{self.hidden_size}"
             )
+        return prompts
+
+    def _pack(
+        self, prompts: Sequence[RowSource] | RowPrompts, input_ids: Sequence[Sequence[int]] | StagedTokens
+    ) -> PackedInputs:
+        prompts = self._row_prompts(prompts)
+        if not isinstance(input_ids, StagedTokens):
+            input_ids = StagedTokens.stage(prompts.lengths, input_ids, Staging(self.device))
         return pack_rows(
             prompts,
             input_ids,
@@ -201,10 +224,30 @@ class BaseModel(ABC):
         teacher-forced forward pass (in decoder-only models only the K positions that predict targets
         reach the LM head, which matters with a 50k vocabulary).
         """
+        rows = self._row_prompts(prompts)
+        forcing = self.stage_targets(rows.lengths, input_ids, target_ids, Staging(self.device))
+        return self.staged_target_logprobs(rows, forcing)
+
+    def stage_targets(
+        self,
+        prompt_lengths: Sequence[int],
+        input_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]],
+        staging: Staging,
+    ) -> TeacherForcing:
+        """Stage a batch for `staged_target_logprobs`: a training step stages all its chunks, then
+        their ids reach the device in one copy."""
         if any(len(t) == 0 for t in target_ids):
             raise ValueError("every row needs at least one target token")
-        logits, targets, mask = self._teacher_forced(prompts, input_ids, target_ids)
-        logp = _pick(logits, targets)  # float32 whatever the base's dtype
+        return self._stage_targets(prompt_lengths, input_ids, target_ids, staging)
+
+    def staged_target_logprobs(
+        self, prompts: RowPrompts, forcing: TeacherForcing
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`target_logprobs` of a staged batch whose prompts have `stage_targets`'s lengths."""
+        logits = self._teacher_forced(self._row_prompts(prompts), forcing)
+        mask = forcing.mask.tensor()
+        logp = _pick(logits, forcing.targets.tensor())  # float32 whatever the base's dtype
         return logp * mask, mask
 
     @torch.no_grad()

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from ulpt.models.base import BaseModel, Decoding, PromptSource, RowSource
-from ulpt.models.batch import RowPrompts, pad_ids
+from ulpt.models.base import BaseModel, Decoding, PromptSource, RowSource, TeacherForcing
+from ulpt.models.batch import RowPrompts, StagedGrid, StagedTokens
 from ulpt.models.cachearg import cache_kwargs
 from ulpt.models.prefix import CachedPrompt, compute_prefixes, prefix_batch, supports_prefix_cache
+from ulpt.models.transfer import Staging
 
 
 @dataclass
@@ -56,7 +57,7 @@ class CausalModel(BaseModel):
     def prefill(
         self,
         sources: Sequence[RowSource] | RowPrompts,
-        input_ids: Sequence[Sequence[int]],
+        input_ids: Sequence[Sequence[int]] | StagedTokens,
         *,
         keep: int = 1,
         use_cache: bool = True,
@@ -67,9 +68,8 @@ class CausalModel(BaseModel):
         """
         prefixes: list[CachedPrompt | None] = [None] * len(input_ids)
         if not isinstance(sources, RowPrompts) and use_cache:
-            prefixes = [
-                s if isinstance(s, CachedPrompt) and ids else None for s, ids in zip(sources, input_ids)
-            ]
+            counts = input_ids.token_counts if isinstance(input_ids, StagedTokens) else map(len, input_ids)
+            prefixes = [s if isinstance(s, CachedPrompt) and n else None for s, n in zip(sources, counts)]
             sources = [None if c is not None else s for c, s in zip(prefixes, sources)]
         packed = self._pack(sources, input_ids)
         mask, position_ids = packed.attention_mask, packed.position_ids
@@ -105,16 +105,22 @@ class CausalModel(BaseModel):
         state.logits = logits
         return logits
 
-    def _teacher_forced(
+    def _stage_targets(
         self,
-        prompts: Sequence[RowSource] | RowPrompts,
+        prompt_lengths: Sequence[int],
         input_ids: Sequence[Sequence[int]],
         target_ids: Sequence[Sequence[int]],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Input and target in one sequence; the last K + 1 positions' logits, less the last one."""
-        k = max(len(t) for t in target_ids)
+        staging: Staging,
+    ) -> TeacherForcing:
+        """Input and target in one sequence; targets and their mask left-padded like the rows."""
         rows = [[*i, *t] for i, t in zip(input_ids, target_ids)]
-        logits = self.prefill(prompts, rows, keep=k + 1, use_cache=False).logits[:, :k]
-        targets = pad_ids(target_ids, self.pad_id, left=True, device=self.device)
-        mask = pad_ids([[1] * len(t) for t in target_ids], 0, left=True, device=self.device)
-        return logits, targets, mask
+        return TeacherForcing(
+            StagedTokens.stage(prompt_lengths, rows, staging),
+            StagedGrid.stage(target_ids, self.pad_id, left=True, staging=staging),
+            StagedGrid.stage([[1] * len(t) for t in target_ids], 0, left=True, staging=staging),
+        )
+
+    def _teacher_forced(self, prompts: RowPrompts, forcing: TeacherForcing) -> torch.Tensor:
+        """The last K + 1 positions' logits, less the last one (only they reach the LM head)."""
+        k = forcing.targets.width
+        return self.prefill(prompts, forcing.tokens, keep=k + 1, use_cache=False).logits[:, :k]

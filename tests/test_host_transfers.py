@@ -1,0 +1,82 @@
+"""Host-to-device list conversions per packed training step: one, at 64 fits as at 4.
+
+On CUDA, `torch.tensor(python_list, device="cuda")` is a pageable copy that synchronizes the stream, so
+one per forward chunk (or per fit) keeps the host from queuing chunk i+1 while chunk i runs. Without a
+GPU the count is what can be checked: every host list that becomes a tensor passes through
+`aten.lift_fresh`, which a dispatch mode counts during one steady-state step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ulpt
+from tests.test_training import sentiment_rows
+from ulpt.training import FitRequest, PackedTrainer, TrainConfig
+from ulpt.training.api import prepare_fit
+from ulpt.training.packed import FitState
+
+
+class CountListConversions(TorchDispatchMode):
+    """Counts tensors made from host data (`torch.tensor(list)`, `as_tensor`, `new_tensor`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten.lift_fresh.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def fits(model: ulpt.BaseModel, count: int) -> list[FitState]:
+    methods = ["ulpt", "pt"]  # two stacks
+    return [
+        prepare_fit(
+            model,
+            FitRequest(
+                f"fit{i}",
+                ulpt.AdapterSpec(method=methods[i % 2], n_tokens=2 + i % 3, rank=2, seed=i),
+                sentiment_rows(4, i),
+                (),
+                TrainConfig(steps=5, lr=0.05, batch_size=2, seed=i),
+            ),
+        )
+        for i in range(count)
+    ]
+
+
+def conversions_per_step(model: ulpt.BaseModel, count: int) -> tuple[int, int]:
+    """(list conversions in one step after the first, forward chunks in it)."""
+    pack = fits(model, count)
+    trainer = PackedTrainer(model, max_rows_per_forward=4)  # several chunks per step
+    trainer.train_step(pack)  # fits join their stacks here (once per fit, not per step)
+    forwards = 0
+
+    def count_forward(*_: Any) -> None:
+        nonlocal forwards
+        forwards += 1
+
+    hook = model.hf.register_forward_pre_hook(count_forward)
+    try:
+        with CountListConversions() as counter:
+            trainer.train_step(pack)
+    finally:
+        hook.remove()
+    return counter.count, forwards
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_a_packed_step_copies_host_lists_to_the_device_a_constant_few_times(
+    tiny_models: dict[str, ulpt.BaseModel], family: str
+) -> None:
+    model = tiny_models[family]
+    few, few_chunks = conversions_per_step(model, 4)
+    many, many_chunks = conversions_per_step(model, 64)
+    assert many_chunks > few_chunks >= 2  # more fits, more forward passes
+    assert many == few == 1, (few, many)  # the step's one staged copy
