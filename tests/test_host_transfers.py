@@ -80,3 +80,40 @@ def test_a_packed_step_copies_host_lists_to_the_device_a_constant_few_times(
     many, many_chunks = conversions_per_step(model, 64)
     assert many_chunks > few_chunks >= 2  # more fits, more forward passes
     assert many == few == 1, (few, many)  # the step's one staged copy
+
+
+class CountHostReads(TorchDispatchMode):
+    """Counts device values read back by the host one scalar at a time (`.item()`, `int(t)`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def host_traffic_while_sampling(model: ulpt.BaseModel, rows: int, steps: int) -> int:
+    """Scalar reads and list copies while `rows` sampled rows (half seeded) decode `steps` tokens."""
+    batch = [(None, f"the food was {word}") for word in ["good", "bad", "fine", "cold"] * (rows // 4)]
+    params = [
+        ulpt.SamplingParams(
+            max_new_tokens=steps, temperature=0.8, top_p=0.9, seed=i if i % 2 else None, ignore_eos=True
+        )
+        for i in range(rows)
+    ]
+    with CountHostReads() as counter:
+        generations = model.generate_batch(batch, params)
+    assert all(len(g.token_ids) == steps for g in generations)
+    return counter.count
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_sampled_rows_are_chosen_on_the_device_without_a_read_per_row(
+    tiny_models: dict[str, ulpt.BaseModel], family: str
+) -> None:
+    model = tiny_models[family]
+    few, many = host_traffic_while_sampling(model, 4, 5), host_traffic_while_sampling(model, 16, 5)
+    assert many == few, (few, many)  # what is left is per forward pass (ids, transformers' mask checks)

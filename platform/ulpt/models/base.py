@@ -28,7 +28,7 @@ from ulpt.models.fingerprint import state_fingerprint, weights_fingerprint
 from ulpt.models.output import Generation, OutputText, eos_token_ids
 from ulpt.models.prefix import CachedPrompt
 from ulpt.models.sampling import RowSampler, SamplingParams
-from ulpt.models.transfer import Staging
+from ulpt.models.transfer import Staging, host_to_device
 
 PromptSource = Adapter | torch.Tensor | None
 """An adapter, an already materialized [n, d] prompt, or None for the bare base model."""
@@ -360,7 +360,8 @@ class BaseModel(ABC):
         generated = [0] * len(rows)
         live = list(range(len(rows)))  # the rows still in the tensors (their index in `rows`), in order
         while any(running):
-            tokens: list[int] = sampler.choose(logits).tolist()  # [len(live)], one device sync a step
+            chosen = sampler.choose(logits)  # [len(live)] on the device
+            tokens: list[int] = chosen.tolist()  # the step's one device sync
             emitted: dict[int, int] = {}
             for i, token in zip(live, tokens):
                 generated[i] += 1
@@ -382,9 +383,10 @@ class BaseModel(ABC):
                 # Stopped rows leave the batch: later steps cost only the rows still decoding.
                 live, tokens = [live[k] for k in keep], [tokens[k] for k in keep]
                 sampler = sampler.select(keep)
-                state.select(torch.tensor(keep, device=self.device))
-            feed = torch.tensor([[token] for token in tokens], device=self.device)
-            logits = self.step(state, feed)[:, -1]
+                index = host_to_device(keep, self.device)
+                state.select(index)
+                chosen = chosen.index_select(0, index)
+            logits = self.step(state, chosen[:, None])[:, -1]  # fed from the device, not copied back
 
 
 def _pick(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
