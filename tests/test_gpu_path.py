@@ -89,3 +89,42 @@ def test_memory_vllm_cannot_have_is_refused_in_one_line_before_it_starts() -> No
         check_free_memory(True, 1 << 60, 0.9)
     assert "\n" not in str(caught.value)
     check_free_memory(True, 1 << 20, 0.9)  # a MiB is there
+
+
+def test_auto_dtype_skips_emulated_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A T4 or V100 answers is_bf16_supported() True by emulation, which runs slower than float32."""
+    from ulpt.models.precision import resolve_dtype
+
+    def emulated_only(including_emulation: bool = True) -> bool:
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulated_only)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
+def test_float16_is_refused_for_training_in_one_line(tiny_model_dirs: dict[str, Path]) -> None:
+    from ulpt.errors import SpecError
+    from ulpt.jobspec import JobSpec
+    from ulpt.training import PackedTrainer
+
+    with pytest.raises(SpecError, match="^dtype float16 cannot train: without loss scaling"):
+        JobSpec.from_dict({"base_model": "./m", "dataset": {"path": "d.jsonl"}, "dtype": "float16"})
+    half = ulpt.load_base_model(str(tiny_model_dirs["llama"]), dtype="float16")
+    with pytest.raises(SpecError, match="float16 cannot train"):
+        PackedTrainer(half)
+    assert half.generate([(None, "the food")], max_new_tokens=2)  # serving in float16 stays allowed
+
+
+def test_shared_weights_keep_t5s_float32_modules_as_a_disk_load_does(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    from ulpt.models.shared import load_shared_base_model, pack_base_model
+
+    folder = tiny_model_dirs["t5"]
+    disk = ulpt.load_base_model(str(folder), dtype="float16")
+    shared = load_shared_base_model(pack_base_model(folder, "float16"))
+    dtypes = {name: p.dtype for name, p in disk.hf.named_parameters()}
+    assert {d for name, d in dtypes.items() if ".wo." in name} == {torch.float32}  # transformers' rule
+    assert {name: p.dtype for name, p in shared.hf.named_parameters()} == dtypes

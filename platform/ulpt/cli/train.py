@@ -104,9 +104,7 @@ def train(
     use_gpu: Annotated[bool, typer.Option("--use-gpu", help="One GPU per worker.")] = False,
     dtype: Annotated[
         str | None,
-        typer.Option(
-            help="Base model dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16."
-        ),
+        typer.Option(help="Base model dtype: auto (bfloat16 on GPU, float32 on CPU), float32 or bfloat16."),
     ] = None,
     job_name: Annotated[str | None, typer.Option("--job-name", help="Label in `ulpt jobs list`.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Run in the foreground until the job ends.")] = False,

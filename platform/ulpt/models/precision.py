@@ -7,8 +7,9 @@ the token embeddings, and log-probabilities and losses are computed in float32. 
 parameter would lose small AdamW updates to rounding; a float32 loss keeps sums over many target
 tokens exact enough to compare fits.
 
-`"auto"` picks bf16 on a CUDA device that supports it and float32 everywhere else, so CPU results
-do not change with the default.
+`"auto"` picks bf16 on a CUDA device that runs it natively (not emulated, as on T4 and V100) and
+float32 everywhere else, so CPU results do not change with the default. Training refuses float16: it
+would need loss scaling, which ulpt has not.
 """
 
 from __future__ import annotations
@@ -43,6 +44,48 @@ DtypeName = Annotated[
     Field(json_schema_extra={"enum": list(DTYPE_CHOICES)}),
 ]
 """A spec's `dtype` field: one of DTYPE_CHOICES, refused by name otherwise."""
+
+
+TRAIN_DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+"""What a training job's base model may run in: float16 would need loss scaling, which ulpt has not
+(small gradients underflow to zero in float16 and those fits silently stop learning)."""
+
+
+def check_train_dtype_name(name: str, value: object) -> str:
+    """A base model dtype a training job may use: `check_dtype_name`, float16 refused in one line."""
+    if value == "float16":
+        raise SpecError(
+            f"{name} float16 cannot train: without loss scaling small gradients underflow to zero; "
+            "use bfloat16, or float32 on a GPU without bfloat16"
+        )
+    if not isinstance(value, str) or value not in TRAIN_DTYPE_CHOICES:
+        raise SpecError(f"{name} must be one of {', '.join(TRAIN_DTYPE_CHOICES)}, got {value!r}")
+    return value
+
+
+TrainDtypeName = Annotated[
+    str,
+    AfterValidator(lambda value: check_train_dtype_name("dtype", value)),
+    Field(json_schema_extra={"enum": list(TRAIN_DTYPE_CHOICES)}),
+]
+"""A training job's `dtype` field: one of TRAIN_DTYPE_CHOICES."""
+
+
+def check_trainable(dtype: torch.dtype) -> None:
+    """Refuse to train adapters through a float16 base (see TRAIN_DTYPE_CHOICES)."""
+    if dtype == torch.float16:
+        check_train_dtype_name("dtype", "float16")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device`'s hardware runs bfloat16 natively; emulated bf16 (T4, V100) is slower than
+    float32, so "auto" does not pick it there."""
+    if device.type != "cuda":
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch from before the argument, when the answer left emulation out
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -85,6 +128,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     check_dtype_name("dtype", dtype)
     if dtype != "auto":
         return DTYPES[dtype]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if bf16_native(device):
         return torch.bfloat16
     return torch.float32

@@ -84,6 +84,7 @@ def pack_base_model(path_or_id: str | os.PathLike[str], dtype: str | torch.dtype
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{name}: no *.safetensors weights in {folder}")
+    kept = kept_in_float32(folder, target)
     layout: list[tuple[Path, str, torch.dtype, tuple[int, ...]]] = []
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
@@ -91,6 +92,8 @@ def pack_base_model(path_or_id: str | os.PathLike[str], dtype: str | torch.dtype
                 sliced = handle.get_slice(key)
                 stored = _torch_dtype(sliced.get_dtype())
                 kind = target if stored.is_floating_point else stored
+                if stored.is_floating_point and kept.intersection(key.split(".")):
+                    kind = torch.float32
                 layout.append((file, key, kind, tuple(sliced.get_shape())))
     tensors, offset = [], PAGE
     for _, key, kind, shape in layout:
@@ -111,6 +114,19 @@ def pack_base_model(path_or_id: str | os.PathLike[str], dtype: str | torch.dtype
     small = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.suffix != ".safetensors"}
     fingerprint = weights_fingerprint(files)
     return SharedBase(name, fingerprint, str(target).removeprefix("torch."), small, tuple(tensors), buffer)
+
+
+def kept_in_float32(folder: Path, dtype: torch.dtype) -> set[str]:
+    """Module names the model's class keeps in float32 when loaded in `dtype`, as `from_pretrained`
+    does (T5's `wo` in float16: its activations overflow there); the shared copy must match a disk load."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    model_class = auto_model_class(config)._model_mapping[type(config)]  # e.g. T5ForConditionalGeneration
+    kept = set(getattr(model_class, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16:
+        kept |= set(getattr(model_class, "_keep_in_fp32_modules", None) or ())
+    return kept if dtype in (torch.float16, torch.bfloat16) else set()
 
 
 def put_base_model(path_or_id: str | os.PathLike[str], dtype: str | torch.dtype = "float32") -> Any | None:

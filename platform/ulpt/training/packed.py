@@ -23,6 +23,7 @@ from ulpt.adapters import Adapter
 from ulpt.adapters.projection import make_generator
 from ulpt.models.base import BaseModel
 from ulpt.models.batch import plan_chunks
+from ulpt.models.precision import check_trainable
 from ulpt.models.transfer import Staging, host_to_device
 from ulpt.training.config import TrainConfig
 from ulpt.training.evaluate import EvalItem, evaluate
@@ -171,6 +172,7 @@ class PackedTrainer:
     def __init__(
         self, model: BaseModel, max_rows_per_forward: int = 64, max_tokens_per_forward: int | None = None
     ) -> None:
+        check_trainable(model.token_embeddings.dtype)
         self.model = model
         self.max_rows = max_rows_per_forward
         self.max_tokens = max_tokens_per_forward or self.TOKENS_PER_ROW * max_rows_per_forward
