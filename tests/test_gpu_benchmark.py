@@ -97,3 +97,23 @@ def test_training_flops_leave_out_the_embedding_lookup_and_count_the_head_on_tar
     expected = drawn * 4 * (body * tokens + vocab * hidden * targets)
     assert _gpu_flops().training_flops(model, [fit]) == pytest.approx(expected)
     assert expected < drawn * 4 * every * tokens  # what the old count (every parameter, every token) said
+
+
+def test_the_gpu_check_runs_green_on_a_cpu_at_a_small_size(tmp_path: Path) -> None:
+    """`benchmarks/gpu_check.py --device cpu`: the device check's own code, so it is known to run before
+    it meets a GPU (where it also counts syncs and measures MFU); it must not need Ray or vLLM."""
+    out = tmp_path / "check.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["imported_ray_or_vllm"] == []
+    assert {"torch", "transformers", "device"} <= set(report)
+    assert [[r["fits"] for r in t["runs"]] for t in report["training"]] == [[1, 4, 16], [1, 4]]
+    assert all(r["failed"] == 0 and r["fits_per_s"] > 0 for t in report["training"] for r in t["runs"])
+    assert all(check["greedy_steps"] == 32 for check in report["mixed_vs_solo_bf16"])
