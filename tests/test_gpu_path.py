@@ -128,3 +128,18 @@ def test_shared_weights_keep_t5s_float32_modules_as_a_disk_load_does(
     dtypes = {name: p.dtype for name, p in disk.hf.named_parameters()}
     assert {d for name, d in dtypes.items() if ".wo." in name} == {torch.float32}  # transformers' rule
     assert {name: p.dtype for name, p in shared.hf.named_parameters()} == dtypes
+
+
+def test_a_gpu_job_may_give_each_worker_a_fraction_of_a_gpu(tmp_path: Path) -> None:
+    from ulpt.errors import SpecError
+    from ulpt.jobspec import JobSpec
+    from ulpt_jobs.driver import JobTarget, _trainer
+
+    base = {"base_model": "./m", "dataset": {"path": "d.jsonl"}, "use_gpu": True}
+    spec = JobSpec.from_dict({**base, "gpus_per_worker": 0.25, "num_workers": 4})
+    target = JobTarget(None, "sqlite://", str(tmp_path), tmp_path)  # type: ignore[arg-type]  # not opened
+    scaling = _trainer(target, "job", spec, 0).scaling_config
+    assert scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1, "GPU": 0.25}
+    assert JobSpec.from_dict(base).gpus_per_worker == 1.0
+    with pytest.raises(SpecError, match="gpus_per_worker must be at most 1 or a whole number"):
+        JobSpec.from_dict({**base, "gpus_per_worker": 1.5})

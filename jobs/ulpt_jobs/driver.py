@@ -221,7 +221,7 @@ def _trainer(target: JobTarget, job_id: str, spec: JobSpec, attempt: int, weight
         threads=spec.cpus_per_worker,
         shared_weights=weights,
     )
-    resources = {"CPU": spec.cpus_per_worker} | ({"GPU": 1} if spec.use_gpu else {})
+    resources = {"CPU": spec.cpus_per_worker} | ({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})
     # Not TorchTrainer: its torch.distributed process group, set up and torn down with every job (3 s
     # of an idle 2-CPU machine, 13-15 s of a busy one), would serve one barrier; workers train their
     # own fits and meet only in the catalog, and `ray.train.collective.barrier` needs no group.

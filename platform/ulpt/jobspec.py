@@ -186,6 +186,9 @@ class JobSpec(SpecModel):
     """CPUs (and torch threads) per worker."""
     use_gpu: bool = False
     """Give each worker a GPU (where Ray has them); the base model runs on it, else on the CPU."""
+    gpus_per_worker: float = Field(default=1.0, gt=0, le=64)
+    """GPUs Ray reserves per worker with use_gpu: a fraction (0.25: four workers share a GPU, each with
+    its own copy of the base) or a whole number."""
     dtype: TrainDtypeName = "auto"
     """The frozen base model's dtype: auto (bfloat16 on a GPU that runs it natively, else float32),
     float32 or bfloat16 (float16 is refused: it would need loss scaling). Adapters always train in
@@ -205,6 +208,15 @@ class JobSpec(SpecModel):
             value, (JobAdapterSpec, JobTrainConfig)
         ):
             return value.model_dump()
+        return value
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and not value.is_integer():
+            raise SpecError(
+                f"gpus_per_worker must be at most 1 or a whole number (as Ray's GPUs), got {value:g}"
+            )
         return value
 
     @model_validator(mode="after")
