@@ -143,3 +143,18 @@ def test_a_gpu_job_may_give_each_worker_a_fraction_of_a_gpu(tmp_path: Path) -> N
     assert JobSpec.from_dict(base).gpus_per_worker == 1.0
     with pytest.raises(SpecError, match="gpus_per_worker must be at most 1 or a whole number"):
         JobSpec.from_dict({**base, "gpus_per_worker": 1.5})
+
+
+def test_a_vllm_replica_on_a_gpu_keeps_only_the_embedding_table_on_the_host(
+    tiny_models: dict[str, ulpt.BaseModel],
+) -> None:
+    """vLLM holds the weights on the GPU; the replica needs its tokenizer and table, not a second copy."""
+    full = tiny_models["llama"]
+    assert full.path is not None
+    table_only = ulpt.load_base_model(str(full.path), dtype="float32", embeddings_only=True)
+    params = sum(p.numel() for p in table_only.hf.parameters())
+    assert params < 0.75 * sum(p.numel() for p in full.hf.parameters())
+    assert params <= full.token_embeddings.numel() + full.hidden_size  # the table and the final norm
+    assert torch.equal(table_only.token_embeddings, full.token_embeddings)
+    assert table_only.encode("the food was good") == full.encode("the food was good")
+    assert table_only.config.max_position_embeddings == full.config.max_position_embeddings

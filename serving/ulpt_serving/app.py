@@ -74,15 +74,17 @@ def default_model(config: ServeConfig) -> BaseModel:
     """The base model in `config.dtype`, on a GPU when the replica reserves one (an error without CUDA);
     built on the node's shared copy of the weights unless `share_weights` is off.
 
-    When vLLM may decode, it holds the weights on the GPU itself: ulpt's copy (tokenizer, embedding
-    table) stays on the CPU, in the dtype ulpt would have picked for that GPU (vLLM runs in it)."""
+    When vLLM may decode on the GPU, it holds the weights there itself: ulpt's copy stays on the CPU
+    without its transformer layers (tokenizer, embedding table: all the replica uses), in the dtype
+    ulpt would have picked for that GPU (vLLM runs in it)."""
     gpu = config.num_gpus > 0
     if gpu:  # a replica that reserved a GPU and has none fails here instead of serving on the CPU
         require_cuda(torch.device("cuda"), f"num_gpus={config.num_gpus:g}")
-    dtype: str = config.dtype
     if gpu and may_use_vllm(config):
-        gpu, dtype = False, DTYPE_NAMES[resolve_dtype(config.dtype, torch.device("cuda"))]
+        dtype = DTYPE_NAMES[resolve_dtype(config.dtype, torch.device("cuda"))]
+        return load_base_model(config.model, device="cpu", dtype=dtype, embeddings_only=True)
     device = torch.device("cuda" if gpu else "cpu")
+    dtype: str = config.dtype
     if config.share_weights:
         return shared_base_model(config.model, dtype, device)
     return load_base_model(config.model, device=device, dtype=dtype)
