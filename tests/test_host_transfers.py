@@ -117,3 +117,32 @@ def test_sampled_rows_are_chosen_on_the_device_without_a_read_per_row(
     model = tiny_models[family]
     few, many = host_traffic_while_sampling(model, 4, 5), host_traffic_while_sampling(model, 16, 5)
     assert many == few, (few, many)  # what is left is per forward pass (ids, transformers' mask checks)
+
+
+def host_copies_per_checkpoint(model: ulpt.BaseModel, count: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Device-to-host copies while one checkpoint of `count` fits (stacked and one unstacked) encodes."""
+    from ulpt.training import checkpoint
+
+    pack = fits(model, count)
+    PackedTrainer(model, max_rows_per_forward=4).train_step(pack[1:])  # pack[0] never stacked
+    copies = 0
+    to_host = checkpoint.to_host
+
+    def counted(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal copies
+        copies += 1
+        return to_host(tensor)
+
+    monkeypatch.setattr(checkpoint, "to_host", counted)
+    blob = checkpoint.encode({f.key: [f] for f in pack})
+    assert set(checkpoint.decode(blob)) == {f.key for f in pack}
+    return copies
+
+
+def test_a_checkpoint_copies_each_part_to_the_host_once_for_the_whole_pack(
+    tiny_models: dict[str, ulpt.BaseModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_models["llama"]
+    layouts = 6  # ulpt and pt at 2, 3 and 4 prompt tokens
+    few, many = (host_copies_per_checkpoint(model, n, monkeypatch) for n in (8, 64))
+    assert few == many == 4 * layouts  # parameters, best parameters and the two moments, per layout

@@ -62,3 +62,9 @@ class Staging:
         self._uploaded = host_to_device(self._values, self.device)
         self._uploaded_count = len(self._values)
         self.transfers += 1
+
+
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` copied to the CPU: the one device-to-host copy of a checkpoint part, made for a whole
+    pack at once (each copy waits for the device, so one per fit would be one sync per fit)."""
+    return tensor.detach().to("cpu")
