@@ -158,3 +158,30 @@ def test_a_vllm_replica_on_a_gpu_keeps_only_the_embedding_table_on_the_host(
     assert torch.equal(table_only.token_embeddings, full.token_embeddings)
     assert table_only.encode("the food was good") == full.encode("the food was good")
     assert table_only.config.max_position_embeddings == full.config.max_position_embeddings
+
+
+def test_gpu_workers_load_straight_to_their_device_instead_of_through_the_head(
+    tiny_model_dirs: dict[str, Path],
+) -> None:
+    """Packing the model in the driver and putting it in the head's object store would cost about twice
+    the model on an 8 GiB head pod, for workers that copy it to their GPU anyway."""
+    from ulpt.jobspec import JobSpec
+    from ulpt_jobs.driver import share_weights
+
+    base = {"base_model": str(tiny_model_dirs["llama"]), "dataset": {"path": "d.jsonl"}, "num_workers": 4}
+    assert share_weights(JobSpec.from_dict({**base, "use_gpu": True})) is None  # no Ray here: nothing put
+
+
+def test_a_model_too_large_for_the_object_store_is_never_packed(
+    tiny_model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ulpt.models import shared
+
+    folder = tiny_model_dirs["llama"]
+    assert shared.packed_nbytes(folder, "bfloat16") == shared.pack_base_model(folder, "bfloat16").nbytes
+
+    def pack_nothing(*_: Any) -> None:
+        raise AssertionError("the model was packed before its size was checked")
+
+    monkeypatch.setattr(shared, "pack_base_model", pack_nothing)
+    assert shared.put_base_model(folder, "bfloat16", free_bytes=shared.packed_nbytes(folder) / 4) is None
