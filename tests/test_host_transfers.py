@@ -146,3 +146,35 @@ def test_a_checkpoint_copies_each_part_to_the_host_once_for_the_whole_pack(
     layouts = 6  # ulpt and pt at 2, 3 and 4 prompt tokens
     few, many = (host_copies_per_checkpoint(model, n, monkeypatch) for n in (8, 64))
     assert few == many == 4 * layouts  # parameters, best parameters and the two moments, per layout
+
+
+class CountOps(TorchDispatchMode):
+    """Counts every tensor op (each a kernel launch on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_to_assemble_prefixes(model: ulpt.BaseModel, rows: int) -> int:
+    from ulpt.models.prefix import prefix_batch
+
+    adapters = [
+        ulpt.Adapter.create(ulpt.AdapterSpec(n_tokens=n, seed=n), model.hidden_size) for n in (3, 5, 8)
+    ]
+    cached = model.cache_prompts(adapters)
+    prefixes = [cached[i % 3] for i in range(rows)]  # three prompt lengths, however many rows
+    with CountOps() as counter:
+        prefix_batch(model.hf, prefixes, model.pad_multiple)
+    return counter.count
+
+
+def test_a_batch_assembles_its_cached_prefixes_per_length_not_per_row_and_layer(
+    tiny_models: dict[str, ulpt.BaseModel],
+) -> None:
+    model = tiny_models["llama"]
+    assert ops_to_assemble_prefixes(model, 4) == ops_to_assemble_prefixes(model, 48)
