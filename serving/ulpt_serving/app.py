@@ -81,13 +81,12 @@ def default_model(config: ServeConfig) -> BaseModel:
     if gpu:  # a replica that reserved a GPU and has none fails here instead of serving on the CPU
         require_cuda(torch.device("cuda"), f"num_gpus={config.num_gpus:g}")
     if gpu and may_use_vllm(config):
-        dtype = DTYPE_NAMES[resolve_dtype(config.dtype, torch.device("cuda"))]
-        return load_base_model(config.model, device="cpu", dtype=dtype, embeddings_only=True)
+        vllm_dtype = DTYPE_NAMES[resolve_dtype(config.dtype, torch.device("cuda"))]
+        return load_base_model(config.model, device="cpu", dtype=vllm_dtype, embeddings_only=True)
     device = torch.device("cuda" if gpu else "cpu")
-    dtype: str = config.dtype
     if config.share_weights:
-        return shared_base_model(config.model, dtype, device)
-    return load_base_model(config.model, device=device, dtype=dtype)
+        return shared_base_model(config.model, config.dtype, device)
+    return load_base_model(config.model, device=device, dtype=config.dtype)
 
 
 @api.exception_handler(ApiError)

@@ -24,11 +24,12 @@ import torch
 
 from ulpt.adapters import Adapter
 from ulpt.models.batch import PackedInputs, RowPrompts, StagedGrid, StagedTokens, pack_rows, pad_ids
+from ulpt.models.decode import decode_rows
 from ulpt.models.fingerprint import state_fingerprint, weights_fingerprint
 from ulpt.models.output import Generation, OutputText, eos_token_ids
 from ulpt.models.prefix import CachedPrompt
-from ulpt.models.sampling import RowSampler, SamplingParams
-from ulpt.models.transfer import Staging, host_to_device
+from ulpt.models.sampling import SamplingParams
+from ulpt.models.transfer import Staging
 
 PromptSource = Adapter | torch.Tensor | None
 """An adapter, an already materialized [n, d] prompt, or None for the bare base model."""
@@ -324,7 +325,6 @@ class BaseModel(ABC):
         """A row's text, stop strings and finish reason as its tokens arrive (see `OutputText`)."""
         return OutputText(self.tokenizer, params, self.eos_ids, every_token=every_token)
 
-    @torch.no_grad()
     def iter_generate(
         self,
         rows: Sequence[Row],
@@ -343,50 +343,7 @@ class BaseModel(ABC):
         for the next one; the loop then reads stop strings there instead of detokenizing twice.
         A row with no input at all (no prompt and no text) has nothing to continue from and is refused.
         """
-        if len(rows) != len(params):
-            raise ValueError("one SamplingParams per row")
-        if not rows:
-            return
-        sampler = RowSampler(list(params))
-        input_ids = [self._input_ids(row_input) for _, row_input in rows]
-        empty = [i for i, ((p, _), ids) in enumerate(zip(rows, input_ids)) if p is None and not ids]
-        if empty:
-            raise ValueError(f"row {empty[0]} has no input tokens (no prompt and an empty text)")
-        filled_here = outputs is None
-        texts = outputs if outputs is not None else [self.output_text(p) for p in params]
-        state = self.prefill([p for p, _ in rows], input_ids)
-        logits = state.logits[:, -1]
-        running = [p.max_new_tokens > 0 for p in params]
-        generated = [0] * len(rows)
-        live = list(range(len(rows)))  # the rows still in the tensors (their index in `rows`), in order
-        while any(running):
-            chosen = sampler.choose(logits)  # [len(live)] on the device
-            tokens: list[int] = chosen.tolist()  # the step's one device sync
-            emitted: dict[int, int] = {}
-            for i, token in zip(live, tokens):
-                generated[i] += 1
-                emitted[i] = token
-                ends = token in self.eos_ids and not params[i].ignore_eos
-                if ends or generated[i] >= params[i].max_new_tokens:
-                    running[i] = False
-                elif params[i].stop and filled_here:
-                    texts[i].add(token)
-            yield emitted  # a caller's `outputs` take the tokens here
-            for i in emitted:
-                running[i] = running[i] and not texts[i].stopped
-            for i in abandoned() if abandoned is not None else ():
-                running[i] = False
-            if not any(running):
-                break
-            keep = [k for k, i in enumerate(live) if running[i]]
-            if len(keep) < len(live):
-                # Stopped rows leave the batch: later steps cost only the rows still decoding.
-                live, tokens = [live[k] for k in keep], [tokens[k] for k in keep]
-                sampler = sampler.select(keep)
-                index = host_to_device(keep, self.device)
-                state.select(index)
-                chosen = chosen.index_select(0, index)
-            logits = self.step(state, chosen[:, None])[:, -1]  # fed from the device, not copied back
+        return decode_rows(self, rows, params, abandoned, outputs)
 
 
 def _pick(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
