@@ -104,8 +104,8 @@ def serve(
     _check_finite("--batch-wait-ms", batch_wait_ms, 60_000)
     _check_finite("--num-cpus", num_cpus, 1e6)
     _check_finite("--num-gpus", num_gpus, 1e6)
-    if vllm_gpu_memory_share is not None:
-        _check_finite("--vllm-gpu-memory-share", vllm_gpu_memory_share, 1.0)
+    if vllm_gpu_memory_share is not None and not 0 < vllm_gpu_memory_share <= 1:  # NaN fails too
+        raise SpecError(f"--vllm-gpu-memory-share must be a number in (0, 1], got {vllm_gpu_memory_share}")
     check_dtype_name("--dtype", dtype)
     if engine not in ENGINES:
         raise SpecError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
