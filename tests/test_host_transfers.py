@@ -3,7 +3,8 @@
 On CUDA, `torch.tensor(python_list, device="cuda")` is a pageable copy that synchronizes the stream, so
 one per forward chunk (or per fit) keeps the host from queuing chunk i+1 while chunk i runs. Without a
 GPU the count is what can be checked: every host list that becomes a tensor passes through
-`aten.lift_fresh`, which a dispatch mode counts during one steady-state step.
+`aten.lift_fresh`, and every value read back to the host (`.item()`, `bool(t)`: a sync on CUDA)
+through `aten._local_scalar_dense`, which a dispatch mode counts during one steady-state step.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ class CountListConversions(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.reads = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func is torch.ops.aten.lift_fresh.default:
             self.count += 1
+        elif func is torch.ops.aten._local_scalar_dense.default:  # `.item()`, `bool(t)`: a sync on CUDA
+            self.reads += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -51,8 +55,8 @@ def fits(model: ulpt.BaseModel, count: int) -> list[FitState]:
     ]
 
 
-def conversions_per_step(model: ulpt.BaseModel, count: int) -> tuple[int, int]:
-    """(list conversions in one step after the first, forward chunks in it)."""
+def conversions_per_step(model: ulpt.BaseModel, count: int) -> tuple[int, int, int]:
+    """(list conversions, scalar reads back to the host, forward chunks) of one step after the first."""
     pack = fits(model, count)
     trainer = PackedTrainer(model, max_rows_per_forward=4)  # several chunks per step
     trainer.train_step(pack)  # fits join their stacks here (once per fit, not per step)
@@ -68,7 +72,7 @@ def conversions_per_step(model: ulpt.BaseModel, count: int) -> tuple[int, int]:
             trainer.train_step(pack)
     finally:
         hook.remove()
-    return counter.count, forwards
+    return counter.count, counter.reads, forwards
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
@@ -76,10 +80,12 @@ def test_a_packed_step_copies_host_lists_to_the_device_a_constant_few_times(
     tiny_models: dict[str, ulpt.BaseModel], family: str
 ) -> None:
     model = tiny_models[family]
-    few, few_chunks = conversions_per_step(model, 4)
-    many, many_chunks = conversions_per_step(model, 64)
+    few, few_reads, few_chunks = conversions_per_step(model, 4)
+    many, many_reads, many_chunks = conversions_per_step(model, 64)
     assert many_chunks > few_chunks >= 2  # more fits, more forward passes
     assert many == few == 1, (few, many)  # the step's one staged copy
+    if family == "llama":  # its own causal mask: transformers reads no padding mask back per forward
+        assert many_reads == few_reads == 0, (few_reads, many_reads)
 
 
 class CountHostReads(TorchDispatchMode):

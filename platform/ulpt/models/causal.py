@@ -50,6 +50,13 @@ class CausalModel(BaseModel):
             raise ValueError("cache_prompts needs a prompt for every source")
         return compute_prefixes(self.hf, [p for p in prompts if p is not None])
 
+    @cached_property
+    def explicit_mask(self) -> bool:
+        """Whether a batch without a cache may pass its own 4D causal mask: transformers builds one from
+        the 2D mask only after asking whether the padding mask is all ones, a host read (and on CUDA a
+        sync) per forward pass. Only where that mask is exact: eager or SDPA attention, no sliding window."""
+        return self.supports_prefix_cache and self.hf.config._attn_implementation in ("eager", "sdpa")
+
     def target_separator(self, input_text: str) -> str:
         """A space unless the input ends in one: the target continues the same text."""
         return "" if not input_text or input_text[-1].isspace() else " "
@@ -78,9 +85,12 @@ class CausalModel(BaseModel):
             cache, prefix_mask, offsets = prefix_batch(self.hf, prefixes, self.pad_multiple)
             mask = torch.cat([prefix_mask, mask], dim=1)
             position_ids = position_ids + offsets[:, None]
+        attention = mask
+        if not use_cache and self.explicit_mask:  # teacher forcing (training): no host sync in the mask
+            attention = causal_mask(mask, packed.inputs_embeds.dtype)
         logits = self.hf(
             inputs_embeds=packed.inputs_embeds,
-            attention_mask=mask,
+            attention_mask=attention,
             position_ids=position_ids,
             **cache_kwargs(self.hf, cache),
             use_cache=use_cache,
@@ -124,3 +134,17 @@ class CausalModel(BaseModel):
         """The last K + 1 positions' logits, less the last one (only they reach the LM head)."""
         k = forcing.targets.width
         return self.prefill(prompts, forcing.tokens, keep=k + 1, use_cache=False).logits[:, :k]
+
+
+def causal_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, T, T] additive mask from a [B, T] padding mask: position i attends real positions j <= i.
+
+    Built on the device from the padding mask, so nothing is read back to the host. A padding query
+    row attends nothing real; its large negative (not -inf) entries keep its softmax finite.
+    """
+    width = mask.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=mask.device).tril()  # [T, T]
+    allowed = causal[None, None] & mask.bool()[:, None, None, :]  # [B, 1, T, T]
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
