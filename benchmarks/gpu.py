@@ -6,9 +6,9 @@
 (a) Packed training. K fits (K = 1, 16, 256, 1,024) train together, each with its own rows and
     adapter, packed into shared forward/backward passes of at most `--rows-per-forward` rows. K = 1
     is one fit at a time; the table gives fits per hour at each K and the ratio to K = 1, and the
-    achieved TFLOP/s: 4 FLOPs per parameter per token (the forward's 2, and the backward's 2 to the
-    activations; the frozen weights get no gradient), tokens counted from the fits' tokenized rows,
-    against the device's dense bf16 peak where it is known.
+    achieved TFLOP/s as `gpu_flops.py` counts them (non-embedding parameters on every token, the LM
+    head only on the target positions whose logits are kept; tokenization is done before the clock
+    starts), against the dense peak of the exact device and dtype where it is known.
 (b) Serving. The replica's engine (the decode loop, no HTTP) at 64 and 1,024 distinct adapters:
     tokens/s of batches that mix adapters ("mixed", as ulpt serves them), of the base model alone
     ("base", the upper bound) and of batches split per adapter ("grouped", what per-model
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import random
 import statistics
 import sys
@@ -34,16 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gpu_flops import device_name, peak_tflops, training_flops
 
 import ulpt
 from ulpt.models.tiny import build_tiny_model
-from ulpt.training import FitRequest, TrainConfig, train_adapters
-from ulpt.training.examples import check_rows, tokenize
+from ulpt.training import FitRequest, FitState, PackedTrainer, TrainConfig
+from ulpt.training.api import prepare_fit
 from ulpt_serving import Engine, ServeConfig
 
 HERE = Path(__file__).resolve().parent
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
-"""Dense bf16 tensor-core peaks (vendor datasheets, without sparsity), by a name in the device's name."""
 FULL = {"fits": (1, 16, 256, 1024), "steps": 10, "adapters": (64, 1024), "requests": 2048, "max_tokens": 32}
 QUICK = {"fits": (1, 4, 16), "steps": 3, "adapters": (8, 32), "requests": 64, "max_tokens": 8}
 LABELS = ("positive", "negative")
@@ -70,13 +68,6 @@ def fit_rows(fit: int, count: int = 16) -> list[dict[str, str]]:
     return rows
 
 
-def device_peak_tflops(device: torch.device) -> tuple[str, float | None]:
-    if device.type != "cuda":
-        return platform.processor() or platform.machine(), None
-    name = torch.cuda.get_device_name(device)
-    return name, next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -86,7 +77,7 @@ def training_benchmark(
     model: ulpt.BaseModel, args: argparse.Namespace, sizes: dict[str, Any]
 ) -> dict[str, Any]:
     params = sum(p.numel() for p in model.hf.parameters())
-    _, peak = device_peak_tflops(model.device)
+    peak = peak_tflops(device_name(model.device), model.token_embeddings.dtype)
     config = {"steps": sizes["steps"], "lr": 0.1, "batch_size": args.batch_size, "max_grad_norm": 1.0}
     n_tokens = 10
     spec: dict[str, Any] = {"method": "ulpt", "n_tokens": n_tokens, "rank": 2}
@@ -99,28 +90,35 @@ def training_benchmark(
             for i in range(count)
         ]
 
+    def prepared(count: int) -> list[FitState]:  # tokenized here, before any clock starts
+        return [prepare_fit(model, r) for r in requests(count)]
+
     # Warm-up: the device's first kernels and allocations do not land in K = 1.
-    train_adapters(model, requests(2), max_rows_per_forward=args.rows_per_forward)
+    PackedTrainer(model, max_rows_per_forward=args.rows_per_forward).run(prepared(2))
     rows: list[dict[str, Any]] = []
     for count in sizes["fits"]:
-        batch = requests(count)
-        row_tokens = [
-            statistics.mean(
-                n_tokens + len(ex.input_ids) + len(ex.target_ids)
-                for ex in tokenize(model, check_rows(r.train_rows, "train"), n_tokens)
+        fits = prepared(count)
+        tokens = (
+            sum(
+                statistics.mean(
+                    f.adapter.spec.n_tokens + len(ex.input_ids) + len(ex.target_ids) for ex in f.train
+                )
+                for f in fits
             )
-            for r in batch
-        ]
-        tokens = sum(row_tokens) * args.batch_size * sizes["steps"]  # rows drawn per step x mean row length
+            * args.batch_size
+            * sizes["steps"]
+        )  # rows drawn per step x mean row length
+        flops = training_flops(model, fits)
+        trainer = PackedTrainer(model, max_rows_per_forward=args.rows_per_forward)
         if model.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(model.device)
         synchronize(model.device)
         started = time.perf_counter()
-        results = train_adapters(model, batch, max_rows_per_forward=args.rows_per_forward)
+        trainer.run(fits)
         synchronize(model.device)
         seconds = time.perf_counter() - started
-        failed = [key for key, (adapter, _) in results.items() if adapter is None]
-        achieved = 4 * params * tokens / seconds / 1e12
+        failed = [f.key for f in fits if f.status != "done"]
+        achieved = flops / seconds / 1e12
         rows.append(
             {
                 "fits": count,
@@ -230,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         model = ulpt.load_base_model(args.model, device=device, dtype=args.dtype)
         load_s = time.perf_counter() - started
-        name, peak = device_peak_tflops(device)
+        name = device_name(device)
         results: dict[str, Any] = {
             "device": name,
-            "peak_bf16_tflops": peak,
+            "peak_tflops": peak_tflops(name, model.token_embeddings.dtype),
             "dtype": str(model.token_embeddings.dtype).removeprefix("torch."),
             "model": "tiny-llama" if args.quick and args.model.startswith(tmp) else args.model,
             "quick": args.quick,

@@ -97,7 +97,7 @@ def test_gpu_rayjob_trains_on_gpu_workers_in_bf16() -> None:
     cpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
     assert cpus >= spec.cpus_per_worker  # one worker (and its GPU) per pod fits
     volumes = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"]
-    assert volumes[0]["configMap"]["name"] == configmap["metadata"]["name"]
+    assert {"name": "spec", "configMap": {"name": configmap["metadata"]["name"]}} in volumes
 
 
 def test_rayjob_runs_ulpt_train_on_its_configmap_spec_with_secrets_not_inline() -> None:
@@ -151,3 +151,40 @@ def test_deploy_guide_names_what_the_files_define() -> None:
         assert f"`{arg}`" in guide, arg
     for image in set(re.findall(r"image: (\S+)", manifests)):
         assert f"`{image}`" in guide, image
+
+
+def _ray_pods(doc: dict) -> list[dict]:
+    """The pod specs of a manifest's Ray head and worker groups (RayCluster, RayJob or RayService)."""
+    spec = doc.get("spec", {})
+    cluster = spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or spec
+    groups = [cluster.get("headGroupSpec"), *cluster.get("workerGroupSpecs", [])]
+    return [g["template"]["spec"] for g in groups if g]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DEPLOY.glob("*.yaml")))
+def test_every_ray_pod_gives_the_object_store_shared_memory(name: str) -> None:
+    """Without a memory-backed /dev/shm (64 MB by default in a pod) Ray's object store falls back to disk."""
+    pods = [
+        pod
+        for doc in _docs(name)
+        if doc["kind"] in ("RayCluster", "RayJob", "RayService")
+        for pod in _ray_pods(doc)
+    ]
+    assert pods
+    for pod in pods:
+        memory = {
+            v["name"] for v in pod.get("volumes", []) if v.get("emptyDir", {}).get("medium") == "Memory"
+        }
+        for container in pod["containers"]:
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            assert mounts.get("/dev/shm") in memory, (name, container["name"])
+
+
+@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-train-gpu.yaml"])
+def test_example_jobs_train_at_the_methods_measured_rate(name: str) -> None:
+    """The paper's 0.01 left ULPT r=2 at chance (README, "Learning rate"): the examples use the default."""
+    from ulpt.jobspec import JobSpec
+
+    configmap = next(d for d in _docs(name) if d["kind"] == "ConfigMap")
+    spec = JobSpec.from_dict(yaml.safe_load(configmap["data"]["spec.yaml"]))
+    assert spec.train.lr is None and spec.train.preset != "paper"

@@ -80,6 +80,13 @@ def test_serve_refuses_a_batch_wait_or_cpus_that_are_not_finite_numbers() -> Non
     assert (
         refused.stderr.strip() == "error: --dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"
     )
+    for share in ("0.0", "1.5", "nan"):
+        refused = _ulpt("serve", "--vllm-gpu-memory-share", share)
+        assert refused.returncode == 1
+        assert (
+            refused.stderr.strip()
+            == f"error: --vllm-gpu-memory-share must be a number in (0, 1], got {share}"
+        )
     refused = _ulpt("serve", "--engine", "tgi")
     assert refused.returncode == 1
     assert refused.stderr.strip() == "error: --engine must be one of auto, vllm, native, got 'tgi'"

@@ -84,9 +84,9 @@ def test_prefix_keys_and_values_match_the_full_forward(tiny_models: dict[str, ul
     adapter = make_adapter(model.hidden_size, 3, "tiny")
     (prefix,) = model.cache_prompts([adapter])
     prompt = adapter.prompt_embeddings().detach()
-    assert prefix.n_tokens == prompt.shape[0] and len(prefix.keys) == model.config.num_hidden_layers
+    assert prefix.n_tokens == prompt.shape[0] and len(prefix.kv) == model.config.num_hidden_layers
     out = model.hf(inputs_embeds=prompt[None], use_cache=True)
-    for layer, (keys, values) in enumerate(zip(prefix.keys, prefix.values)):
+    for layer, (keys, values) in enumerate(prefix.kv):  # [layers, 2, kv_heads, n, head_dim]
         torch.testing.assert_close(keys, out.past_key_values.layers[layer].keys[0])
         torch.testing.assert_close(values, out.past_key_values.layers[layer].values[0])
     assert not tiny_models["t5"].supports_prefix_cache

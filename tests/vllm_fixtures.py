@@ -48,8 +48,8 @@ def both_engines(model: ulpt.BaseModel, folder: str, cache_root: Path) -> Iterat
     import pytest
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "")  # restored afterwards (the engine sets them)
-        patch.setenv("VLLM_CACHE_ROOT", "")
+        patch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # the config's size, not the environment's
+        patch.setenv("VLLM_CACHE_ROOT", "")  # restored afterwards (the engine sets it)
         config = ServeConfig(
             model=folder,
             dtype="float32",

@@ -252,14 +252,14 @@ def cancel_job(catalog: Catalog, job_id: str, tenant: str | None = None) -> None
 def share_weights(spec: JobSpec) -> Any | None:
     """The base model in Ray's object store for the workers (a reference the driver keeps), or None.
 
-    One worker gains nothing from sharing, so it loads from disk as before. The workers' dtype is
-    resolved here as a worker would: bf16 on GPUs for "auto"; a worker whose GPU lacks bf16 loads
-    from disk instead.
+    One worker gains nothing from sharing, so it loads from disk as before; nor do GPU workers, which
+    load each tensor straight to their device (`device_map`) and keep no host copy: packing the model
+    into the driver's memory and the head's object store would cost about twice the model there for
+    nothing.
     """
-    if spec.num_workers < 2:
+    if spec.num_workers < 2 or spec.use_gpu:
         return None
-    dtype = spec.dtype if spec.dtype != "auto" else ("bfloat16" if spec.use_gpu else "float32")
-    return put_base_model(spec.base_model, dtype)
+    return put_base_model(spec.base_model, "float32" if spec.dtype == "auto" else spec.dtype)
 
 
 def _trainer(
@@ -277,7 +277,7 @@ def _trainer(
         threads=spec.cpus_per_worker,
         shared_weights=weights,
     )
-    resources = {"CPU": spec.cpus_per_worker} | ({"GPU": 1} if spec.use_gpu else {})
+    resources = {"CPU": spec.cpus_per_worker} | ({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})
     # Not TorchTrainer: its torch.distributed process group, set up and torn down with every job (3 s
     # of an idle 2-CPU machine, 13-15 s of a busy one), would serve one barrier; workers train their
     # own fits and meet only in the catalog, and `ray.train.collective.barrier` needs no group.

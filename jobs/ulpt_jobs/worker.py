@@ -32,7 +32,7 @@ from ulpt.catalog.models import FitRow
 from ulpt.errors import CatalogError, ConflictError, MigrationRequiredError, StoreError, UlptError
 from ulpt.jobspec import JobSpec
 from ulpt.models import BaseModel, load_base_model
-from ulpt.models.precision import resolve_dtype
+from ulpt.models.precision import require_cuda, resolve_dtype
 from ulpt.models.shared import load_shared_base_model
 from ulpt.registry import Registration, Registry
 from ulpt.store import open_store
@@ -80,7 +80,13 @@ def train_loop(config: dict[str, Any]) -> None:
     with catalog.read() as session:
         job = state.job_status(session, cfg.job_id)
     spec = JobSpec.from_dict(job.spec)
-    device = _device(spec.use_gpu)
+    try:
+        device = worker_device(spec.use_gpu)
+    except UlptError as exc:  # failed, not raised: Ray Train would restart the workers into the same error
+        with catalog.session() as session:
+            set_job_status(session, cfg.job_id, "failed", error=str(exc))
+        catalog.close()
+        return
     model = base_model(spec, device, cfg.shared_weights)
     if rank == 0:  # a (re)started worker group: no other worker of this job is alive now
         with catalog.session() as session:
@@ -324,12 +330,13 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
-def _device(use_gpu: bool) -> torch.device:
-    if use_gpu:
-        import ray.train.torch
+def worker_device(use_gpu: bool) -> torch.device:
+    """The worker's GPU for a `use_gpu` job (an error when it has none: no silent CPU), else the CPU."""
+    if not use_gpu:
+        return torch.device("cpu")
+    import ray.train.torch
 
-        return ray.train.torch.get_device()
-    return torch.device("cpu")
+    return require_cuda(ray.train.torch.get_device(), "use_gpu: true")
 
 
 def _barrier(world_size: int) -> None:

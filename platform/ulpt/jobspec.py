@@ -29,7 +29,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator, mo
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.names import check_name, check_tenant, normalize_tags
 from ulpt.errors import SpecError
-from ulpt.models.precision import DtypeName
+from ulpt.models.precision import TrainDtypeName
 from ulpt.training import TrainConfig
 from ulpt.validation import NonBlank, SpecModel
 
@@ -186,9 +186,13 @@ class JobSpec(SpecModel):
     """CPUs (and torch threads) per worker."""
     use_gpu: bool = False
     """Give each worker a GPU (where Ray has them); the base model runs on it, else on the CPU."""
-    dtype: DtypeName = "auto"
-    """The frozen base model's dtype: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16, float16.
-    Adapters always train in float32."""
+    gpus_per_worker: float = Field(default=1.0, gt=0, le=64)
+    """GPUs Ray reserves per worker with use_gpu: a fraction (0.25: four workers share a GPU, each with
+    its own copy of the base) or a whole number."""
+    dtype: TrainDtypeName = "auto"
+    """The frozen base model's dtype: auto (bfloat16 on a GPU that runs it natively, else float32),
+    float32 or bfloat16 (float16 is refused: it would need loss scaling). Adapters always train in
+    float32."""
     fits_per_worker: int = Field(default=64, ge=1, le=1_000_000)
     """How many fits a worker trains at once, packed in shared forward passes."""
     max_rows_per_forward: int = Field(default=64, ge=1, le=1_000_000)
@@ -204,6 +208,15 @@ class JobSpec(SpecModel):
             value, (JobAdapterSpec, JobTrainConfig)
         ):
             return value.model_dump()
+        return value
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and not value.is_integer():
+            raise SpecError(
+                f"gpus_per_worker must be at most 1 or a whole number (as Ray's GPUs), got {value:g}"
+            )
         return value
 
     @model_validator(mode="after")

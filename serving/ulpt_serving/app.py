@@ -30,7 +30,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from ulpt.models import BaseModel, load_base_model
-from ulpt.models.precision import resolve_dtype
+from ulpt.models.precision import require_cuda, resolve_dtype
 from ulpt.registry import Registry
 from ulpt_serving import answers, openapi, responses
 from ulpt_serving.admission import Admission
@@ -71,19 +71,22 @@ class Dependencies:
 
 
 def default_model(config: ServeConfig) -> BaseModel:
-    """The base model in `config.dtype`, on a GPU when the replica reserves one and CUDA is there;
+    """The base model in `config.dtype`, on a GPU when the replica reserves one (an error without CUDA);
     built on the node's shared copy of the weights unless `share_weights` is off.
 
-    When vLLM may decode, it holds the weights on the GPU itself: ulpt's copy (tokenizer, embedding
-    table) stays on the CPU, in the dtype ulpt would have picked for that GPU (vLLM runs in it)."""
-    gpu = config.num_gpus > 0 and torch.cuda.is_available()
-    dtype: str = config.dtype
+    When vLLM may decode on the GPU, it holds the weights there itself: ulpt's copy stays on the CPU
+    without its transformer layers (tokenizer, embedding table: all the replica uses), in the dtype
+    ulpt would have picked for that GPU (vLLM runs in it)."""
+    gpu = config.num_gpus > 0
+    if gpu:  # a replica that reserved a GPU and has none fails here instead of serving on the CPU
+        require_cuda(torch.device("cuda"), f"num_gpus={config.num_gpus:g}")
     if gpu and may_use_vllm(config):
-        gpu, dtype = False, DTYPE_NAMES[resolve_dtype(config.dtype, torch.device("cuda"))]
+        vllm_dtype = DTYPE_NAMES[resolve_dtype(config.dtype, torch.device("cuda"))]
+        return load_base_model(config.model, device="cpu", dtype=vllm_dtype, embeddings_only=True)
     device = torch.device("cuda" if gpu else "cpu")
     if config.share_weights:
-        return shared_base_model(config.model, dtype, device)
-    return load_base_model(config.model, device=device, dtype=dtype)
+        return shared_base_model(config.model, config.dtype, device)
+    return load_base_model(config.model, device=device, dtype=config.dtype)
 
 
 @api.exception_handler(ApiError)

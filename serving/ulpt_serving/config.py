@@ -75,10 +75,12 @@ class ServeConfig(SpecModel):
     """What decodes: `vllm` (vLLM's continuous batching through prompt embeddings; decoder-only models,
     the `vllm` extra), `native` (ulpt's own batched decode loop: any model, no extra), or `auto`: vLLM
     where it is installed and the model is decoder-only, else native."""
-    vllm_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1.0)
-    """Share of the GPU's memory vLLM takes for weights and its key/value cache (vLLM engine on a GPU)."""
+    vllm_gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1.0)
+    """Share of the GPU's memory vLLM takes for weights and its key/value cache (vLLM engine on a GPU);
+    default 0.9 of `num_gpus`, so replicas that split a GPU each claim their part."""
     vllm_cpu_kv_cache_gib: float | None = Field(default=None, gt=0, le=1 << 20)
-    """vLLM's key/value cache on a CPU, in GiB (default: $VLLM_CPU_KVCACHE_SPACE, else vLLM's own)."""
+    """vLLM's key/value cache on a CPU, in GiB (default: `max_batch_size` rows of the longest context,
+    at most 4 GiB)."""
     vllm_cache_root: str | None = None
     """Folder for vLLM's caches (default: $VLLM_CACHE_ROOT, else vLLM's own under the home folder)."""
     share_weights: bool = True

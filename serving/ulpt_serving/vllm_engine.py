@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig
 
+from ulpt.errors import UlptError, first_line
 from ulpt.models import BaseModel, SamplingParams
 from ulpt.models.loading import is_encoder_decoder
 from ulpt.models.prefix import CachedPrompt
@@ -38,6 +39,13 @@ from ulpt_serving.cache import AdapterCache, CompactAdapter, HotPrompt
 from ulpt_serving.config import ServeConfig
 from ulpt_serving.engine import BatchItem, Engine, RowControl, RowFailure
 from ulpt_serving.metrics import ServingMetrics
+from ulpt_serving.vllm_memory import (
+    check_free_memory,
+    cpu_kv_cache_bytes,
+    engine_on_cpu,
+    gpu_memory_utilization,
+    weight_bytes,
+)
 
 logger = logging.getLogger("ray.serve").getChild("ulpt")
 
@@ -102,23 +110,32 @@ def vllm_sampling(params: SamplingParams, eos_ids: Iterable[int]) -> Any:
     )
 
 
-def engine_args(config: ServeConfig, model: BaseModel) -> Any:
-    """vLLM's engine arguments for the replica's base model folder, in the dtype ulpt loaded it in."""
+def engine_args(config: ServeConfig, model: BaseModel, on_cpu: bool | None = None) -> Any:
+    """vLLM's engine arguments for the replica's base model folder, in the dtype ulpt loaded it in.
+
+    `on_cpu`: whether vLLM itself runs on a CPU (default: asks vLLM's platform). ulpt's own copy of
+    the model (tokenizer, embedding table) is on the CPU either way, so it cannot tell.
+    """
     from vllm import AsyncEngineArgs
 
-    on_cpu = model.device.type == "cpu"
+    on_cpu = engine_on_cpu() if on_cpu is None else on_cpu
     positions = getattr(model.config, "max_position_embeddings", None) or config.max_prompt_tokens
+    max_model_len = min(int(positions), config.max_prompt_tokens + config.max_tokens_limit)
     return AsyncEngineArgs(
         model=str(resolve_model_path(config.model)),
         dtype=DTYPE_NAMES[model.token_embeddings.dtype],
         enable_prompt_embeds=True,
         skip_tokenizer_init=True,
-        max_model_len=min(int(positions), config.max_prompt_tokens + config.max_tokens_limit),
+        max_model_len=max_model_len,
         max_num_seqs=config.max_batch_size,
-        enforce_eager=on_cpu,  # CPU: torch.compile costs minutes at every start (its cache did not reload)
+        # Eager only where vLLM runs on a CPU (torch.compile costs minutes at every start there, its
+        # cache did not reload); on a GPU, CUDA graphs and compilation are what make decoding fast.
+        enforce_eager=on_cpu,
         enable_prefix_caching=config.prefix_cache,
         seed=0,
-        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        gpu_memory_utilization=gpu_memory_utilization(config),
+        # On a CPU an explicit key/value cache size: vLLM then demands no share of the machine's RAM free
+        kv_cache_memory_bytes=cpu_kv_cache_bytes(config, model, max_model_len) if on_cpu else None,
         disable_log_stats=True,
     )
 
@@ -148,15 +165,24 @@ class VllmEngine(Engine):
         # vLLM reads these from the environment (its engine core process inherits the replica's).
         if config.vllm_cache_root:
             os.environ["VLLM_CACHE_ROOT"] = config.vllm_cache_root
-        if config.vllm_cpu_kv_cache_gib:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.vllm_cpu_kv_cache_gib:g}"
         dtype = model.token_embeddings.dtype
+        on_cpu = engine_on_cpu()
+        args = engine_args(config, model, on_cpu)
+        needed = weight_bytes(model) + (args.kv_cache_memory_bytes or 0)
+        check_free_memory(on_cpu, needed, args.gpu_memory_utilization)
 
         def prepare(adapters: Sequence[CompactAdapter]) -> list[HotPrompt]:
             return [a.materialize().to(dtype) for a in adapters]
 
         cache = AdapterCache.sized_by(config, prepare)
-        return cls(model, cache, AsyncLLM.from_engine_args(engine_args(config, model)))
+        try:
+            llm = AsyncLLM.from_engine_args(args)
+        except Exception as exc:  # vLLM's own message points at its engine process's log
+            raise UlptError(
+                f"vLLM's engine did not start ({first_line(exc)}); the cause is the error logged just "
+                "before it by vLLM's EngineCore process"
+            ) from exc
+        return cls(model, cache, llm)
 
     def engine_input(self, item: BatchItem, prompt: HotPrompt | None) -> dict[str, Any]:
         """What vLLM decodes for a row: token ids for the bare model, else the prompt ⊕ token embeddings

@@ -47,6 +47,12 @@ def serve(
     num_gpus: Annotated[
         float, typer.Option(help="GPUs Ray reserves per replica (0 to 1e6); the model runs on CUDA when > 0.")
     ] = 0.0,
+    vllm_gpu_memory_share: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of its GPU's memory a replica's vLLM claims (0 to 1; default 0.9 of --num-gpus)."
+        ),
+    ] = None,
     dtype: Annotated[
         str,
         typer.Option(
@@ -98,6 +104,8 @@ def serve(
     _check_finite("--batch-wait-ms", batch_wait_ms, 60_000)
     _check_finite("--num-cpus", num_cpus, 1e6)
     _check_finite("--num-gpus", num_gpus, 1e6)
+    if vllm_gpu_memory_share is not None and not 0 < vllm_gpu_memory_share <= 1:  # NaN fails too
+        raise SpecError(f"--vllm-gpu-memory-share must be a number in (0, 1], got {vllm_gpu_memory_share}")
     check_dtype_name("--dtype", dtype)
     if engine not in ENGINES:
         raise SpecError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -116,6 +124,7 @@ def serve(
         share_weights=share_weights,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
+        vllm_gpu_memory_utilization=vllm_gpu_memory_share,
         dtype=dtype,
         torch_threads=threads,
         max_batch_size=max_batch_size,

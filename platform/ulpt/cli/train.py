@@ -102,12 +102,12 @@ def train(
         list[str] | None, typer.Option("--tag", help="KEY=VALUE adapter tag (repeatable).")
     ] = None,
     num_workers: Annotated[int | None, typer.Option("--num-workers", help="Ray Train workers.")] = None,
-    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="One GPU per worker.")] = False,
+    use_gpu: Annotated[
+        bool, typer.Option("--use-gpu", help="GPUs for the workers (spec gpus_per_worker, default 1).")
+    ] = False,
     dtype: Annotated[
         str | None,
-        typer.Option(
-            help="Base model dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16."
-        ),
+        typer.Option(help="Base model dtype: auto (bfloat16 on GPU, float32 on CPU), float32 or bfloat16."),
     ] = None,
     job_name: Annotated[str | None, typer.Option("--job-name", help="Label in `ulpt jobs list`.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Run in the foreground until the job ends.")] = False,

@@ -23,11 +23,13 @@ from typing import Any
 import torch
 
 from ulpt.adapters import Adapter
-from ulpt.models.batch import PackedInputs, RowPrompts, pack_rows, pad_ids
+from ulpt.models.batch import PackedInputs, RowPrompts, StagedGrid, StagedTokens, pack_rows, pad_ids
+from ulpt.models.decode import decode_rows
 from ulpt.models.fingerprint import state_fingerprint, weights_fingerprint
 from ulpt.models.output import Generation, OutputText, eos_token_ids
 from ulpt.models.prefix import CachedPrompt
-from ulpt.models.sampling import RowSampler, SamplingParams
+from ulpt.models.sampling import SamplingParams
+from ulpt.models.transfer import Staging
 
 PromptSource = Adapter | torch.Tensor | None
 """An adapter, an already materialized [n, d] prompt, or None for the bare base model."""
@@ -53,6 +55,17 @@ class Decoding:
         if self.cache is not None:
             self.cache.batch_select_indices(index)
         self.mask = self.mask.index_select(0, index)
+
+
+@dataclass
+class TeacherForcing:
+    """A batch's inputs and targets staged for the device (`models.transfer`), so a training step
+    copies every chunk's ids in one transfer before its first forward pass."""
+
+    tokens: StagedTokens  # what the forward pass embeds (decoder-only: input ⊕ target; T5: the input)
+    targets: StagedGrid  # [B, K] target ids
+    mask: StagedGrid  # [B, K] 1 = a real target
+    decoder_ids: StagedGrid | None = None  # [B, K] T5: the start token and every target but the last
 
 
 class BaseModel(ABC):
@@ -100,13 +113,18 @@ class BaseModel(ABC):
         """Feed [B, L] more tokens per row (right padding allowed on a last step); return [B, L, V]."""
 
     @abstractmethod
-    def _teacher_forced(
+    def _stage_targets(
         self,
-        prompts: Sequence[RowSource] | RowPrompts,
+        prompt_lengths: Sequence[int],
         input_ids: Sequence[Sequence[int]],
         target_ids: Sequence[Sequence[int]],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits [B, K, V], targets [B, K], mask [B, K]) of every target position in one forward pass."""
+        staging: Staging,
+    ) -> TeacherForcing:
+        """The ids `_teacher_forced` reads, added to `staging` (host work only, no device copy)."""
+
+    @abstractmethod
+    def _teacher_forced(self, prompts: RowPrompts, forcing: TeacherForcing) -> torch.Tensor:
+        """Logits [B, K, V] of every target position of `forcing`, in one forward pass."""
 
     @property
     def device(self) -> torch.device:
@@ -167,16 +185,22 @@ class BaseModel(ABC):
         """Each prompt with its per-layer keys and values, to reuse across requests (see `models.prefix`)."""
         raise ValueError(f"{self.name}: prefix caching needs a decoder-only model without sliding windows")
 
-    def _pack(
-        self, prompts: Sequence[RowSource] | RowPrompts, input_ids: Sequence[Sequence[int]]
-    ) -> PackedInputs:
+    def _row_prompts(self, prompts: Sequence[RowSource] | RowPrompts) -> RowPrompts:
         if not isinstance(prompts, RowPrompts):
-            prompts = RowPrompts.of([self._prompt(p) for p in prompts])
-        elif prompts.embeds is not None and prompts.embeds.shape[-1] != self.hidden_size:
+            return RowPrompts.of([self._prompt(p) for p in prompts])
+        if prompts.embeds is not None and prompts.embeds.shape[-1] != self.hidden_size:
             raise ValueError(
                 f"prompt width {prompts.embeds.shape[-1]} does not match the model's hidden size "
                 f"{self.hidden_size}"
             )
+        return prompts
+
+    def _pack(
+        self, prompts: Sequence[RowSource] | RowPrompts, input_ids: Sequence[Sequence[int]] | StagedTokens
+    ) -> PackedInputs:
+        prompts = self._row_prompts(prompts)
+        if not isinstance(input_ids, StagedTokens):
+            input_ids = StagedTokens.stage(prompts.lengths, input_ids, Staging(self.device))
         return pack_rows(
             prompts,
             input_ids,
@@ -201,10 +225,30 @@ class BaseModel(ABC):
         teacher-forced forward pass (in decoder-only models only the K positions that predict targets
         reach the LM head, which matters with a 50k vocabulary).
         """
+        rows = self._row_prompts(prompts)
+        forcing = self.stage_targets(rows.lengths, input_ids, target_ids, Staging(self.device))
+        return self.staged_target_logprobs(rows, forcing)
+
+    def stage_targets(
+        self,
+        prompt_lengths: Sequence[int],
+        input_ids: Sequence[Sequence[int]],
+        target_ids: Sequence[Sequence[int]],
+        staging: Staging,
+    ) -> TeacherForcing:
+        """Stage a batch for `staged_target_logprobs`: a training step stages all its chunks, then
+        their ids reach the device in one copy."""
         if any(len(t) == 0 for t in target_ids):
             raise ValueError("every row needs at least one target token")
-        logits, targets, mask = self._teacher_forced(prompts, input_ids, target_ids)
-        logp = _pick(logits, targets)  # float32 whatever the base's dtype
+        return self._stage_targets(prompt_lengths, input_ids, target_ids, staging)
+
+    def staged_target_logprobs(
+        self, prompts: RowPrompts, forcing: TeacherForcing
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`target_logprobs` of a staged batch whose prompts have `stage_targets`'s lengths."""
+        logits = self._teacher_forced(self._row_prompts(prompts), forcing)
+        mask = forcing.mask.tensor()
+        logp = _pick(logits, forcing.targets.tensor())  # float32 whatever the base's dtype
         return logp * mask, mask
 
     @torch.no_grad()
@@ -281,7 +325,6 @@ class BaseModel(ABC):
         """A row's text, stop strings and finish reason as its tokens arrive (see `OutputText`)."""
         return OutputText(self.tokenizer, params, self.eos_ids, every_token=every_token)
 
-    @torch.no_grad()
     def iter_generate(
         self,
         rows: Sequence[Row],
@@ -300,48 +343,7 @@ class BaseModel(ABC):
         for the next one; the loop then reads stop strings there instead of detokenizing twice.
         A row with no input at all (no prompt and no text) has nothing to continue from and is refused.
         """
-        if len(rows) != len(params):
-            raise ValueError("one SamplingParams per row")
-        if not rows:
-            return
-        sampler = RowSampler(list(params))
-        input_ids = [self._input_ids(row_input) for _, row_input in rows]
-        empty = [i for i, ((p, _), ids) in enumerate(zip(rows, input_ids)) if p is None and not ids]
-        if empty:
-            raise ValueError(f"row {empty[0]} has no input tokens (no prompt and an empty text)")
-        filled_here = outputs is None
-        texts = outputs if outputs is not None else [self.output_text(p) for p in params]
-        state = self.prefill([p for p, _ in rows], input_ids)
-        logits = state.logits[:, -1]
-        running = [p.max_new_tokens > 0 for p in params]
-        generated = [0] * len(rows)
-        live = list(range(len(rows)))  # the rows still in the tensors (their index in `rows`), in order
-        while any(running):
-            tokens: list[int] = sampler.choose(logits).tolist()  # [len(live)], one device sync a step
-            emitted: dict[int, int] = {}
-            for i, token in zip(live, tokens):
-                generated[i] += 1
-                emitted[i] = token
-                ends = token in self.eos_ids and not params[i].ignore_eos
-                if ends or generated[i] >= params[i].max_new_tokens:
-                    running[i] = False
-                elif params[i].stop and filled_here:
-                    texts[i].add(token)
-            yield emitted  # a caller's `outputs` take the tokens here
-            for i in emitted:
-                running[i] = running[i] and not texts[i].stopped
-            for i in abandoned() if abandoned is not None else ():
-                running[i] = False
-            if not any(running):
-                break
-            keep = [k for k, i in enumerate(live) if running[i]]
-            if len(keep) < len(live):
-                # Stopped rows leave the batch: later steps cost only the rows still decoding.
-                live, tokens = [live[k] for k in keep], [tokens[k] for k in keep]
-                sampler = sampler.select(keep)
-                state.select(torch.tensor(keep, device=self.device))
-            feed = torch.tensor([[token] for token in tokens], device=self.device)
-            logits = self.step(state, feed)[:, -1]
+        return decode_rows(self, rows, params, abandoned, outputs)
 
 
 def _pick(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

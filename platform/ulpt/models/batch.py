@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ulpt.models.transfer import Staged, Staging, host_to_device
+
 
 @dataclass
 class PackedInputs:
@@ -52,9 +54,61 @@ class RowPrompts:
         return cls(torch.cat(present) if present else None, lengths)
 
 
+@dataclass
+class StagedTokens:
+    """The token ids of a batch's rows and each row's prompt length, staged for the device
+    (`models.transfer`): shapes come from the host integers, values from the step's one copy."""
+
+    prompt_lengths: list[int]
+    token_counts: list[int]
+    staging: Staging
+    prompt_len: Staged  # [B]
+    token_len: Staged  # [B]
+    flat_ids: Staged  # [sum(token_counts)] every row's ids, row after row
+
+    @classmethod
+    def stage(
+        cls, prompt_lengths: Sequence[int], input_ids: Sequence[Sequence[int]], staging: Staging
+    ) -> StagedTokens:
+        counts = [len(ids) for ids in input_ids]
+        flat = [t for ids in input_ids for t in ids]
+        return cls(
+            list(prompt_lengths),
+            counts,
+            staging,
+            staging.add(prompt_lengths),
+            staging.add(counts),
+            staging.add(flat),
+        )
+
+    def __len__(self) -> int:
+        return len(self.token_counts)
+
+
+@dataclass
+class StagedGrid:
+    """A [rows, width] padded long tensor staged for the device (targets, their mask, decoder inputs)."""
+
+    staging: Staging
+    handle: Staged
+    rows: int
+    width: int
+
+    @classmethod
+    def stage(
+        cls, seqs: Sequence[Sequence[int]], pad_value: int, *, left: bool, staging: Staging
+    ) -> StagedGrid:
+        width = max(len(s) for s in seqs)
+        flat = [t for row in _padded(seqs, pad_value, width, left) for t in row]
+        return cls(staging, staging.add(flat), len(seqs), width)
+
+    def tensor(self) -> torch.Tensor:
+        return self.staging[self.handle].view(self.rows, self.width)
+
+
 def pack_rows(
     prompts: RowPrompts,
-    input_ids: Sequence[Sequence[int]],
+    tokens: StagedTokens,
     embed: Callable[[torch.Tensor], torch.Tensor],
     *,
     left_pad: bool,
@@ -65,21 +119,24 @@ def pack_rows(
     """Each row's prompt followed by its embedded tokens, padded into one [B, T, d] batch.
 
     The token ids of all rows are embedded in one call and the prompts scattered into their
-    positions in one more: no tensor op per row. Padding positions hold zeros.
+    positions in one more: no tensor op per row, and no host-to-device copy of its own (`tokens`
+    come staged with the rest of the step). Padding positions hold zeros.
     """
     n_prompt = prompts.lengths
-    n_tokens = [len(ids) for ids in input_ids]
+    if n_prompt != tokens.prompt_lengths:
+        raise ValueError("the prompts' lengths differ from those the tokens were staged with")
+    n_tokens = tokens.token_counts
     lengths = [a + b for a, b in zip(n_prompt, n_tokens)]
     width = round_up(max(lengths), pad_multiple)
-    prompt_len = torch.tensor(n_prompt, dtype=torch.long, device=device)  # [B]
-    token_len = torch.tensor(n_tokens, dtype=torch.long, device=device)  # [B]
+    prompt_len = tokens.staging[tokens.prompt_len]  # [B]
+    token_len = tokens.staging[tokens.token_len]  # [B]
     real = prompt_len + token_len
     first = width - real if left_pad else torch.zeros_like(real)  # [B] first real position of each row
     cols = torch.arange(width, device=device)[None, :]  # [1, T]
     end = (first + real)[:, None]
     mask = ((cols >= first[:, None]) & (cols < end)).long()  # [B, T]
     is_token = (cols >= (first + prompt_len)[:, None]) & (cols < end)  # [B, T]
-    flat_ids = torch.tensor([t for ids in input_ids for t in ids], dtype=torch.long, device=device)
+    flat_ids = tokens.staging[tokens.flat_ids]
     grid = torch.full((len(lengths) * width,), pad_id, dtype=torch.long, device=device)
     grid.index_copy_(0, _spans(first + prompt_len, token_len, width, sum(n_tokens)), flat_ids)
     embeds = embed(grid.view(len(lengths), width)).masked_fill(~is_token[..., None], 0.0)  # [B, T, d]
@@ -111,9 +168,13 @@ def pad_ids(
     Padded on the host and copied to `device` once: one transfer per batch, not one per row.
     """
     width = max(len(s) for s in seqs)
+    flat = [t for row in _padded(seqs, pad_value, width, left) for t in row]
+    return host_to_device(flat, torch.device(device)).view(len(seqs), width)
+
+
+def _padded(seqs: Sequence[Sequence[int]], pad_value: int, width: int, left: bool) -> list[list[int]]:
     pads = [[pad_value] * (width - len(s)) for s in seqs]
-    rows = [[*pad, *s] if left else [*s, *pad] for s, pad in zip(seqs, pads)]
-    return torch.tensor(rows, dtype=torch.long, device=device)
+    return [[*pad, *s] if left else [*s, *pad] for s, pad in zip(seqs, pads)]
 
 
 def plan_chunks(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from ulpt.models.base import BaseModel, Decoding, PromptSource, RowSource
-from ulpt.models.batch import RowPrompts, pad_ids
+from ulpt.models.base import BaseModel, Decoding, PromptSource, RowSource, TeacherForcing
+from ulpt.models.batch import RowPrompts, StagedGrid, StagedTokens
 from ulpt.models.cachearg import cache_kwargs
 from ulpt.models.prefix import CachedPrompt, compute_prefixes, prefix_batch, supports_prefix_cache
+from ulpt.models.transfer import Staging
 
 
 @dataclass
@@ -49,6 +50,13 @@ class CausalModel(BaseModel):
             raise ValueError("cache_prompts needs a prompt for every source")
         return compute_prefixes(self.hf, [p for p in prompts if p is not None])
 
+    @cached_property
+    def explicit_mask(self) -> bool:
+        """Whether a batch without a cache may pass its own 4D causal mask: transformers builds one from
+        the 2D mask only after asking whether the padding mask is all ones, a host read (and on CUDA a
+        sync) per forward pass. Only where that mask is exact: eager or SDPA attention, no sliding window."""
+        return self.supports_prefix_cache and self.hf.config._attn_implementation in ("eager", "sdpa")
+
     def target_separator(self, input_text: str) -> str:
         """A space unless the input ends in one: the target continues the same text."""
         return "" if not input_text or input_text[-1].isspace() else " "
@@ -56,7 +64,7 @@ class CausalModel(BaseModel):
     def prefill(
         self,
         sources: Sequence[RowSource] | RowPrompts,
-        input_ids: Sequence[Sequence[int]],
+        input_ids: Sequence[Sequence[int]] | StagedTokens,
         *,
         keep: int = 1,
         use_cache: bool = True,
@@ -67,9 +75,8 @@ class CausalModel(BaseModel):
         """
         prefixes: list[CachedPrompt | None] = [None] * len(input_ids)
         if not isinstance(sources, RowPrompts) and use_cache:
-            prefixes = [
-                s if isinstance(s, CachedPrompt) and ids else None for s, ids in zip(sources, input_ids)
-            ]
+            counts = input_ids.token_counts if isinstance(input_ids, StagedTokens) else map(len, input_ids)
+            prefixes = [s if isinstance(s, CachedPrompt) and n else None for s, n in zip(sources, counts)]
             sources = [None if c is not None else s for c, s in zip(prefixes, sources)]
         packed = self._pack(sources, input_ids)
         mask, position_ids = packed.attention_mask, packed.position_ids
@@ -78,9 +85,12 @@ class CausalModel(BaseModel):
             cache, prefix_mask, offsets = prefix_batch(self.hf, prefixes, self.pad_multiple)
             mask = torch.cat([prefix_mask, mask], dim=1)
             position_ids = position_ids + offsets[:, None]
+        attention = mask
+        if not use_cache and self.explicit_mask:  # teacher forcing (training): no host sync in the mask
+            attention = causal_mask(mask, packed.inputs_embeds.dtype)
         logits = self.hf(
             inputs_embeds=packed.inputs_embeds,
-            attention_mask=mask,
+            attention_mask=attention,
             position_ids=position_ids,
             **cache_kwargs(self.hf, cache),
             use_cache=use_cache,
@@ -105,16 +115,36 @@ class CausalModel(BaseModel):
         state.logits = logits
         return logits
 
-    def _teacher_forced(
+    def _stage_targets(
         self,
-        prompts: Sequence[RowSource] | RowPrompts,
+        prompt_lengths: Sequence[int],
         input_ids: Sequence[Sequence[int]],
         target_ids: Sequence[Sequence[int]],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Input and target in one sequence; the last K + 1 positions' logits, less the last one."""
-        k = max(len(t) for t in target_ids)
+        staging: Staging,
+    ) -> TeacherForcing:
+        """Input and target in one sequence; targets and their mask left-padded like the rows."""
         rows = [[*i, *t] for i, t in zip(input_ids, target_ids)]
-        logits = self.prefill(prompts, rows, keep=k + 1, use_cache=False).logits[:, :k]
-        targets = pad_ids(target_ids, self.pad_id, left=True, device=self.device)
-        mask = pad_ids([[1] * len(t) for t in target_ids], 0, left=True, device=self.device)
-        return logits, targets, mask
+        return TeacherForcing(
+            StagedTokens.stage(prompt_lengths, rows, staging),
+            StagedGrid.stage(target_ids, self.pad_id, left=True, staging=staging),
+            StagedGrid.stage([[1] * len(t) for t in target_ids], 0, left=True, staging=staging),
+        )
+
+    def _teacher_forced(self, prompts: RowPrompts, forcing: TeacherForcing) -> torch.Tensor:
+        """The last K + 1 positions' logits, less the last one (only they reach the LM head)."""
+        k = forcing.targets.width
+        return self.prefill(prompts, forcing.tokens, keep=k + 1, use_cache=False).logits[:, :k]
+
+
+def causal_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, T, T] additive mask from a [B, T] padding mask: position i attends real positions j <= i.
+
+    Built on the device from the padding mask, so nothing is read back to the host. A padding query
+    row attends nothing real; its large negative (not -inf) entries keep its softmax finite.
+    """
+    width = mask.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=mask.device).tril()  # [T, T]
+    allowed = causal[None, None] & mask.bool()[:, None, None, :]  # [B, 1, T, T]
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )

@@ -37,8 +37,13 @@ def load_base_model(
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     pad_multiple: int = 8,
+    embeddings_only: bool = False,
 ) -> BaseModel:
     """Load any `from_pretrained` folder (or a named model such as 'smollm2-135m'), frozen.
+
+    `embeddings_only`: a decoder-only model without its transformer layers (embedding table, final
+    norm, LM head), for a replica whose vLLM holds the real weights on the GPU and only needs the
+    tokenizer and the table here: a few percent of the host memory of a full copy.
 
     Decoder-only models load as `AutoModelForCausalLM`, encoder-decoder ones (T5) as
     `AutoModelForSeq2SeqLM` with the prompt on the encoder side. `dtype` is "auto" (bf16 on CUDA,
@@ -60,6 +65,9 @@ def load_base_model(
     # device_map places each tensor on `device` in `dtype` as it is read from the (memory-mapped)
     # safetensors file: no float32 host copy of the whole model first, so a GPU pod needs host
     # memory for about one shard, not for the model twice.
-    hf_model = auto.from_pretrained(path, dtype=dtype, device_map={"": device}, local_files_only=True)
+    layers = {"num_hidden_layers": 0} if embeddings_only and not is_encoder_decoder(config) else {}
+    hf_model = auto.from_pretrained(
+        path, dtype=dtype, device_map={"": device}, local_files_only=True, **layers
+    )
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return wrap_base_model(hf_model, tokenizer, name=name, path=Path(path), pad_multiple=pad_multiple)

@@ -25,15 +25,16 @@ from transformers.cache_utils import DynamicLayer
 
 from ulpt.models.batch import round_up
 from ulpt.models.cachearg import cache_kwargs
+from ulpt.models.transfer import Staging
 
 
 @dataclass(frozen=True, eq=False)
 class CachedPrompt:
-    """A materialized prompt plus its keys and values at positions 0..n-1 of every layer."""
+    """A materialized prompt plus its keys and values at positions 0..n-1 of every layer, as ONE tensor:
+    a batch assembles its prefixes with one copy per length group, not one per row and layer."""
 
     prompt: torch.Tensor  # [n, d], used where a prefix cannot be (scoring, empty texts)
-    keys: tuple[torch.Tensor, ...]  # per layer [kv_heads, n, head_dim]
-    values: tuple[torch.Tensor, ...]  # per layer [kv_heads, n, head_dim]
+    kv: torch.Tensor  # [layers, 2 (keys, values), kv_heads, n, head_dim]
 
     @property
     def n_tokens(self) -> int:
@@ -41,8 +42,7 @@ class CachedPrompt:
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.prompt, *self.keys, *self.values)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in (self.prompt, self.kv))
 
 
 def supports_prefix_cache(hf_model: Any) -> bool:
@@ -75,10 +75,10 @@ def compute_prefixes(hf_model: Any, prompts: Sequence[torch.Tensor]) -> list[Cac
             logits_to_keep=1,
         )
         layers: list[Any] = list(cache.layers)  # DynamicLayers (checked by supports_prefix_cache)
+        # [G, layers, 2, kv_heads, n, head_dim]: one copy for the group, then each prompt's own slice
+        kv = torch.stack([torch.stack([layer.keys, layer.values], 1) for layer in layers], 1)
         for g, i in enumerate(members):
-            keys = tuple(layer.keys[g].clone() for layer in layers)
-            values = tuple(layer.values[g].clone() for layer in layers)
-            out[i] = CachedPrompt(prompts[i], keys, values)
+            out[i] = CachedPrompt(prompts[i], kv[g].clone())  # its own storage: the cache evicts it alone
     return [c for c in out if c is not None]
 
 
@@ -94,18 +94,22 @@ def prefix_batch(
     width = round_up(max(lengths), pad_multiple)
     ref = next(p for p in prefixes if p is not None)
     device = ref.prompt.device
-    mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=device)
+    n_layers, _, heads, _, head_dim = ref.kv.shape
+    # one batch tensor [layers, 2, B, kv_heads, width, head_dim]; each length group lands in one copy
+    batch = ref.kv.new_zeros(n_layers, 2, len(prefixes), heads, width, head_dim)
+    groups: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         if n:
-            mask[i, width - n :] = 1
+            groups.setdefault(n, []).append(i)
+    staging = Staging(device)
+    staged = {n: staging.add(rows) for n, rows in groups.items()}
+    offsets = staging.add(lengths)
+    for n, rows in groups.items():
+        group = torch.stack([prefixes[i].kv for i in rows], 2)  # type: ignore[union-attr]  # [L, 2, G, H, n, D]
+        batch[:, :, staging[staged[n]], :, width - n :] = group
     cache = DynamicCache(config=hf_model.config)
-    for layer in range(len(ref.keys)):
-        heads, _, head_dim = ref.keys[layer].shape
-        keys = ref.keys[layer].new_zeros(len(prefixes), heads, width, head_dim)
-        values = ref.values[layer].new_zeros(len(prefixes), heads, width, head_dim)
-        for i, prefix in enumerate(prefixes):
-            if prefix is not None:
-                keys[i, :, width - lengths[i] :] = prefix.keys[layer]
-                values[i, :, width - lengths[i] :] = prefix.values[layer]
-        cache.update(keys, values, layer)
-    return cache, mask, torch.tensor(lengths, dtype=torch.long, device=device)
+    for layer in range(n_layers):
+        cache.update(batch[layer, 0], batch[layer, 1], layer)
+    lengths_t = staging[offsets]
+    mask = (torch.arange(width, device=device)[None, :] >= width - lengths_t[:, None]).long()
+    return cache, mask, lengths_t

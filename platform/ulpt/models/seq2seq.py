@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, EncoderDecoderCache
 
-from ulpt.models.base import BaseModel, Decoding, RowSource
-from ulpt.models.batch import RowPrompts, pad_ids
+from ulpt.models.base import BaseModel, Decoding, RowSource, TeacherForcing
+from ulpt.models.batch import RowPrompts, StagedGrid, StagedTokens
 from ulpt.models.cachearg import cache_kwargs
+from ulpt.models.transfer import Staging
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Seq2SeqModel(BaseModel):
     def prefill(
         self,
         sources: Sequence[RowSource] | RowPrompts,
-        input_ids: Sequence[Sequence[int]],
+        input_ids: Sequence[Sequence[int]] | StagedTokens,
         *,
         decoder_ids: torch.Tensor | None = None,
         decoder_mask: torch.Tensor | None = None,
@@ -73,19 +74,30 @@ class Seq2SeqModel(BaseModel):
         state.logits = logits
         return logits
 
-    def _teacher_forced(
+    def _stage_targets(
         self,
-        prompts: Sequence[RowSource] | RowPrompts,
+        prompt_lengths: Sequence[int],
         input_ids: Sequence[Sequence[int]],
         target_ids: Sequence[Sequence[int]],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        staging: Staging,
+    ) -> TeacherForcing:
         """The decoder reads the start token and every target but the last, right-padded."""
         start = self.hf.config.decoder_start_token_id
-        shifted = [[start, *t[:-1]] for t in target_ids]
-        mask = pad_ids([[1] * len(t) for t in target_ids], 0, left=False, device=self.device)
-        decoder_ids = pad_ids(shifted, self.pad_id, left=False, device=self.device)
-        logits = self.prefill(
-            prompts, input_ids, decoder_ids=decoder_ids, decoder_mask=mask, use_cache=False
+        return TeacherForcing(
+            StagedTokens.stage(prompt_lengths, input_ids, staging),
+            StagedGrid.stage(target_ids, self.pad_id, left=False, staging=staging),
+            StagedGrid.stage([[1] * len(t) for t in target_ids], 0, left=False, staging=staging),
+            StagedGrid.stage(
+                [[start, *t[:-1]] for t in target_ids], self.pad_id, left=False, staging=staging
+            ),
+        )
+
+    def _teacher_forced(self, prompts: RowPrompts, forcing: TeacherForcing) -> torch.Tensor:
+        assert forcing.decoder_ids is not None
+        return self.prefill(
+            prompts,
+            forcing.tokens,
+            decoder_ids=forcing.decoder_ids.tensor(),
+            decoder_mask=forcing.mask.tensor(),
+            use_cache=False,
         ).logits
-        targets = pad_ids(target_ids, self.pad_id, left=False, device=self.device)
-        return logits, targets, mask

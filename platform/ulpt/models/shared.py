@@ -79,25 +79,9 @@ class SharedBase:
 def pack_base_model(path_or_id: str | os.PathLike[str], dtype: str | torch.dtype = "float32") -> SharedBase:
     """Read a model folder's safetensors into one buffer, floating-point tensors cast to `dtype`."""
     name = str(path_or_id)
-    folder = resolve_model_path(name)
-    target = resolve_dtype(dtype, torch.device("cpu"))
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{name}: no *.safetensors weights in {folder}")
-    layout: list[tuple[Path, str, torch.dtype, tuple[int, ...]]] = []
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118  # safe_open is not a mapping
-                sliced = handle.get_slice(key)
-                stored = _torch_dtype(sliced.get_dtype())
-                kind = target if stored.is_floating_point else stored
-                layout.append((file, key, kind, tuple(sliced.get_shape())))
-    tensors, offset = [], PAGE
-    for _, key, kind, shape in layout:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * kind.itemsize
-        tensors.append(TensorEntry(key, str(kind).removeprefix("torch."), shape, offset, nbytes))
-        offset = -(-(offset + nbytes) // ALIGN) * ALIGN
-    buffer = np.zeros(offset + PAGE, dtype=np.uint8)
+    folder, files, target = _weight_files(name, dtype)
+    layout, tensors, size = _layout(folder, files, target)
+    buffer = np.zeros(size, dtype=np.uint8)
     by_file: dict[Path, list[int]] = {}
     for i, (file, *_rest) in enumerate(layout):
         by_file.setdefault(file, []).append(i)
@@ -113,23 +97,79 @@ def pack_base_model(path_or_id: str | os.PathLike[str], dtype: str | torch.dtype
     return SharedBase(name, fingerprint, str(target).removeprefix("torch."), small, tuple(tensors), buffer)
 
 
-def put_base_model(path_or_id: str | os.PathLike[str], dtype: str | torch.dtype = "float32") -> Any | None:
+def packed_nbytes(path_or_id: str | os.PathLike[str], dtype: str | torch.dtype = "float32") -> int:
+    """The size `pack_base_model` would allocate, read from the safetensors headers alone."""
+    folder, files, target = _weight_files(str(path_or_id), dtype)
+    return _layout(folder, files, target)[2]
+
+
+def _weight_files(name: str, dtype: str | torch.dtype) -> tuple[Path, list[Path], torch.dtype]:
+    folder = resolve_model_path(name)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{name}: no *.safetensors weights in {folder}")
+    return folder, files, resolve_dtype(dtype, torch.device("cpu"))
+
+
+def _layout(
+    folder: Path, files: list[Path], target: torch.dtype
+) -> tuple[list[tuple[Path, str, torch.dtype, tuple[int, ...]]], list[TensorEntry], int]:
+    """(each tensor's file, name, packed dtype and shape; its place in the buffer; the buffer's size),
+    from the files' headers: nothing is read or allocated."""
+    kept = kept_in_float32(folder, target)
+    layout: list[tuple[Path, str, torch.dtype, tuple[int, ...]]] = []
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118  # safe_open is not a mapping
+                sliced = handle.get_slice(key)
+                stored = _torch_dtype(sliced.get_dtype())
+                kind = target if stored.is_floating_point else stored
+                if stored.is_floating_point and kept.intersection(key.split(".")):
+                    kind = torch.float32
+                layout.append((file, key, kind, tuple(sliced.get_shape())))
+    tensors, offset = [], PAGE
+    for _, key, kind, shape in layout:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * kind.itemsize
+        tensors.append(TensorEntry(key, str(kind).removeprefix("torch."), shape, offset, nbytes))
+        offset = -(-(offset + nbytes) // ALIGN) * ALIGN
+    return layout, tensors, offset + PAGE
+
+
+def kept_in_float32(folder: Path, dtype: torch.dtype) -> set[str]:
+    """Module names the model's class keeps in float32 when loaded in `dtype`, as `from_pretrained`
+    does (T5's `wo` in float16: its activations overflow there); the shared copy must match a disk load."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    model_class = auto_model_class(config)._model_mapping[type(config)]  # e.g. T5ForConditionalGeneration
+    kept = set(getattr(model_class, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16:
+        kept |= set(getattr(model_class, "_keep_in_fp32_modules", None) or ())
+    return kept if dtype in (torch.float16, torch.bfloat16) else set()
+
+
+def put_base_model(
+    path_or_id: str | os.PathLike[str], dtype: str | torch.dtype = "float32", free_bytes: float | None = None
+) -> Any | None:
     """`ray.put` the packed model once; None (and one log line) when the object store cannot hold it.
 
-    The caller keeps the returned reference alive for as long as processes use the weights.
+    The size is read from the safetensors headers first, so a model too large for the store is never
+    packed (packing holds the whole model in the caller's memory: a driver on an 8 GiB head pod).
+    `free_bytes`: the store's free bytes (default: what Ray reports). The caller keeps the returned
+    reference alive for as long as processes use the weights.
     """
     import ray
 
-    shared = pack_base_model(path_or_id, dtype)
-    free = ray.available_resources().get("object_store_memory", 0.0)
-    if shared.nbytes > free:
+    nbytes = packed_nbytes(path_or_id, dtype)
+    free = ray.available_resources().get("object_store_memory", 0.0) if free_bytes is None else free_bytes
+    if nbytes > free:
         log.warning(
             "base model %s (%.2f GB in %s) does not fit in Ray's object store (%.2f GB free): every "
             "process loads it from disk; raise the store with `ray start --object-store-memory`",
-            shared.name, shared.nbytes / 1e9, shared.dtype, free / 1e9,
+            path_or_id, nbytes / 1e9, str(dtype).removeprefix("torch."), free / 1e9,
         )  # fmt: skip
         return None
-    return ray.put(shared)
+    return ray.put(pack_base_model(path_or_id, dtype))
 
 
 def load_shared_base_model(

@@ -25,6 +25,7 @@ from safetensors.torch import save as save_tensors
 
 from ulpt.adapters.limits import read_header
 from ulpt.errors import UlptError
+from ulpt.models.transfer import to_host
 from ulpt.training.packed import FitState
 from ulpt.training.stack import FitStack
 
@@ -66,8 +67,8 @@ def encode(groups: Mapping[str, Sequence[FitState]]) -> bytes:
             for part, row in _fit_rows(fit, stacks).items():
                 rows[part].append(row)
             index[group].append({**entry, "moments": fit.slot is not None, **_fit_state(fit)})
-    tensors = {
-        f"{i}.{part}": torch.stack(rows[part]).to(torch.float32).contiguous()
+    tensors = {  # stacked on the fits' device, then one copy to the host per part and layout
+        f"{i}.{part}": to_host(torch.stack(rows[part]).to(torch.float32)).contiguous()
         for i, rows in enumerate(layouts.values())
         for part in PARTS
     }
@@ -158,21 +159,21 @@ def _fit_state(fit: FitState) -> dict[str, Any]:
 
 
 def _fit_rows(fit: FitState, stacks: dict[FitStack, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """A fit's parts as flat host rows; a stacked fit's are its rows of the stack's tensors, copied to
-    the host once per stack (no device sync per fit). An unstacked fit has no moments (zeros)."""
-    best = torch.cat([t.detach().reshape(-1).to("cpu") for t in fit.best_params.values()])
+    """A fit's parts as flat rows on its device (`encode` copies them to the host together); a stacked
+    fit's are views of its rows of the stack's tensors. An unstacked fit has no moments (zeros)."""
+    best = torch.cat([t.detach().reshape(-1) for t in fit.best_params.values()])
     if fit.slot is None:
-        params = torch.cat([p.detach().reshape(-1).to("cpu") for p in fit.adapter.params.values()])
+        params = torch.cat([p.detach().reshape(-1) for p in fit.adapter.params.values()])
         return {
             "params": params,
-            "best": best,
+            "best": best.to(params.device),
             "exp_avg": torch.zeros_like(params),
             "exp_avg_sq": torch.zeros_like(params),
         }
     stack, slot = fit.slot
     if stack not in stacks:
-        stacks[stack] = {part: getattr(stack, name).detach().to("cpu") for part, name in STACKED.items()}
-    return {"best": best, **{part: stacks[stack][part][slot] for part in STACKED}}
+        stacks[stack] = {part: getattr(stack, name).detach() for part, name in STACKED.items()}
+    return {"best": best.to(stack.device), **{part: stacks[stack][part][slot] for part in STACKED}}
 
 
 PARTS = ("params", "best", "exp_avg", "exp_avg_sq")

@@ -23,6 +23,8 @@ from ulpt.adapters import Adapter
 from ulpt.adapters.projection import make_generator
 from ulpt.models.base import BaseModel
 from ulpt.models.batch import plan_chunks
+from ulpt.models.precision import check_trainable
+from ulpt.models.transfer import Staging, host_to_device
 from ulpt.training.config import TrainConfig
 from ulpt.training.evaluate import EvalItem, evaluate
 from ulpt.training.examples import Example
@@ -170,6 +172,7 @@ class PackedTrainer:
     def __init__(
         self, model: BaseModel, max_rows_per_forward: int = 64, max_tokens_per_forward: int | None = None
     ) -> None:
+        check_trainable(model.token_embeddings.dtype)
         self.model = model
         self.max_rows = max_rows_per_forward
         self.max_tokens = max_tokens_per_forward or self.TOKENS_PER_ROW * max_rows_per_forward
@@ -189,44 +192,61 @@ class PackedTrainer:
             (i, f, ex) for i, f in enumerate(active) for ex in f.next_batch()
         ]
         device = self.model.device
-        fit_loss = torch.zeros(len(active), dtype=torch.float32, device=device)  # summed on the device
-        # each row's fit and weight (1 / its fit's batch size) once per step, picked per chunk on the device
-        row_owner = torch.tensor([i for i, _, _ in rows], dtype=torch.long, device=device)
-        row_weight = torch.tensor([f.config.batch_size for f in active], device=device).reciprocal()[
-            row_owner
-        ]
+        # Every index and id list of the step is staged on the host first and reaches the device in one
+        # copy (pinned, non-blocking on CUDA): no transfer, and so no stream sync, per chunk or per fit.
+        staging = Staging(device)
+        owners = staging.add([i for i, _, _ in rows])
+        batch_sizes = staging.add([f.config.batch_size for f in active])
+        stack_slots: dict[FitStack, list[int]] = {}
+        for fit in active:
+            stack, slot = fit.slot  # type: ignore[misc]
+            stack_slots.setdefault(stack, []).append(slot)
+        staged_slots = {stack: staging.add(slots) for stack, slots in stack_slots.items()}
         lengths = [f.adapter.spec.n_tokens + len(ex.input_ids) + len(ex.target_ids) for _, f, ex in rows]
+        chunks = []
         for indices in plan_chunks(lengths, self.max_rows, self.max_tokens):
             # rows of one stack side by side: each stack builds its prompts in one batched op
             indices.sort(key=lambda r: id(rows[r][1].slot[0]))  # type: ignore[index]
             chunk = [rows[r] for r in indices]
-            logp, mask = self.model.target_logprobs(
-                self.stacks.row_prompts([f for _, f, _ in chunk]),
+            forcing = self.model.stage_targets(
+                [f.adapter.spec.n_tokens for _, f, _ in chunk],
                 [ex.input_ids for _, _, ex in chunk],
                 [ex.target_ids for _, _, ex in chunk],
+                staging,
             )
+            chunks.append(
+                (staging.add(indices), self.stacks.stage_prompts([f for _, f, _ in chunk], staging), forcing)
+            )
+        fit_loss = torch.zeros(len(active), dtype=torch.float32, device=device)  # summed on the device
+        # each row's fit and weight (1 / its fit's batch size), picked per chunk on the device
+        row_owner = staging[owners]
+        row_weight = staging[batch_sizes].to(torch.float32).reciprocal()[row_owner]
+        for picked, prompts, forcing in chunks:
+            logp, mask = self.model.staged_target_logprobs(self.stacks.row_prompts(prompts), forcing)
             row_loss = -logp.sum(1) / mask.sum(1)  # [R] float32, on the model's device
-            picked = torch.tensor(indices, dtype=torch.long, device=device)
-            owner, weights = row_owner[picked], row_weight[picked]
+            owner, weights = row_owner[staging[picked]], row_weight[staging[picked]]
             # A non-finite row makes its fit's sum non-finite (the fit fails) and adds nothing to the graph.
             fit_loss.index_add_(0, owner, row_loss.detach() * weights)
             finite = torch.isfinite(row_loss.detach())
             total = (torch.where(finite, row_loss, torch.zeros_like(row_loss)) * weights).sum()
             if total.requires_grad:
                 total.backward()
-        losses = fit_loss.tolist()  # one device sync per step, not one per fit or row
-        stepped: dict[FitStack, list[int]] = {}
+        losses = fit_loss.tolist()  # the step's one device sync, not one per fit, row or chunk
+        stepped: dict[FitStack, list[int]] = {stack: [] for stack in stack_slots}
         for fit, loss in zip(active, losses):
             stack, slot = fit.slot  # type: ignore[misc]
-            slots = stepped.setdefault(stack, [])
             if not math.isfinite(loss):
                 fit.fail(f"training loss became non-finite at step {fit.step + 1}")
                 continue
-            slots.append(slot)
+            stepped[stack].append(slot)
             fit.step += 1
             fit.train_losses.append(loss)
         for stack, slots in stepped.items():
-            stack.step(slots)  # also clears the stack's gradient, failed fits' rows included
+            # the staged slots unless a fit failed (rare): then a copy of the ones still training
+            index = (
+                staging[staged_slots[stack]] if slots == stack_slots[stack] else host_to_device(slots, device)
+            )
+            stack.step(index)  # also clears the stack's gradient, failed fits' rows included
         return {fit.key: loss for fit, loss in zip(active, losses)}
 
     def evaluate(self, fits: Sequence[FitState]) -> dict[str, dict[str, float]]:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ulpt.adapters import Adapter
 from ulpt.models.batch import RowPrompts
+from ulpt.models.transfer import Staged, Staging
 from ulpt.training import optim
 
 if TYPE_CHECKING:
@@ -134,9 +136,9 @@ class FitStack:
         self.members[slot] = None
         fit.slot = None
 
-    def prompts(self, slots: Sequence[int]) -> torch.Tensor:
-        """[R, n, d] float32 prompts of the fits in `slots`, in one batched op, differentiable into `flat`."""
-        index = torch.tensor(slots, dtype=torch.long, device=self.device)
+    def prompts(self, index: torch.Tensor) -> torch.Tensor:
+        """[R, n, d] float32 prompts of the fits in slots `index` (a long tensor on the stack's device),
+        in one batched op, differentiable into `flat`."""
         rows = self.flat.index_select(0, index)  # [R, P]
         params, offset = {}, 0
         for name, shape in self.shapes.items():
@@ -146,13 +148,13 @@ class FitStack:
         return self.spec.adapter_method.materialize(params, frozen)
 
     @torch.no_grad()
-    def step(self, slots: Sequence[int]) -> None:
-        """One clipped AdamW step of the fits in `slots`, each on its own schedule; other rows untouched."""
+    def step(self, index: torch.Tensor) -> None:
+        """One clipped AdamW step of the fits in slots `index` (a long tensor on the stack's device), each
+        on its own schedule; other rows untouched."""
         grad = self.flat.grad
         self.flat.grad = None
-        if not slots or grad is None:
+        if not index.numel() or grad is None:
             return
-        index = torch.tensor(slots, dtype=torch.long, device=self.device)
         grad = grad.index_select(0, index)
         grad.mul_(optim.clip_coefficients(grad, self.max_norm.index_select(0, index))[:, None])
         done = self.steps.index_select(0, index)
@@ -213,8 +215,9 @@ class FitStacks:
                 if saved is not None and fit.slot is not None:
                     stack.load_optimizer_state(fit.slot[1], saved)
 
-    def row_prompts(self, fits: Sequence[FitState]) -> RowPrompts:
-        """The prompts of rows owned by `fits` (one entry per row), fits of one stack adjacent."""
+    def stage_prompts(self, fits: Sequence[FitState], staging: Staging) -> StagedPrompts:
+        """Which stacked prompt each row takes (one entry per row, fits of one stack adjacent), staged
+        for the step's one copy to the device."""
         runs: list[tuple[FitStack, list[int]]] = []
         for fit in fits:
             stack, slot = fit.slot  # type: ignore[misc]
@@ -222,15 +225,30 @@ class FitStacks:
                 runs[-1][1].append(slot)
             else:
                 runs.append((stack, [slot]))
-        parts = []
+        staged = []
         for stack, slots in runs:  # each fit's prompt built once, however many of its rows the chunk holds
             unique = list(dict.fromkeys(slots))
-            prompts = stack.prompts(unique)  # [U, n, d]
-            if len(unique) < len(slots):
-                position = {slot: i for i, slot in enumerate(unique)}
-                rows = torch.tensor([position[s] for s in slots], dtype=torch.long, device=prompts.device)
-                prompts = prompts.index_select(0, rows)  # [R_s, n, d]
+            position = {slot: i for i, slot in enumerate(unique)}
+            repeats = staging.add([position[s] for s in slots]) if len(unique) < len(slots) else None
+            staged.append((stack, staging.add(unique), repeats))
+        return StagedPrompts(staging, staged, [f.adapter.spec.n_tokens for f in fits])
+
+    def row_prompts(self, staged: StagedPrompts) -> RowPrompts:
+        """The prompts of a chunk's rows, from `stage_prompts`: one batched op per stack."""
+        parts = []
+        for stack, unique, repeats in staged.runs:
+            prompts = stack.prompts(staged.staging[unique])  # [U, n, d]
+            if repeats is not None:
+                prompts = prompts.index_select(0, staged.staging[repeats])  # [R_s, n, d]
             parts.append(prompts.flatten(0, 1))  # [R_s * n, d]
-        return RowPrompts(
-            torch.cat(parts) if len(parts) > 1 else parts[0], [f.adapter.spec.n_tokens for f in fits]
-        )
+        return RowPrompts(torch.cat(parts) if len(parts) > 1 else parts[0], staged.lengths)
+
+
+@dataclass
+class StagedPrompts:
+    """A chunk's prompt plan: per run of rows of one stack, its distinct slots and, when a fit has
+    several rows, each row's place among them (both staged); and every row's prompt length."""
+
+    staging: Staging
+    runs: list[tuple[FitStack, Staged, Staged | None]]
+    lengths: list[int]
