@@ -84,7 +84,7 @@ def train_loop(config: dict[str, Any]) -> None:
         device = worker_device(spec.use_gpu)
     except UlptError as exc:  # failed, not raised: Ray Train would restart the workers into the same error
         with catalog.session() as session:
-            set_job_status(session, cfg.job_id, "failed", error=str(exc))
+            move_job(session, as_uuid(cfg.job_id), JobState.FAILED, only=[JobState.RUNNING], error=str(exc))
         catalog.close()
         return
     model = base_model(spec, device, cfg.shared_weights)
