@@ -138,7 +138,7 @@ def test_a_gpu_job_may_give_each_worker_a_fraction_of_a_gpu(tmp_path: Path) -> N
     base = {"base_model": "./m", "dataset": {"path": "d.jsonl"}, "use_gpu": True}
     spec = JobSpec.from_dict({**base, "gpus_per_worker": 0.25, "num_workers": 4})
     target = JobTarget(None, "sqlite://", str(tmp_path), tmp_path)  # type: ignore[arg-type]  # not opened
-    scaling = _trainer(target, "job", spec, 0).scaling_config
+    scaling = _trainer(target, "job", spec, 0, "driver").scaling_config
     assert scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1, "GPU": 0.25}
     assert JobSpec.from_dict(base).gpus_per_worker == 1.0
     with pytest.raises(SpecError, match="gpus_per_worker must be at most 1 or a whole number"):
