@@ -48,7 +48,7 @@ def from_ulpt(exc: UlptError) -> ApiError:
 
 def response(exc: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": None}}
+    body = {"error": {"message": first_line(exc.message), "type": exc.type, "param": exc.param, "code": None}}
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 

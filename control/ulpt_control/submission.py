@@ -4,21 +4,19 @@ A spec over HTTP is data from someone holding a key, not from an operator: its d
 only the tenant's own uploaded files (`file-...`), BIG-bench tasks, or `s3://` URLs under the
 prefixes the operator allowed; never a path on the service's disk. Its base model must be a known
 name or one the operator listed; its worker count stays under the service's cap. Specs are JSON or
-YAML (`yaml.safe_load`: plain data only).
+YAML, parsed with bounded depth and alias expansion (`ulpt.documents`: plain data only).
 """
 
 from __future__ import annotations
 
-import json
 import posixpath
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
 from ulpt.catalog.files import FILE_ID
+from ulpt.documents import load_json, load_yaml
 from ulpt.errors import SpecError
 from ulpt.jobspec import JobSpec
 from ulpt.models.registry import KNOWN_MODELS
@@ -35,15 +33,9 @@ def parse_spec(body: bytes, content_type: str) -> JobSpec:
     except UnicodeDecodeError:
         raise SpecError("the job spec is not UTF-8 text") from None
     if "yaml" in content_type.lower():
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise SpecError("the job spec is not valid YAML") from None
+        data = load_yaml(text, "the job spec")
     else:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise SpecError("the job spec is not valid JSON (send YAML as application/yaml)") from None
+        data = load_json(body, "the job spec (send YAML as application/yaml)")
     if not isinstance(data, dict):
         raise SpecError("a job spec is a mapping of fields (see docs/jobspec.schema.json)")
     return JobSpec.from_dict(data)

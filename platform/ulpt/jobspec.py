@@ -28,7 +28,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator, mo
 
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.names import check_name, check_tenant, normalize_tags
-from ulpt.errors import SpecError
+from ulpt.documents import load_yaml
+from ulpt.errors import SpecError, shown
 from ulpt.models.precision import DtypeName
 from ulpt.training import TrainConfig
 from ulpt.validation import NonBlank, SpecModel
@@ -277,18 +278,12 @@ class JobSpec(SpecModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> JobSpec:
         """Read a YAML spec; its errors name the file (and the line, for YAML syntax)."""
-        import yaml
-
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise SpecError(f"cannot read job spec {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise SpecError(f"{path}:{where}: invalid YAML: {problem}") from None
+        data = load_yaml(text, str(path))
         try:
             return cls.from_dict(data if data is not None else {})
         except SpecError as exc:
@@ -323,17 +318,17 @@ def derive_seed(job_seed: int, key: str) -> int:
 def check_template(where: str, template: Any, allowed: tuple[str, ...]) -> None:
     """A `str.format` template using only `allowed` placeholders (no attribute or index access)."""
     if not isinstance(template, str) or not template:
-        raise SpecError(f"{where} must be a non-empty template string, got {template!r}")
+        raise SpecError(f"{where} must be a non-empty template string, got {shown(template)}")
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise SpecError(f"{where}: invalid template {template!r}: {exc}") from None
+        raise SpecError(f"{where}: invalid template {shown(template)}: {exc}") from None
     for _, field_name, spec, conversion in parsed:
         if field_name is None:
             continue
         if field_name not in allowed or spec or conversion:
             raise SpecError(
-                f"{where}: unknown placeholder {{{field_name}}} in {template!r}; "
+                f"{where}: unknown placeholder {{{field_name}}} in {shown(template)}; "
                 f"use {', '.join('{' + a + '}' for a in allowed)}"
             )
 

@@ -8,7 +8,6 @@ rows OpenAI's fine-tuning takes (`{"prompt", "completion"}` or chat `{"messages"
 from __future__ import annotations
 
 import builtins
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ulpt.catalog.files import add_file, delete_file, get_file, list_files
 from ulpt.catalog.models import FileRow
+from ulpt.documents import load_json
 from ulpt.errors import DataError, SpecError
 
 if TYPE_CHECKING:
@@ -64,9 +64,9 @@ def parse_jsonl(data: bytes, purpose: str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except ValueError:
-            raise DataError(f"line {number}: not JSON (upload one JSON object per line)") from None
+            row = load_json(line, f"line {number}")
+        except SpecError as exc:
+            raise DataError(f"{exc} (upload one JSON object per line, finite numbers only)") from None
         if not isinstance(row, dict):
             raise DataError(f"line {number}: a JSON object is expected")
         if purpose == "fine-tune":
