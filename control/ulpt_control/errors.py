@@ -12,6 +12,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from ulpt.errors import CatalogError, ConflictError, NotFoundError, StoreError, UlptError, first_line
 
@@ -60,6 +61,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UlptError)
     async def _ulpt_error(_request: Request, exc: UlptError) -> JSONResponse:
         return response(from_ulpt(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's own refusals (an unknown route, a method a route lacks) in the one shape."""
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return response(ApiError(exc.status_code, str(exc.detail), type=kind))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -92,21 +92,23 @@ class _Request(BaseModel):
                     )
         return data
 
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # strict: `max_tokens: true`, `"2"` or `stream: 1` are a client's mistakes, not 1, 2 or true (as
+    # in specs); an integer where a float is asked for is still a number.
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, strict=True, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, strict=True, allow_inf_nan=False)
     # json_schema_extra: what the validators below accept, so the OpenAPI schema says it too.
-    n: int = Field(default=1, json_schema_extra={"minimum": 1, "maximum": 1})
+    n: int = Field(default=1, strict=True, json_schema_extra={"minimum": 1, "maximum": 1})
     stop: str | list[str] | None = Field(default=None, json_schema_extra=_STOP_SCHEMA)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    stream: bool = False
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
+    stream: bool = Field(default=False, strict=True)
     stream_options: dict[str, Any] | None = None
     presence_penalty: float = Field(default=0.0, json_schema_extra=_ZERO)
     frequency_penalty: float = Field(default=0.0, json_schema_extra=_ZERO)
     logprobs: Any = Field(default=None, json_schema_extra={"enum": [None, False, 0]})
     logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra={"maxProperties": 0})
     user: str | None = None
-    ignore_eos: bool = False
+    ignore_eos: bool = Field(default=False, strict=True)
     """vLLM's extension: decode to max_tokens even past the end-of-sequence token (load tests)."""
 
     @field_validator("n")
@@ -163,7 +165,7 @@ class CompletionRequest(_Request):
             "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]
         },
     )
-    echo: bool = Field(default=False, json_schema_extra={"enum": [False]})
+    echo: bool = Field(default=False, strict=True, json_schema_extra={"enum": [False]})
     suffix: str | None = Field(
         default=None, json_schema_extra={"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}]}
     )
@@ -213,7 +215,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
 
     @property
     def requested_max_tokens(self) -> int | None:
