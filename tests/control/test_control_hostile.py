@@ -90,3 +90,28 @@ def test_a_tampered_cursor_is_a_400_never_a_500(plane: Plane, sort: str, value: 
     else:
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["message"].startswith("invalid cursor")
+
+
+@pytest.mark.parametrize("creator", ["read", "train", "admin", "all"])
+@pytest.mark.parametrize("asked", [["read"], ["train"], ["admin"], ["read", "train", "admin"], None])
+def test_a_new_key_holds_at_most_its_creators_scopes(
+    plane: Plane, creator: str, asked: list[str] | None
+) -> None:
+    held = {"read", "train", "admin"} if creator == "all" else {creator}
+    body = {"name": "minted"} if asked is None else {"name": "minted", "scopes": asked}
+    made = plane.call("POST", "/v1/keys", scope=creator, json=body)
+    if "admin" not in held:
+        assert made.status_code == 403, made.text
+    elif asked is not None and not set(asked) <= held:
+        assert made.status_code == 403 and made.json()["error"]["param"] == "scopes", made.text
+    else:
+        assert made.status_code == 201, made.text
+        assert set(made.json()["scopes"]) == (held if asked is None else set(asked))
+
+
+@pytest.mark.parametrize("path", ["/nope", "/v1/keys/x/y", "/v1/jobs/x/y/z"])
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PATCH"])
+def test_unknown_routes_and_methods_answer_in_the_error_shape(plane: Plane, path: str, method: str) -> None:
+    answer = plane.call(method, path)
+    assert answer.status_code in (404, 405), answer.text
+    assert set(answer.json()) == {"error"} and answer.json()["error"]["message"], answer.text
