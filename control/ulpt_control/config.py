@@ -29,6 +29,12 @@ class ControlConfig:
     """Base models jobs may name besides the known names (`smollm2-135m`): folders or names on the service."""
     max_workers: int = 8
     """Most Ray workers one submitted job may ask for."""
+    max_cpus_per_worker: int = 8
+    """Most CPUs one worker may ask for: the largest node type of the cluster (the autoscaler's
+    included). A job asking more could never be placed and would wait forever, so it is refused."""
+    gpu_workers: bool = False
+    """Whether a node type of the cluster (the autoscaler's included) has GPUs; without, `use_gpu`
+    jobs are refused at submission instead of waiting forever for a GPU."""
     auth_cache_ttl_s: float = 30.0
     """How long a refused key is remembered (accepted keys are checked on every request)."""
     events_poll_s: float = 1.0
@@ -42,6 +48,8 @@ class ControlConfig:
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_spec_bytes < 1:
             raise SpecError("max_upload_bytes and max_spec_bytes must be positive")
+        if self.max_workers < 1 or self.max_cpus_per_worker < 1:
+            raise SpecError("max_workers and max_cpus_per_worker must be positive")
         for prefix in self.data_prefixes:
             if not prefix.startswith("s3://") or prefix.rstrip("/") == "s3:":
                 raise SpecError(f"data_prefixes: {prefix!r} is not an s3://bucket/prefix")
@@ -63,5 +71,9 @@ class ControlConfig:
                 value = int(value)
             elif kind == "float":
                 value = float(value)
+            elif kind == "bool" and not isinstance(value, bool):
+                if str(value).lower() not in ("true", "false"):
+                    raise SpecError(f"{name}: true or false, got {value!r}")
+                value = str(value).lower() == "true"
             values[name] = value
         return cls(**values)

@@ -3,7 +3,8 @@
 A spec over HTTP is data from someone holding a key, not from an operator: its data paths may name
 only the tenant's own uploaded files (`file-...`), BIG-bench tasks, or `s3://` URLs under the
 prefixes the operator allowed; never a path on the service's disk. Its base model must be a known
-name or one the operator listed; its worker count stays under the service's cap. Specs are JSON or
+name or one the operator listed; its workers fit the cluster's node types (`max_workers`,
+`max_cpus_per_worker`, `gpu_workers`), since a job no node can place would wait forever. Specs are JSON or
 YAML, parsed with bounded depth and alias expansion (`ulpt.documents`: plain data only).
 """
 
@@ -64,6 +65,12 @@ def check_spec(spec: JobSpec, config: ControlConfig) -> None:
     check_base_model(spec.base_model, config)
     if spec.num_workers > config.max_workers:
         raise SpecError(f"num_workers: at most {config.max_workers} on this service")
+    if spec.cpus_per_worker > config.max_cpus_per_worker:
+        raise SpecError(
+            f"cpus_per_worker: at most {config.max_cpus_per_worker}, the largest node of this cluster"
+        )
+    if spec.use_gpu and not config.gpu_workers:
+        raise SpecError("use_gpu: this service's cluster has no GPU nodes; the job could never start")
     for path in spec.dataset.path:
         check_path(path, config, "dataset.path")
     for index, fit in enumerate(spec.fits):

@@ -32,6 +32,7 @@ from ulpt.documents import load_yaml
 from ulpt.errors import SpecError, shown
 from ulpt.models.precision import DtypeName
 from ulpt.training import TrainConfig
+from ulpt.training.config import MAX_EPOCHS
 from ulpt.validation import NonBlank, SpecModel
 
 FORMAT_VERSION: Final = 1
@@ -39,6 +40,10 @@ BIGBENCH_PREFIX = "bigbench:"
 """`bigbench:TASK` reads a BIG-bench task through `ulpt.data.load_task` instead of files."""
 _EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _SEED_MASK = (1 << 63) - 1
+MAX_FITS_PER_WORKER = 4096
+"""Most fits one worker packs at once: each holds its parameters and AdamW state in the pack."""
+MAX_ROWS_PER_FORWARD = 4096
+"""Most rows in one forward pass of the base model: activations grow with it."""
 
 
 def _as_tuple(value: Any) -> Any:
@@ -148,7 +153,7 @@ class JobTrainConfig(TrainConfig):
     """The job's `train:` section: every fit's TrainConfig, optionally a length in epochs, and how
     the job's workers checkpoint and retry fits."""
 
-    epochs: float | None = Field(default=None, gt=0, le=1e6)
+    epochs: float | None = Field(default=None, gt=0, le=MAX_EPOCHS)
     """If set, each fit trains ceil(epochs * train rows / batch_size) steps instead of steps."""
     checkpoint_every: int = Field(default=DEFAULT_CHECKPOINT_EVERY, ge=0, le=1_000_000)
     """Save every in-flight fit's state to the store every this many steps (one blob per worker's pack),
@@ -183,16 +188,16 @@ class JobSpec(SpecModel):
     """A label for the job in `ulpt jobs list`."""
     num_workers: int = Field(default=1, ge=1, le=4096)
     """Ray Train workers; each loads the base model once and trains its fits packed."""
-    cpus_per_worker: int = Field(default=1, ge=1, le=1024)
+    cpus_per_worker: int = Field(default=1, ge=1, le=256)
     """CPUs (and torch threads) per worker."""
     use_gpu: bool = False
     """Give each worker a GPU (where Ray has them); the base model runs on it, else on the CPU."""
     dtype: DtypeName = "auto"
     """The frozen base model's dtype: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16, float16.
     Adapters always train in float32."""
-    fits_per_worker: int = Field(default=64, ge=1, le=1_000_000)
+    fits_per_worker: int = Field(default=64, ge=1, le=MAX_FITS_PER_WORKER)
     """How many fits a worker trains at once, packed in shared forward passes."""
-    max_rows_per_forward: int = Field(default=64, ge=1, le=1_000_000)
+    max_rows_per_forward: int = Field(default=64, ge=1, le=MAX_ROWS_PER_FORWARD)
     """Rows per forward/backward pass through the base model (bounds activation memory)."""
     max_failures: int = Field(default=3, ge=0, le=1000)
     """Worker-group restarts (a dead worker or node) before the job fails; unfinished fits are retried."""

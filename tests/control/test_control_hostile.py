@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.control.conftest import Plane
 from tests.test_documents import alias_bomb
 from ulpt.documents import MAX_DEPTH
-from ulpt.errors import MAX_MESSAGE_CHARS
+from ulpt.errors import MAX_MESSAGE_CHARS, SpecError
+from ulpt.jobspec import MAX_FITS_PER_WORKER, MAX_ROWS_PER_FORWARD, JobSpec
+from ulpt.training.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_EVAL_ROWS, MAX_STEPS
+from ulpt_control.finetune import FineTuneRequest, job_spec
 
 
 @pytest.mark.parametrize("levels", [3, 7, 8, 9])
@@ -115,3 +122,92 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(plane: Plane, path
     answer = plane.call(method, path)
     assert answer.status_code in (404, 405), answer.text
     assert set(answer.json()) == {"error"} and answer.json()["error"]["message"], answer.text
+
+
+def test_fine_tuning_without_a_suffix_makes_a_valid_job(tmp_path: Path) -> None:
+    request = FineTuneRequest.model_validate({"model": "smollm2-135m", "training_file": "file-abc"})
+    spec = job_spec(request, tmp_path / "rows.jsonl")  # the official client omits suffix by default
+    assert spec.name.startswith("ft-model-") and "suffix" not in spec.tags
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"method": {"type": "reinforcement", "reinforcement": {}}}, "method.type"),
+        ({"validation_file": "file-abc"}, "validation_file"),
+        ({"hyperparameters": {"n_epochs": True}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"n_epochs": "3"}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"batch_size": 10**12}}, "hyperparameters.batch_size"),
+        ({"hyperparameters": {"batch_size": True}}, "hyperparameters.batch_size"),
+        ({"hyperparameters": {"learning_rate_multiplier": True}}, "hyperparameters.learning_rate_multiplier"),
+        ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}}, "method"),
+        ({"seed": True}, "seed"),
+    ],
+)
+def test_fine_tuning_options_it_would_ignore_are_refused(
+    plane: Plane, change: dict[str, Any], param: str
+) -> None:
+    body = {"model": "smollm2-135m", "training_file": "file-abc", **change}
+    refused = plane.call("POST", "/v1/fine_tuning/jobs", json=body)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"].startswith(param), refused.text
+
+
+def test_supervised_method_hyperparameters_are_used(tmp_path: Path) -> None:
+    body = {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 2, "n_epochs": 3}}}
+    request = FineTuneRequest.model_validate({"model": "m", "training_file": "file-abc", "method": body})
+    spec = job_spec(request, tmp_path / "rows.jsonl")
+    assert (spec.train.batch_size, spec.train.epochs) == (2, 3)
+
+
+BOUNDS: list[tuple[str, str, int]] = [
+    ("train", "steps", MAX_STEPS),
+    ("train", "batch_size", MAX_BATCH_SIZE),
+    ("train", "eval_every", MAX_STEPS),
+    ("train", "warmup_steps", MAX_STEPS),
+    ("train", "early_stopping_patience", MAX_STEPS),
+    ("train", "max_eval_rows", MAX_EVAL_ROWS),
+    ("train", "epochs", MAX_EPOCHS),
+    ("", "fits_per_worker", MAX_FITS_PER_WORKER),
+    ("", "max_rows_per_forward", MAX_ROWS_PER_FORWARD),
+]
+
+
+@pytest.mark.parametrize(("section", "field", "most"), BOUNDS)
+@pytest.mark.parametrize("excess", [0, 1, 10**3, 10**9, 10**12])
+def test_spec_sizes_past_their_bound_are_refused_in_one_line(
+    section: str, field: str, most: int, excess: int
+) -> None:
+    base = {"base_model": "smollm2-135m", "dataset": {"path": "file-abc"}}
+    data = {**base, section: {field: most + excess}} if section else {**base, field: most + excess}
+    where = f"{section}.{field}" if section else field
+    if excess == 0:
+        assert JobSpec.from_dict(data)
+    else:
+        with pytest.raises(SpecError, match=rf"^{re.escape(where)} .*less than or equal to {most}"):
+            JobSpec.from_dict(data)
+
+
+@pytest.fixture()
+def cluster_plane(make_plane: Callable[..., Plane]) -> Plane:
+    return make_plane(max_cpus_per_worker=4, gpu_workers=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"cpus_per_worker": 5}, "cpus_per_worker: at most 4"),
+        ({"cpus_per_worker": 256}, "cpus_per_worker: at most 4"),
+        ({"use_gpu": True}, "use_gpu: this service's cluster has no GPU nodes"),
+        ({"train": {"batch_size": 1_000_000_000}}, "train.batch_size"),
+        ({"train": {"steps": 10**9}}, "train.steps"),
+    ],
+)
+def test_a_job_no_node_could_run_is_refused_at_submission(
+    cluster_plane: Plane, change: dict[str, Any], message: str
+) -> None:
+    spec = {"base_model": "smollm2-135m", "dataset": {"path": "file-abc"}, **change}
+    refused = cluster_plane.call("POST", "/v1/jobs", json=spec)
+    assert refused.status_code == 400 and refused.json()["error"]["message"].startswith(message), refused.text
+    assert cluster_plane.call("GET", "/v1/jobs").json()["items"] == []
