@@ -4,14 +4,17 @@ scope are refused, and unknown routes answer in the error shape."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.serve_fixtures import ServeStack
+from tests.serve_fixtures import ServeStack, deploy_app, tiny_llama_config
 from ulpt.sdk import Client
+from ulpt_serving.limits import TenantLimits
 from ulpt_serving.protocol import ApiError, ChatCompletionRequest, CompletionRequest, parse_body
 
 LOOSE: list[tuple[str, Any]] = (
@@ -97,3 +100,67 @@ def test_unknown_routes_answer_in_the_error_shape(serve_stack: ServeStack, metho
         method, serve_stack.base("llama") + path, headers=serve_stack.headers(), timeout=60
     )
     assert answer.status_code in (404, 405) and set(answer.json()) == {"error"}, answer.text
+
+
+async def _trickle(body: bytes, pieces: int, pause_s: float) -> AsyncIterator[bytes]:
+    step = -(-len(body) // pieces)
+    for start in range(0, len(body), step):
+        yield body[start : start + step]
+        await asyncio.sleep(pause_s)
+
+
+@pytest.fixture(scope="module")
+def limited_app(serve_stack: ServeStack) -> Iterator[str]:
+    """The tiny llama with a small per-tenant share: 2 requests at once, a body may pause 1 s."""
+    from ray import serve
+
+    limits = TenantLimits(max_requests=2, max_streams=1, body_idle_timeout_s=1.0, retry_after_s=3)
+    prefix = deploy_app("limited", tiny_llama_config(serve_stack, limits=limits))
+    try:
+        yield serve_stack.url + prefix
+    finally:
+        serve.delete("limited")
+
+
+def test_slow_bodies_hold_only_their_tenants_share_of_inference(
+    serve_stack: ServeStack, limited_app: str
+) -> None:
+    body = json.dumps({"model": "llama-00", "prompt": "hi", "max_tokens": 4, "temperature": 0}).encode()
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=limited_app, timeout=60) as client:
+            slow = [
+                asyncio.create_task(
+                    client.post(
+                        "/v1/completions", content=_trickle(body, 8, 0.5), headers=serve_stack.headers()
+                    )
+                )
+                for _ in range(2)
+            ]
+            await asyncio.sleep(1.5)  # both slow bodies are inside the replica, holding acme's share
+            refused = await client.post("/v1/completions", content=body, headers=serve_stack.headers())
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "3"
+            other = await client.post("/v1/completions", content=body, headers=serve_stack.headers("globex"))
+            assert other.status_code == 404, (
+                other.text
+            )  # llama-00 is acme's: globex is answered, not throttled
+            assert [a.status_code for a in await asyncio.gather(*slow)] == [200, 200]
+            again = await client.post("/v1/completions", content=body, headers=serve_stack.headers())
+            assert again.status_code == 200, again.text
+
+    asyncio.run(scenario())
+
+
+def test_an_inference_body_that_stops_arriving_is_a_408(serve_stack: ServeStack, limited_app: str) -> None:
+    body = json.dumps({"model": "llama-00", "prompt": "hi", "max_tokens": 1}).encode()
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=limited_app, timeout=60) as client:
+            cut = await client.post(
+                "/v1/completions", content=_trickle(body, 3, 2.5), headers=serve_stack.headers()
+            )
+            assert cut.status_code == 408, cut.text
+            assert set(cut.json()) == {"error"}
+
+    asyncio.run(scenario())

@@ -21,13 +21,20 @@ log = logging.getLogger("ulpt.control")
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.param = param
+        self.headers = headers or {}
 
 
 def not_found(what: str) -> ApiError:
@@ -48,7 +55,7 @@ def from_ulpt(exc: UlptError) -> ApiError:
 
 
 def response(exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
     body = {"error": {"message": first_line(exc.message), "type": exc.type, "param": exc.param, "code": None}}
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
@@ -66,7 +73,9 @@ def install(app: FastAPI) -> None:
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         """Starlette's own refusals (an unknown route, a method a route lacks) in the one shape."""
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return response(ApiError(exc.status_code, str(exc.detail), type=kind))
+        return response(
+            ApiError(exc.status_code, str(exc.detail), type=kind, headers=dict(exc.headers or {}))
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -17,6 +17,7 @@ from ulpt.models import BaseModel, SamplingParams
 from ulpt_serving import answers, protocol
 from ulpt_serving.config import ServeConfig, is_loopback
 from ulpt_serving.engine import Engine
+from ulpt_serving.limits import TenantSlots, TooMany
 from ulpt_serving.protocol import ApiError
 from ulpt_serving.tenancy import Authenticator
 
@@ -42,6 +43,7 @@ class Admission:
         self.auth = auth
         self.engine = engine
         self.max_positions = max_positions(engine.model)
+        self.slots = TenantSlots(config.limits)
 
     async def tenant(self, request: Request) -> str:
         """The caller's tenant: from its Bearer key (which must hold the `read` scope), or the configured
@@ -65,6 +67,19 @@ class Admission:
         if INFERENCE_SCOPE not in identity.scopes:
             raise ApiError(403, f"this key lacks the {INFERENCE_SCOPE!r} scope", type="permission_error")
         return identity.tenant
+
+    def take_slot(self, tenant: str, stream: bool = False) -> None:
+        """A request slot of `tenant` (`stream`: a stream slot on top of the one it holds), or 429."""
+        try:
+            if stream:
+                self.slots.acquire_stream(tenant)
+            else:
+                self.slots.acquire(tenant)
+        except TooMany as exc:
+            retry = {"Retry-After": str(self.config.limits.retry_after_s)}
+            raise ApiError(
+                429, str(exc), type="rate_limit_error", code="rate_limit_exceeded", headers=retry
+            ) from None
 
     def retry_after(self) -> dict[str, str]:
         return answers.retry_after(self.config.retry_after_s)

@@ -170,7 +170,11 @@ class ULPTServer:
         status = 200
         try:
             tenant = await self.admission.tenant(request)
-            return JSONResponse(await self.adapters.models(tenant, limit, after))
+            self.admission.take_slot(tenant)
+            try:
+                return JSONResponse(await self.adapters.models(tenant, limit, after))
+            finally:
+                self.admission.slots.release(tenant)
         except ApiError as exc:
             status = exc.status
             return responses.error_response(exc)
