@@ -10,6 +10,7 @@ the core holds no HTTP code. Each layer answers with its own error type, which i
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import BinaryIO
 
 from fastapi import Request
 
@@ -42,3 +43,22 @@ async def read_body(
     except BodyTimeout as exc:
         raise refuse(408, str(exc.detail)) from None
     return b"".join(chunks)
+
+
+async def spool_body(
+    request: Request, target: BinaryIO, limit: int, refuse: Callable[[int, str], Exception], what: str
+) -> int:
+    """Write the body to `target` chunk by chunk (memory: one chunk, whatever the body's size); its
+    size, or `refuse(413, message)` once it is known to exceed `limit` bytes."""
+    too_large = refuse(413, f"the {what} is larger than {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        target.write(chunk)
+    target.flush()
+    return size
