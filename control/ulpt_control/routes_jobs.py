@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ulpt_control.auth import READ, TRAIN, Caller, context
 from ulpt_control.errors import ApiError
 from ulpt_control.events import job_events
-from ulpt_control.submission import check_spec, parse_spec, with_uploads
+from ulpt_control.submission import check_active_fits, check_spec, parse_spec, with_uploads
 from ulpt_serving.bodies import read_body
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -42,8 +42,10 @@ async def submit_job(request: Request, caller: Caller = TRAIN) -> dict[str, Any]
     check_spec(spec, ctx.config)
 
     def submit() -> dict[str, Any]:
+        jobs = ctx.jobs(caller.tenant)
+        check_active_fits(jobs, ctx.config.limits)
         with with_uploads(spec.owned_by(caller.tenant), ctx.registry.files(caller.tenant)) as local:
-            handle = ctx.jobs(caller.tenant).submit(local)
+            handle = jobs.submit(local)
         return handle.to_dict(fits=False)
 
     return await run_in_threadpool(submit)
