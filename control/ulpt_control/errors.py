@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ulpt.errors import CatalogError, ConflictError, NotFoundError, StoreError, UlptError, first_line
+from ulpt_control.views import scrub_text
 
 log = logging.getLogger("ulpt.control")
 
@@ -56,7 +57,7 @@ def from_ulpt(exc: UlptError) -> ApiError:
 
 def response(exc: ApiError) -> JSONResponse:
     headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
-    body = {"error": {"message": first_line(exc.message), "type": exc.type, "param": exc.param, "code": None}}
+    body = {"error": {"message": scrub_text(first_line(exc.message)), "type": exc.type, "param": exc.param, "code": None}}
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 

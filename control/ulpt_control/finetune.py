@@ -21,6 +21,7 @@ from ulpt.adapters import AdapterSpec
 from ulpt.jobspec import JobSpec
 from ulpt.training.config import MAX_BATCH_SIZE, MAX_EPOCHS
 from ulpt.training.defaults import default_lr
+from ulpt_control.views import fit_view, scrub_text
 from ulpt_jobs.state import FitStatus, JobStatus
 
 FINE_TUNE_TAG = "openai_fine_tuning"
@@ -154,7 +155,7 @@ def job_object(status: JobStatus, fits: list[FitStatus]) -> dict[str, Any]:
     if state == "failed":
         error = {
             "code": "training_failed",
-            "message": (fit.error if fit else None) or status.error,
+            "message": scrub_text((fit.error if fit else None) or status.error or ""),
             "param": None,
         }
     return {
@@ -178,5 +179,5 @@ def job_object(status: JobStatus, fits: list[FitStatus]) -> dict[str, Any]:
         },
         "error": error,
         "user_provided_suffix": tags.get("suffix") or None,
-        "metrics": fit.to_dict()["metrics"] if fit is not None else {},
+        "metrics": fit_view(fit.to_dict())["metrics"] if fit is not None else {},
     }

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.control.conftest import Plane
+from tests.control.conftest import Plane, make_adapter
 from tests.test_documents import alias_bomb
 from ulpt.catalog import jobs as job_queries
 from ulpt.documents import MAX_DEPTH
@@ -20,6 +20,7 @@ from ulpt.errors import MAX_MESSAGE_CHARS, SpecError
 from ulpt.jobspec import MAX_FITS_PER_WORKER, MAX_ROWS_PER_FORWARD, JobSpec
 from ulpt.training.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_EVAL_ROWS, MAX_STEPS
 from ulpt_control.finetune import FineTuneRequest, job_spec
+from ulpt_control.views import job_view
 from ulpt_serving.limits import TenantLimits
 
 
@@ -233,3 +234,37 @@ def test_a_tenant_with_too_many_unfinished_fits_cannot_submit_more(
         assert answer.status_code == 404, answer.text  # admitted; then the (missing) file is looked up
     other = plane.call("POST", "/v1/jobs", tenant="globex", json=spec)
     assert other.status_code == 404, other.text  # globex has no open fits: its own quota
+
+
+@pytest.mark.parametrize("aliases", [1, 3])
+def test_a_public_adapter_shows_other_tenants_nothing_private(plane: Plane, aliases: int) -> None:
+    acme = plane.clients["acme"].adapters
+    acme.register(make_adapter(20), name="draft", base_model="tiny")  # private
+    acme.register(make_adapter(21), name="shared", base_model="tiny", parent="draft:1", public=True)
+    for index in range(aliases):
+        acme.alias(f"secret-{index}", "shared:1")
+    own = plane.call("GET", "/v1/adapters/shared").json()["lineage"]
+    assert own["parent"] == "draft:1" and len(own["aliases"]) == aliases
+    theirs = plane.call("GET", "/v1/adapters/acme/shared", tenant="globex")
+    assert theirs.status_code == 200, theirs.text
+    assert theirs.json()["lineage"]["aliases"] == [] and theirs.json()["lineage"]["parent"] is None
+    for index in range(aliases):  # an alias is the owner's private name: never a reference for others
+        refused = plane.call("GET", f"/v1/adapters/acme/secret-{index}", tenant="globex")
+        assert refused.status_code == 404, refused.text
+        assert plane.call("GET", f"/v1/adapters/secret-{index}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "dataset.path: cannot read /tmp/ulpt-upload-k2j3/file-0123456789abcdef01234567.jsonl: bad line",
+        "cannot read '/var/tmp/x/ulpt-upload-abc/file-0123456789abcdef01234567.jsonl'",
+        "fits[0].path: /tmp/ulpt-ft-zz91/training.jsonl has no rows",
+    ],
+)
+def test_job_views_name_uploads_by_file_id_and_leave_out_the_host(text: str) -> None:
+    job = {"error": text, "timings": {"driver": "host-7:4242", "setup_s": 1.0}, "spec": {"tags": {"x": text}}}
+    job["fits"] = [{"key": "a", "worker": "host-7:4243", "error": text}]
+    shown = json.dumps(job_view(job))
+    assert "ulpt-upload-" not in shown and "ulpt-ft-" not in shown and "host-7" not in shown
+    assert ("file-0123456789abcdef01234567" in shown) == ("file-" in text)
