@@ -57,7 +57,14 @@ def from_ulpt(exc: UlptError) -> ApiError:
 
 def response(exc: ApiError) -> JSONResponse:
     headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
-    body = {"error": {"message": scrub_text(first_line(exc.message)), "type": exc.type, "param": exc.param, "code": None}}
+    body = {
+        "error": {
+            "message": scrub_text(first_line(exc.message)),
+            "type": exc.type,
+            "param": exc.param,
+            "code": None,
+        }
+    }
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 

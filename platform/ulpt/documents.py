@@ -89,7 +89,7 @@ def _check_yaml_shape(text: str, what: str, max_depth: int) -> None:
         elif isinstance(event, yaml.ScalarEvent):
             size = 1
         elif isinstance(event, yaml.AliasEvent):
-            size = anchor_sizes.get(event.anchor, 1)  # an unknown anchor fails in safe_load itself
+            size = anchor_sizes.get(event.anchor or "", 1)  # an unknown anchor fails in safe_load itself
         if open_sizes:
             open_sizes[-1] += size
             if open_sizes[-1] > MAX_NODES:

@@ -10,7 +10,7 @@ the core holds no HTTP code. Each layer answers with its own error type, which i
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import IO
 
 from fastapi import Request
 
@@ -46,7 +46,7 @@ async def read_body(
 
 
 async def spool_body(
-    request: Request, target: BinaryIO, limit: int, refuse: Callable[[int, str], Exception], what: str
+    request: Request, target: IO[bytes], limit: int, refuse: Callable[[int, str], Exception], what: str
 ) -> int:
     """Write the body to `target` chunk by chunk (memory: one chunk, whatever the body's size); its
     size, or `refuse(413, message)` once it is known to exceed `limit` bytes."""

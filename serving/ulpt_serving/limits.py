@@ -19,19 +19,17 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pydantic import Field
 from starlette.exceptions import HTTPException
 from starlette.responses import StreamingResponse
+from starlette.types import Message, Scope, Send
 from starlette.types import Receive as AsgiReceive
-from starlette.types import Scope, Send
 
 from ulpt.validation import SpecModel
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class TenantLimits(SpecModel):
@@ -121,14 +119,14 @@ class TenantSlots:
             return self._requests[tenant], self._streams[tenant]
 
 
-def timed_receive(receive: Receive, limits: TenantLimits) -> Receive:
+def timed_receive(receive: AsgiReceive, limits: TenantLimits) -> AsgiReceive:
     """`receive` whose body messages must come `body_idle_timeout_s` apart and all within
     `body_timeout_s`, else `BodyTimeout`; once the body is whole, later calls (a streaming response
     waiting for the client to leave) wait as long as they like."""
     deadline = time.monotonic() + limits.body_timeout_s
     whole = False
 
-    async def timed() -> dict[str, Any]:
+    async def timed() -> Message:
         nonlocal whole
         if whole:
             return await receive()
