@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.http_server import stalled_post
 from tests.serve_fixtures import ServeStack, deploy_app, tiny_llama_config
 from ulpt.sdk import Client
 from ulpt_serving.limits import TenantLimits
@@ -154,13 +155,7 @@ def test_slow_bodies_hold_only_their_tenants_share_of_inference(
 
 def test_an_inference_body_that_stops_arriving_is_a_408(serve_stack: ServeStack, limited_app: str) -> None:
     body = json.dumps({"model": "llama-00", "prompt": "hi", "max_tokens": 1}).encode()
-
-    async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=limited_app, timeout=60) as client:
-            cut = await client.post(
-                "/v1/completions", content=_trickle(body, 3, 2.5), headers=serve_stack.headers()
-            )
-            assert cut.status_code == 408, cut.text
-            assert set(cut.json()) == {"error"}
-
-    asyncio.run(scenario())
+    headers = {**serve_stack.headers(), "Content-Type": "application/json"}
+    status, answer = stalled_post(serve_stack.url, "/limited/v1/completions", headers, body[:10], len(body))
+    assert status == 408, answer
+    assert set(json.loads(answer)) == {"error"}

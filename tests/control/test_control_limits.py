@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.control.conftest import Plane
-from tests.http_server import serving
+from tests.http_server import serving, stalled_post
 from ulpt_control.context import ControlContext
 from ulpt_serving.limits import TenantLimits, TenantSlots, TooMany
 
@@ -68,39 +68,29 @@ def test_slow_clients_hold_only_their_tenants_share(
         asyncio.run(scenario(url))
 
 
-@pytest.mark.parametrize(("idle_s", "pause_s"), [(0.5, 1.5), (1.0, 2.5)])
+@pytest.mark.parametrize("idle_s", [0.5, 1.0])
+@pytest.mark.parametrize(
+    ("path", "kind"), [("/v1/files", "application/jsonl"), ("/v1/jobs", "application/json")]
+)
 def test_a_body_that_stops_arriving_is_cut_with_a_408(
-    make_plane: Callable[..., Plane], idle_s: float, pause_s: float
+    make_plane: Callable[..., Plane], idle_s: float, path: str, kind: str
 ) -> None:
     plane = make_plane(limits=TenantLimits(body_idle_timeout_s=idle_s, body_timeout_s=60.0))
     ctx: ControlContext = plane.http.app.state.control  # type: ignore[attr-defined]
-    headers = {"Authorization": f"Bearer {plane.keys['acme']['all']}"}
-
-    async def scenario(url: str) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            for path, kind in (("/v1/files", "application/jsonl"), ("/v1/jobs", "application/json")):
-                cut = await client.post(
-                    path, content=trickle(3, pause_s), headers={**headers, "Content-Type": kind}
-                )
-                assert cut.status_code == 408, cut.text
-                assert "arrived too slowly" in cut.json()["error"]["message"]
-            await wait_until(lambda: ctx.slots.held("acme") == (0, 0))
-
+    headers = {"Authorization": f"Bearer {plane.keys['acme']['all']}", "Content-Type": kind}
     with serving(plane.http.app) as url:
-        asyncio.run(scenario(url))
+        status, body = stalled_post(url, path, headers, ROW[:10], declared=10_000)
+    assert status == 408, body
+    assert "arrived too slowly" in json.loads(body)["error"]["message"]
+    assert ctx.slots.held("acme") == (0, 0)
 
 
 def test_a_body_that_takes_too_long_in_all_is_cut(make_plane: Callable[..., Plane]) -> None:
     plane = make_plane(limits=TenantLimits(body_idle_timeout_s=5.0, body_timeout_s=1.0))
     headers = {"Authorization": f"Bearer {plane.keys['acme']['all']}"}
-
-    async def scenario(url: str) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            cut = await client.post("/v1/files", content=trickle(20, 0.2), headers=headers)
-            assert cut.status_code == 408, cut.text
-
-    with serving(plane.http.app) as url:
-        asyncio.run(scenario(url))
+    with serving(plane.http.app) as url:  # a byte every 0.2 s: never idle for long, never done
+        status, body = stalled_post(url, "/v1/files", headers, ROW * 2, len(ROW) * 2, pause_s=0.2)
+    assert status == 408, body
 
 
 @pytest.mark.parametrize("requests", [1, 3, 8])
