@@ -4,9 +4,9 @@ rows. Responses are OpenAI file objects (plus `rows` and `sha256`).
 
 A raw body streams to a temporary file, is checked one line at a time and streams on to the store,
 so an upload costs the replica a chunk of memory, not a multiple of its size (a 64 MiB upload once
-grew a replica by 3.4 GB). A multipart form (OpenAI's client) is parsed whole, within
-`max_upload_bytes`. Each tenant keeps at most `limits.max_files` files of `limits.max_file_bytes` in
-all (429 `insufficient_quota` beyond: delete files to upload more)."""
+grew a replica by 3.4 GB); a multipart form (OpenAI's client) is read the same way, its file part
+copied out a chunk at a time (`multipart.py`). Each tenant keeps at most `limits.max_files` files
+of `limits.max_file_bytes` in all (429 `insufficient_quota` beyond: delete files to upload more)."""
 
 from __future__ import annotations
 
@@ -84,20 +84,21 @@ async def upload_file(
         if size > room:
             raise quota(f"this upload would take the tenant's files past {limits.max_file_bytes} bytes")
         content_type = request.headers.get("content-type", "")
-        if content_type.lower().startswith("multipart/form-data"):
-            form = parse_form(Path(spool.name).read_bytes(), content_type)
-            if form.content is None:
-                raise ApiError(400, "the form has no file part", param="file")
-            filename = form.filename or filename
-            purpose = form.fields.get("purpose", purpose)
-            if purpose not in ("data", "fine-tune"):
-                raise ApiError(400, "purpose: data or fine-tune", param="purpose")
-            spool.seek(0)
-            spool.truncate()
-            spool.write(form.content)
-            spool.flush()
-        path = Path(spool.name)
-        record = await run_in_threadpool(lambda: files.upload_file(path, filename=filename, purpose=purpose))
+        with tempfile.NamedTemporaryFile(prefix="ulpt-upload-") as content:
+            path = Path(spool.name)
+            if content_type.lower().startswith("multipart/form-data"):
+                spool.seek(0)
+                form = await run_in_threadpool(parse_form, spool, content_type, content)
+                if not form.has_file:
+                    raise ApiError(400, "the form has no file part", param="file")
+                filename = form.filename or filename
+                purpose = form.fields.get("purpose", purpose)
+                if purpose not in ("data", "fine-tune"):
+                    raise ApiError(400, "purpose: data or fine-tune", param="purpose")
+                path = Path(content.name)
+            record = await run_in_threadpool(
+                lambda: files.upload_file(path, filename=filename, purpose=purpose)
+            )
     return file_object(record)
 
 

@@ -84,3 +84,59 @@ def test_the_listing_reaches_every_file_page_by_page(plane: Plane, total: int, p
 def test_another_tenants_file_id_is_no_cursor(plane: Plane) -> None:
     theirs = plane.call("POST", "/v1/files", tenant="globex", content=ROW).json()["id"]
     assert plane.call("GET", "/v1/files", params={"after": theirs}).status_code == 404
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1000, 40_000])  # 40,000 rows: the file part spans many chunks
+@pytest.mark.parametrize("purpose", ["data", "fine-tune"])
+def test_a_multipart_form_arrives_whole(plane: Plane, rows: int, purpose: str) -> None:
+    row = {"prompt": "two plus two is", "completion": " four"}
+    data = "".join(json.dumps({**row, "n": i}) + "\n" for i in range(rows)).encode()
+    made = plane.call("POST", "/v1/files", files={"file": ("sums.jsonl", data)}, data={"purpose": purpose})
+    assert made.status_code == 201, made.text
+    shown = made.json()
+    assert (shown["filename"], shown["purpose"], shown["rows"], shown["bytes"]) == (
+        "sums.jsonl",
+        purpose,
+        rows,
+        len(data),
+    )
+    assert plane.call("GET", f"/v1/files/{shown['id']}/content").content == data
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'--xyz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\ndata\r\n--xyz--\r\n',
+            "no file part",
+        ),
+        (b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + ROW, "ends before its closing"),
+        (b"no boundary here at all", "ends before its closing"),
+    ],
+)
+def test_a_broken_multipart_form_is_a_400(plane: Plane, body: bytes, message: str) -> None:
+    headers = {"Content-Type": "multipart/form-data; boundary=xyz"}
+    refused = plane.call("POST", "/v1/files", content=body, headers=headers)
+    assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text
+
+
+def test_a_multipart_upload_costs_memory_that_does_not_grow_with_it(plane: Plane) -> None:
+    headers = {
+        "Authorization": f"Bearer {plane.keys['acme']['all']}",
+        "Content-Type": "multipart/form-data; boundary=b0undary",
+    }
+
+    def form() -> Iterator[bytes]:
+        yield b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
+        yield from rows_of(16 * MiB)
+        yield b"\r\n--b0undary--\r\n"
+
+    with serving(plane.http.app) as url:
+        tracemalloc.start()
+        try:
+            made = httpx.post(f"{url}/v1/files", content=form(), headers=headers, timeout=120)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert made.status_code == 201 and made.json()["bytes"] > 15 * MiB, made.text
+    assert peak < 8 * MiB, f"{peak / MiB:.1f} MiB"
