@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from ulpt_control import errors, routes_adapters, routes_files, routes_jobs, routes_keys, routes_openai
 from ulpt_control.context import ControlContext
+from ulpt_control.limiting import TenantLimitMiddleware
 
 TITLE = "ulpt control plane"
 DESCRIPTION = (
@@ -25,6 +26,8 @@ def build_app(ctx: ControlContext | None) -> FastAPI:
     app = FastAPI(title=TITLE, description=DESCRIPTION, version="1")
     app.state.control = ctx
     errors.install(app)
+    if ctx is not None:
+        app.add_middleware(TenantLimitMiddleware, ctx=ctx)
     for module in (routes_jobs, routes_files, routes_adapters, routes_keys, routes_openai):
         app.include_router(module.router)
 

@@ -11,6 +11,7 @@ from ulpt.registry.keys import Authenticator
 from ulpt_control.config import ControlConfig
 from ulpt_jobs.driver import JobTarget
 from ulpt_jobs.handle import JobsAPI
+from ulpt_serving.limits import TenantSlots
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ControlContext:
         self.registry = registry
         self.locations = locations
         self.auth = Authenticator(registry, config.auth_cache_ttl_s)
+        self.slots = TenantSlots(config.limits)
 
     @classmethod
     def open(cls, config: ControlConfig) -> ControlContext:

@@ -34,7 +34,10 @@ def build_application(config: ControlConfig) -> Application:
     # num_replicas only when asked for, so a Serve config file's deployment options can set it.
     replicas = {"num_replicas": config.num_replicas} if config.num_replicas != 1 else {}
     return ControlServer.options(  # type: ignore[attr-defined]
-        name=config.app_name, **replicas, ray_actor_options={"num_cpus": config.num_cpus}
+        name=config.app_name,
+        **replicas,
+        max_ongoing_requests=config.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.num_cpus},
     ).bind(config)
 
 

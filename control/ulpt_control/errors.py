@@ -12,21 +12,30 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from ulpt.errors import CatalogError, ConflictError, NotFoundError, StoreError, UlptError, first_line
+from ulpt_control.views import scrub_text
 
 log = logging.getLogger("ulpt.control")
 
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.param = param
+        self.headers = headers or {}
 
 
 def not_found(what: str) -> ApiError:
@@ -47,8 +56,15 @@ def from_ulpt(exc: UlptError) -> ApiError:
 
 
 def response(exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": None}}
+    headers = {**exc.headers, **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
+    body = {
+        "error": {
+            "message": scrub_text(first_line(exc.message)),
+            "type": exc.type,
+            "param": exc.param,
+            "code": None,
+        }
+    }
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
@@ -60,6 +76,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UlptError)
     async def _ulpt_error(_request: Request, exc: UlptError) -> JSONResponse:
         return response(from_ulpt(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's own refusals (an unknown route, a method a route lacks) in the one shape."""
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return response(
+            ApiError(exc.status_code, str(exc.detail), type=kind, headers=dict(exc.headers or {}))
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from ulpt_control.views import fit_view, job_view
 from ulpt_jobs.handle import JobHandle
 
 
@@ -31,12 +32,12 @@ async def job_events(handle: JobHandle, poll_s: float) -> AsyncIterator[str]:
         comparable = {k: shown[k] for k in ("status", "counts", "error")}
         if comparable != last_status:
             last_status = comparable
-            yield sse("status", shown)
+            yield sse("status", job_view(shown))
         for fit in fits:
             state = (fit.status, fit.attempts)
             if fit_states.get(fit.key) != state:
                 fit_states[fit.key] = state
-                yield sse("fit", fit.to_dict())
+                yield sse("fit", fit_view(fit.to_dict()))
         if status.finished:
             yield sse("end", {"id": status.id, "status": status.status})
             return

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.lifecycle import JobState
 from ulpt.jobspec import JobSpec
+from ulpt.training.config import MAX_BATCH_SIZE, MAX_EPOCHS
 from ulpt.training.defaults import default_lr
+from ulpt_control.views import fit_view, scrub_text
 from ulpt_jobs.state import FitStatus, JobStatus
 
 FINE_TUNE_TAG = "openai_fine_tuning"
@@ -35,12 +37,29 @@ STATUS = {
 
 
 class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    n_epochs: int | Literal["auto"] = Field(
+    """OpenAI's hyperparameters, strict as specs are (`n_epochs: true` is a mistake, not 1); the bounds
+    are the job spec's (`ulpt.training.config`), so a refusal names the field the client sent."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    n_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | Literal["auto"] = Field(
         default="auto", description="Passes over the rows; auto: ulpt.steps"
     )
-    batch_size: int | Literal["auto"] = "auto"
-    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] | Literal["auto"] = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = "auto"
+
+
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    """OpenAI's `method`: only supervised fine-tuning trains an adapter; `dpo` or `reinforcement`
+    are refused (400) rather than silently trained as supervised."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised"]
+    supervised: SupervisedMethod | None = None
 
 
 class UlptOptions(BaseModel):
@@ -62,8 +81,21 @@ class FineTuneRequest(BaseModel):
     training_file: str = Field(..., max_length=64)
     suffix: str | None = Field(default=None, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")
     hyperparameters: Hyperparameters = Field(default_factory=lambda: Hyperparameters())
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    method: Method | None = None
+    validation_file: None = Field(
+        default=None,
+        description="Not offered: ulpt holds out `ulpt.eval_fraction` of the training rows instead.",
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
     ulpt: UlptOptions = Field(default_factory=lambda: UlptOptions())
+
+    @property
+    def chosen_hyperparameters(self) -> Hyperparameters:
+        """`method.supervised.hyperparameters` when given (OpenAI's newer form), else the top level."""
+        inner = self.method.supervised if self.method is not None else None
+        if inner is not None and inner.hyperparameters is not None:
+            return inner.hyperparameters
+        return self.hyperparameters
 
 
 def training_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -86,7 +118,7 @@ def write_rows(rows: list[dict[str, str]], folder: Path) -> Path:
 
 def job_spec(request: FineTuneRequest, data: Path) -> JobSpec:
     """One fit on `data`, its adapter named `ft-SUFFIX-RANDOM` (unique, a valid adapter name)."""
-    options, hyper = request.ulpt, request.hyperparameters
+    options, hyper = request.ulpt, request.chosen_hyperparameters
     adapter: dict[str, Any] = {"method": options.method, "n_tokens": options.n_tokens, "rank": options.rank}
     adapter["seed"] = request.seed if request.seed is not None else options.seed
     train: dict[str, Any] = {"steps": options.steps, "eval_every": max(1, options.steps // 4)}
@@ -107,10 +139,11 @@ def job_spec(request: FineTuneRequest, data: Path) -> JobSpec:
             "adapter": adapter,
             "train": train,
             "name": name,
+            # tag values are name templates: an absent suffix (OpenAI's client default) has no tag
             "tags": {
                 FINE_TUNE_TAG: "1",
                 "training_file": request.training_file,
-                "suffix": request.suffix or "",
+                **({"suffix": request.suffix} if request.suffix else {}),
             },
             "job_name": name,
         }
@@ -130,7 +163,7 @@ def job_object(status: JobStatus, fits: list[FitStatus]) -> dict[str, Any]:
     if state == "failed":
         error = {
             "code": "training_failed",
-            "message": (fit.error if fit else None) or status.error,
+            "message": scrub_text((fit.error if fit else None) or status.error or ""),
             "param": None,
         }
     return {
@@ -154,5 +187,5 @@ def job_object(status: JobStatus, fits: list[FitStatus]) -> dict[str, Any]:
         },
         "error": error,
         "user_provided_suffix": tags.get("suffix") or None,
-        "metrics": fit.to_dict()["metrics"] if fit is not None else {},
+        "metrics": fit_view(fit.to_dict())["metrics"] if fit is not None else {},
     }

@@ -12,7 +12,8 @@ from ulpt.catalog.lifecycle import FitRowState, JobState
 from ulpt_control.auth import READ, TRAIN, Caller, context
 from ulpt_control.errors import ApiError
 from ulpt_control.events import job_events
-from ulpt_control.submission import check_spec, parse_spec, with_uploads
+from ulpt_control.submission import check_active_fits, check_spec, parse_spec, with_uploads
+from ulpt_control.views import fit_view, job_view
 from ulpt_serving.bodies import read_body
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -43,9 +44,11 @@ async def submit_job(request: Request, caller: Caller = TRAIN) -> dict[str, Any]
     check_spec(spec, ctx.config)
 
     def submit() -> dict[str, Any]:
+        jobs = ctx.jobs(caller.tenant)
+        check_active_fits(jobs, ctx.config.limits)
         with with_uploads(spec.owned_by(caller.tenant), ctx.registry.files(caller.tenant)) as local:
-            handle = ctx.jobs(caller.tenant).submit(local)
-        return handle.to_dict(fits=False)
+            handle = jobs.submit(local)
+        return job_view(handle.to_dict(fits=False))
 
     return await run_in_threadpool(submit)
 
@@ -58,7 +61,7 @@ def list_jobs(
     caller: Caller = READ,
 ) -> dict[str, Any]:
     jobs = context(request).jobs(caller.tenant).list(status=status, limit=limit)
-    return {"items": [job.to_dict() for job in jobs]}
+    return {"items": [job_view(job.to_dict()) for job in jobs]}
 
 
 @router.get("/{job_id}", summary="A job: status, counts, timings (and its fits with fits=true)")
@@ -66,7 +69,7 @@ def show_job(request: Request, job_id: str, fits: bool = False, caller: Caller =
     handle = context(request).jobs(caller.tenant).get(job_id)
     out = handle.to_dict(fits=fits)
     out["spec"] = handle.status().spec
-    return out
+    return job_view(out)
 
 
 @router.get("/{job_id}/fits", summary="A job's fits: status, adapter, metrics or error")
@@ -78,20 +81,20 @@ def job_fits(
     caller: Caller = READ,
 ) -> dict[str, Any]:
     handle = context(request).jobs(caller.tenant).get(job_id)
-    return {"items": [fit.to_dict(curves=curves) for fit in handle.fits(status=status)]}
+    return {"items": [fit_view(fit.to_dict(curves=curves)) for fit in handle.fits(status=status)]}
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a job (unfinished fits go back to pending)")
 def cancel_job(request: Request, job_id: str, caller: Caller = TRAIN) -> dict[str, Any]:
     jobs = context(request).jobs(caller.tenant)
     jobs.get(job_id).cancel()
-    return jobs.get(job_id).to_dict(fits=False)
+    return job_view(jobs.get(job_id).to_dict(fits=False))
 
 
 @router.post("/{job_id}/resume", summary="Resume a failed or cancelled job: only unfinished fits train")
 def resume_job(request: Request, job_id: str, caller: Caller = TRAIN) -> dict[str, Any]:
     handle = context(request).jobs(caller.tenant).resume(job_id)
-    return handle.to_dict(fits=False)
+    return job_view(handle.to_dict(fits=False))
 
 
 @router.get(

@@ -1,5 +1,6 @@
 """`/v1/keys`: the tenant's API keys (admin scope). A new key's plaintext is in the creation response
-only; listings carry ids, names, scopes and times, never a key or its hash."""
+only; listings carry ids, names, scopes and times, never a key or its hash. A new key's scopes are a
+subset of its creator's: a key can never make one stronger than itself."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Body, Request
 from ulpt.catalog.models import SCOPES
 from ulpt.keys_api import Keys
 from ulpt_control.auth import ADMIN, Caller, context
+from ulpt_control.errors import ApiError
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -27,9 +29,21 @@ def list_keys(request: Request, caller: Caller = ADMIN) -> dict[str, Any]:
 def create_key(
     request: Request,
     name: str | None = Body(None, max_length=128),
-    scopes: list[str] = Body(list(SCOPES), max_length=len(SCOPES), description="read, train, admin"),
+    scopes: list[str] | None = Body(
+        None, max_length=len(SCOPES), description="read, train, admin; default: the creating key's"
+    ),
     caller: Caller = ADMIN,
 ) -> dict[str, Any]:
+    if scopes is None:
+        scopes = [s for s in SCOPES if s in caller.scopes]
+    beyond = [s for s in SCOPES if s in scopes and s not in caller.scopes]  # unknown ones: the core's 400
+    if beyond:  # else an admin-only key could mint a key that trains and reads
+        raise ApiError(
+            403,
+            f"a key can grant only scopes its creator holds; this one lacks {', '.join(beyond)}",
+            type="permission_error",
+            param="scopes",
+        )
     new = keys(request, caller).create(name, scopes=scopes)
     return new.to_dict()
 

@@ -3,27 +3,29 @@
 A spec over HTTP is data from someone holding a key, not from an operator: its data paths may name
 only the tenant's own uploaded files (`file-...`), BIG-bench tasks, or `s3://` URLs under the
 prefixes the operator allowed; never a path on the service's disk. Its base model must be a known
-name or one the operator listed; its worker count stays under the service's cap. Specs are JSON or
-YAML (`yaml.safe_load`: plain data only).
+name or one the operator listed; its workers fit the cluster's node types (`max_workers`,
+`max_cpus_per_worker`, `gpu_workers`), since a job no node can place would wait forever. Specs are JSON or
+YAML, parsed with bounded depth and alias expansion (`ulpt.documents`: plain data only).
 """
 
 from __future__ import annotations
 
-import json
 import posixpath
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
 from ulpt.catalog.files import FILE_ID
+from ulpt.documents import load_json, load_yaml
 from ulpt.errors import SpecError
 from ulpt.jobspec import JobSpec
 from ulpt.models.registry import KNOWN_MODELS
 from ulpt.registry.files import Files
 from ulpt_control.config import ControlConfig
+from ulpt_control.errors import ApiError
+from ulpt_jobs.handle import JobsAPI
+from ulpt_serving.limits import TenantLimits
 
 BIGBENCH_PREFIX = "bigbench:"
 
@@ -35,15 +37,9 @@ def parse_spec(body: bytes, content_type: str) -> JobSpec:
     except UnicodeDecodeError:
         raise SpecError("the job spec is not UTF-8 text") from None
     if "yaml" in content_type.lower():
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise SpecError("the job spec is not valid YAML") from None
+        data = load_yaml(text, "the job spec")
     else:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise SpecError("the job spec is not valid JSON (send YAML as application/yaml)") from None
+        data = load_json(body, "the job spec (send YAML as application/yaml)")
     if not isinstance(data, dict):
         raise SpecError("a job spec is a mapping of fields (see docs/jobspec.schema.json)")
     return JobSpec.from_dict(data)
@@ -72,6 +68,12 @@ def check_spec(spec: JobSpec, config: ControlConfig) -> None:
     check_base_model(spec.base_model, config)
     if spec.num_workers > config.max_workers:
         raise SpecError(f"num_workers: at most {config.max_workers} on this service")
+    if spec.cpus_per_worker > config.max_cpus_per_worker:
+        raise SpecError(
+            f"cpus_per_worker: at most {config.max_cpus_per_worker}, the largest node of this cluster"
+        )
+    if spec.use_gpu and not config.gpu_workers:
+        raise SpecError("use_gpu: this service's cluster has no GPU nodes; the job could never start")
     for path in spec.dataset.path:
         check_path(path, config, "dataset.path")
     for index, fit in enumerate(spec.fits):
@@ -96,3 +98,25 @@ def with_uploads(spec: JobSpec, files: Files) -> Iterator[JobSpec]:
         dataset = spec.dataset.model_copy(update={"path": tuple(local(p) for p in spec.dataset.path)})
         fits = tuple(f.model_copy(update={"path": tuple(local(p) for p in f.path)}) for f in spec.fits)
         yield spec.model_copy(update={"dataset": dataset, "fits": fits})
+
+
+OPEN_JOBS_READ = 1000
+"""Open jobs of each status read to count a tenant's unfinished fits (the newest; enough for a quota)."""
+
+
+def check_active_fits(jobs: JobsAPI, limits: TenantLimits) -> None:
+    """Refuse a submission while the tenant already has `limits.max_active_fits` fits pending or
+    running (429: they finish, so retrying later succeeds); counted from the catalog, so the limit
+    holds across replicas."""
+    active = sum(
+        job.counts.get("pending", 0) + job.counts.get("running", 0)
+        for status in ("pending", "running")
+        for job in jobs.list(status=status, limit=OPEN_JOBS_READ)
+    )
+    if active >= limits.max_active_fits:
+        raise ApiError(
+            429,
+            f"this tenant has {active} fits pending or running, its limit; wait for some to finish",
+            type="rate_limit_error",
+            headers={"Retry-After": str(max(limits.retry_after_s, 60))},
+        )

@@ -1,6 +1,21 @@
-"""Errors a user can fix. The CLI prints their message as one line and exits non-zero."""
+"""Errors a user can fix. The CLI prints their message as one line and exits non-zero.
 
+Messages are made for people who may be hostile: a value they sent is quoted with `shown` (a bounded
+`repr`, however large or deep the value), and every message leaving a service passes `first_line`,
+which keeps one line, at most `MAX_MESSAGE_CHARS`, with any `user:password@` of a URL masked.
+"""
+
+import re
+import reprlib
+from typing import Final
 from urllib.parse import urlsplit, urlunsplit
+
+MAX_MESSAGE_CHARS: Final = 500
+"""Longest message an error carries out of a service (a spec error names a field and a short value)."""
+_CREDENTIALS_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@")
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 2, 80, 80
+_SHOWN.maxdict = _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxset = _SHOWN.maxfrozenset = 4
 
 
 def redact_url(url: str) -> str:
@@ -70,10 +85,26 @@ class BlobIntegrityError(StoreError):
     """A blob's bytes do not hash to the SHA-256 its key and the catalog record promise."""
 
 
+def shown(value: object) -> str:
+    """`repr(value)` for a message, at most a few hundred characters whatever `value` holds: a value
+    from a request may be a list of a million items, or one that YAML aliases make look like it."""
+    return _SHOWN.repr(value)
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the `user:password@` part of every URL in it masked as `***@`."""
+    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)
+
+
 def first_line(value: object) -> str:
-    """The first non-blank line of `value`'s text, stripped (its type's name if it has none).
+    """The first non-blank line of `value`'s text, stripped (its type's name if it has none), at most
+    `MAX_MESSAGE_CHARS` long, credentials in URLs masked: what a message may carry out of a service.
 
     Library errors (a driver, botocore, Ray) often span many lines; ulpt's messages stay one line.
     """
-    lines = [line.strip() for line in str(value).splitlines() if line.strip()]
-    return lines[0] if lines else type(value).__name__
+    text = str(value)
+    if len(text) > 4 * MAX_MESSAGE_CHARS:
+        text = text[: 4 * MAX_MESSAGE_CHARS]  # the first line of a huge text is in its head
+    line = next((line.strip() for line in text.splitlines() if line.strip()), type(value).__name__)
+    line = redact_urls(line)
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 1] + "…"

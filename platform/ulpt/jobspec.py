@@ -28,9 +28,11 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator, mo
 
 from ulpt.adapters import AdapterSpec
 from ulpt.catalog.names import check_name, check_tenant, normalize_tags
-from ulpt.errors import SpecError
+from ulpt.documents import load_yaml
+from ulpt.errors import SpecError, shown
 from ulpt.models.precision import TrainDtypeName
 from ulpt.training import TrainConfig
+from ulpt.training.config import MAX_EPOCHS
 from ulpt.validation import NonBlank, SpecModel
 
 FORMAT_VERSION: Final = 1
@@ -38,6 +40,10 @@ BIGBENCH_PREFIX = "bigbench:"
 """`bigbench:TASK` reads a BIG-bench task through `ulpt.data.load_task` instead of files."""
 _EXTENSIONS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _SEED_MASK = (1 << 63) - 1
+MAX_FITS_PER_WORKER = 4096
+"""Most fits one worker packs at once: each holds its parameters and AdamW state in the pack."""
+MAX_ROWS_PER_FORWARD = 4096
+"""Most rows in one forward pass of the base model: activations grow with it."""
 
 
 def _as_tuple(value: Any) -> Any:
@@ -147,7 +153,7 @@ class JobTrainConfig(TrainConfig):
     """The job's `train:` section: every fit's TrainConfig, optionally a length in epochs, and how
     the job's workers checkpoint and retry fits."""
 
-    epochs: float | None = Field(default=None, gt=0, le=1e6)
+    epochs: float | None = Field(default=None, gt=0, le=MAX_EPOCHS)
     """If set, each fit trains ceil(epochs * train rows / batch_size) steps instead of steps."""
     checkpoint_every: int = Field(default=DEFAULT_CHECKPOINT_EVERY, ge=0, le=1_000_000)
     """Save every in-flight fit's state to the store every this many steps (one blob per worker's pack),
@@ -182,7 +188,7 @@ class JobSpec(SpecModel):
     """A label for the job in `ulpt jobs list`."""
     num_workers: int = Field(default=1, ge=1, le=4096)
     """Ray Train workers; each loads the base model once and trains its fits packed."""
-    cpus_per_worker: int = Field(default=1, ge=1, le=1024)
+    cpus_per_worker: int = Field(default=1, ge=1, le=256)
     """CPUs (and torch threads) per worker."""
     use_gpu: bool = False
     """Give each worker a GPU (where Ray has them); the base model runs on it, else on the CPU."""
@@ -193,9 +199,9 @@ class JobSpec(SpecModel):
     """The frozen base model's dtype: auto (bfloat16 on a GPU that runs it natively, else float32),
     float32 or bfloat16 (float16 is refused: it would need loss scaling). Adapters always train in
     float32."""
-    fits_per_worker: int = Field(default=64, ge=1, le=1_000_000)
+    fits_per_worker: int = Field(default=64, ge=1, le=MAX_FITS_PER_WORKER)
     """How many fits a worker trains at once, packed in shared forward passes."""
-    max_rows_per_forward: int = Field(default=64, ge=1, le=1_000_000)
+    max_rows_per_forward: int = Field(default=64, ge=1, le=MAX_ROWS_PER_FORWARD)
     """Rows per forward/backward pass through the base model (bounds activation memory)."""
     max_failures: int = Field(default=3, ge=0, le=1000)
     """Worker-group restarts (a dead worker or node) before the job fails; unfinished fits are retried."""
@@ -290,18 +296,12 @@ class JobSpec(SpecModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> JobSpec:
         """Read a YAML spec; its errors name the file (and the line, for YAML syntax)."""
-        import yaml
-
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise SpecError(f"cannot read job spec {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise SpecError(f"{path}:{where}: invalid YAML: {problem}") from None
+        data = load_yaml(text, str(path))
         try:
             return cls.from_dict(data if data is not None else {})
         except SpecError as exc:
@@ -336,17 +336,17 @@ def derive_seed(job_seed: int, key: str) -> int:
 def check_template(where: str, template: Any, allowed: tuple[str, ...]) -> None:
     """A `str.format` template using only `allowed` placeholders (no attribute or index access)."""
     if not isinstance(template, str) or not template:
-        raise SpecError(f"{where} must be a non-empty template string, got {template!r}")
+        raise SpecError(f"{where} must be a non-empty template string, got {shown(template)}")
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise SpecError(f"{where}: invalid template {template!r}: {exc}") from None
+        raise SpecError(f"{where}: invalid template {shown(template)}: {exc}") from None
     for _, field_name, spec, conversion in parsed:
         if field_name is None:
             continue
         if field_name not in allowed or spec or conversion:
             raise SpecError(
-                f"{where}: unknown placeholder {{{field_name}}} in {template!r}; "
+                f"{where}: unknown placeholder {{{field_name}}} in {shown(template)}; "
                 f"use {', '.join('{' + a + '}' for a in allowed)}"
             )
 

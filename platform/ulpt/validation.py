@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
-from ulpt.errors import SpecError
+from ulpt.errors import SpecError, shown
 
 SPEC_CONFIG = ConfigDict(
     frozen=True, extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True
@@ -111,8 +111,8 @@ def describe(exc: ValidationError, model: type[BaseModel], where: str = "") -> s
     else:
         phrase = _PHRASES.get(kind) or error["msg"].replace("Input should be", "must be", 1)
     value = error.get("input")
-    shown = f", got {value!r}" if not isinstance(value, (Mapping, BaseModel)) else ""
-    return f"{path} {phrase}{shown}" if path else f"{phrase}{shown}"
+    got = f", got {shown(value)}" if not isinstance(value, (Mapping, BaseModel)) else ""
+    return f"{path} {phrase}{got}" if path else f"{phrase}{got}"
 
 
 def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -17,10 +17,14 @@ from ulpt.models import BaseModel, SamplingParams
 from ulpt_serving import answers, protocol
 from ulpt_serving.config import ServeConfig, is_loopback
 from ulpt_serving.engine import Engine
+from ulpt_serving.limits import TenantSlots, TooMany
 from ulpt_serving.protocol import ApiError
 from ulpt_serving.tenancy import Authenticator
 
 MAX_BODY_BYTES = 4 << 20  # a completion or chat body, refused above this before it is parsed
+INFERENCE_SCOPE = "read"
+"""The scope a key needs for every inference route: using an adapter reads it, as the control plane's
+GET routes do; a train-only or admin-only key is refused (403), as it is on the control plane."""
 
 
 def max_positions(model: BaseModel) -> int | None:
@@ -39,10 +43,11 @@ class Admission:
         self.auth = auth
         self.engine = engine
         self.max_positions = max_positions(engine.model)
+        self.slots = TenantSlots(config.limits)
 
     async def tenant(self, request: Request) -> str:
-        """The caller's tenant: from its Bearer key, or the configured one for a loopback caller when the
-        server runs without keys (anyone else gets 403 there)."""
+        """The caller's tenant: from its Bearer key (which must hold the `read` scope), or the configured
+        one for a loopback caller when the server runs without keys (anyone else gets 403 there)."""
         if not self.config.auth:
             client = request.client.host if request.client else None
             if client is None or not is_loopback(client):
@@ -56,10 +61,25 @@ class Admission:
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise protocol.unauthorized()
-        tenant = await answers.from_catalog(self.auth.tenant_for, key, retry_after=self.retry_after())
-        if tenant is None:
+        identity = await answers.from_catalog(self.auth.identity_for, key, retry_after=self.retry_after())
+        if identity is None:
             raise protocol.unauthorized()
-        return tenant
+        if INFERENCE_SCOPE not in identity.scopes:
+            raise ApiError(403, f"this key lacks the {INFERENCE_SCOPE!r} scope", type="permission_error")
+        return identity.tenant
+
+    def take_slot(self, tenant: str, stream: bool = False) -> None:
+        """A request slot of `tenant` (`stream`: a stream slot on top of the one it holds), or 429."""
+        try:
+            if stream:
+                self.slots.acquire_stream(tenant)
+            else:
+                self.slots.acquire(tenant)
+        except TooMany as exc:
+            retry = {"Retry-After": str(self.config.limits.retry_after_s)}
+            raise ApiError(
+                429, str(exc), type="rate_limit_error", code="rate_limit_exceeded", headers=retry
+            ) from None
 
     def retry_after(self) -> dict[str, str]:
         return answers.retry_after(self.config.retry_after_s)

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
+from starlette.exceptions import HTTPException
 
 from ulpt.models import BaseModel, load_base_model
 from ulpt.models.precision import require_cuda, resolve_dtype
@@ -92,6 +93,14 @@ def default_model(config: ServeConfig) -> BaseModel:
 @api.exception_handler(ApiError)
 async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
     return responses.error_response(exc)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (an unknown route, a method a route lacks) as OpenAI error bodies."""
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    headers = dict(exc.headers or {})
+    return responses.error_response(ApiError(exc.status_code, str(exc.detail), type=kind, headers=headers))
 
 
 @api.exception_handler(RequestValidationError)
@@ -164,7 +173,11 @@ class ULPTServer:
         status = 200
         try:
             tenant = await self.admission.tenant(request)
-            return JSONResponse(await self.adapters.models(tenant, limit, after))
+            self.admission.take_slot(tenant)
+            try:
+                return JSONResponse(await self.adapters.models(tenant, limit, after))
+            finally:
+                self.admission.slots.release(tenant)
         except ApiError as exc:
             status = exc.status
             return responses.error_response(exc)

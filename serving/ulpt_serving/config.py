@@ -14,6 +14,7 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, model_
 from ulpt.errors import SpecError
 from ulpt.models.precision import DtypeName
 from ulpt.validation import NonBlank, SpecModel
+from ulpt_serving.limits import TenantLimits
 
 FORMAT_VERSION: Final = 1
 LOOPBACK_NAMES = ("localhost",)
@@ -100,7 +101,9 @@ class ServeConfig(SpecModel):
     max_queued_requests: int = Field(default=256, ge=0, le=1_000_000)
     """Requests waiting for a replica; beyond it requests get 429 with Retry-After."""
     retry_after_s: float = Field(default=1.0, ge=0, le=86_400.0)
-    """Retry-After sent with 429/503 answers."""
+    """Retry-After sent with 429/503 answers of a full replica or an unreachable catalog."""
+    limits: TenantLimits = Field(default_factory=TenantLimits)
+    """Each tenant's share of a replica: requests and streams at once, body timeouts (`limits.py`)."""
     default_max_tokens: int = Field(default=16, ge=1)
     """max_tokens of a completion request that gives none (OpenAI's completions default)."""
     default_chat_max_tokens: int = Field(default=256, ge=1)

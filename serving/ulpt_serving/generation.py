@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from ulpt_serving import answers, openapi, protocol, responses
 from ulpt_serving.admission import MAX_BODY_BYTES, Admission
@@ -23,6 +23,7 @@ from ulpt_serving.bodies import read_body
 from ulpt_serving.chat_template import chat_prompt
 from ulpt_serving.decodeloop import DecodeLoop
 from ulpt_serving.engine import BatchItem, RowFailure, TextStream
+from ulpt_serving.limits import HeldStream
 from ulpt_serving.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 from ulpt_serving.requestlog import RequestInfo, RequestLog
 from ulpt_serving.resolve import AdapterResolution
@@ -51,9 +52,12 @@ class Generation:
         info = RequestInfo("chat" if chat else "completions")
         rid = responses.new_id("chatcmpl" if chat else "cmpl")
         items: list[BatchItem] = []
+        held: dict[str, bool] = {}  # the tenant's slots this request holds: request, stream
         try:
             info.tenant = await self.admission.tenant(request)
-            raw = await read_body(request, MAX_BODY_BYTES, ApiError)
+            self.admission.take_slot(info.tenant)
+            held["request"] = True
+            raw = await read_body(request, MAX_BODY_BYTES, ApiError, limits=self.admission.config.limits)
             body: Any = protocol.parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
             target = await self.adapters.target(info.tenant, body.model)
             info.label = target.label
@@ -68,10 +72,14 @@ class Generation:
             ]
             info.prompt_tokens = sum(counts)
             if body.stream:
+                self.admission.take_slot(info.tenant, stream=True)
+                held["stream"] = True
                 info.stream = True
                 events = self._stream(items[0], body, rid, chat, info)
-                return StreamingResponse(
-                    events, media_type="text/event-stream", headers=responses.SSE_HEADERS
+                release = partial(self.admission.slots.release, info.tenant, stream=True)
+                held.clear()  # the response gives them back when the stream is over
+                return HeldStream(
+                    events, release, media_type="text/event-stream", headers=responses.SSE_HEADERS
                 )
             results = await self._collect_all(items)
         except ApiError as exc:
@@ -84,6 +92,9 @@ class Generation:
             logger.exception("request %s failed", rid)
             self.requests.record(info, 500, sum(it.control.generated for it in items))
             return responses.error_response(answers.internal_error())
+        finally:
+            if held:
+                self.admission.slots.release(info.tenant, stream=held.get("stream", False))
         completion_tokens = sum(len(r.token_ids) for r in results)
         self.requests.record(info, 200, completion_tokens)
         if chat:

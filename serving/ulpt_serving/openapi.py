@@ -164,14 +164,19 @@ SSE_EVENT = {
 }
 UNAUTHORIZED = _error("Missing, malformed, unknown or revoked API key.", **{"WWW-Authenticate": "Bearer"})
 OVERLOADED = {
-    "description": "The replica's queue is full (answered by Ray Serve's proxy, as plain text).",
+    "description": "The replica's queue is full (answered by Ray Serve's proxy, as plain text), or the "
+    "key's tenant already holds its share of the replica (`limits.max_requests` or `max_streams`: an "
+    "error body).",
+    "model": ErrorResponse,
     "content": {"text/plain": {"schema": {"type": "string"}}},
     "headers": {"Retry-After": {"description": RETRY_AFTER, "schema": {"type": "string"}}},
 }
 MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("An invalid `limit` or `after`."),
     401: UNAUTHORIZED,
-    403: _error("A server without API keys called from a non-loopback address."),
+    403: _error(
+        "A key without the `read` scope, or a server without API keys called from a non-loopback address."
+    ),
     429: OVERLOADED,
     503: _error("The catalog is unreachable.", **{"Retry-After": RETRY_AFTER}),
 }
@@ -187,6 +192,7 @@ GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: UNAUTHORIZED,
     403: MODELS_RESPONSES[403],
     404: _error("The adapter does not exist or the key's tenant may not use it (one body for both)."),
+    408: _error("The body stopped arriving (`limits.body_idle_timeout_s`) or took too long in all."),
     413: _error("The body is larger than the server accepts."),
     429: OVERLOADED,
     500: _error("The adapter's stored data failed its checks, or generation failed."),

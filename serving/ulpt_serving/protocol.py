@@ -8,9 +8,17 @@ so a client never silently gets something other than what it asked for.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 MAX_STOPS = 4
@@ -73,6 +81,16 @@ by the server from catalog adapters only, and a client that believes it sent som
 answer computed without them. vLLM's own server reads such fields with `torch.load`."""
 
 
+def _no_boolean_or_text(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise PydanticCustomError("number_type", "must be a number, not a boolean or a string")
+    return value
+
+
+NUMBER = BeforeValidator(_no_boolean_or_text)
+"""A numeric field: booleans and strings are refused (pydantic's lax mode reads true as 1)."""
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
@@ -92,21 +110,23 @@ class _Request(BaseModel):
                     )
         return data
 
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # `max_tokens: true`, `"2"` or `stream: 1` are a client's mistakes, not 1, 2 or true (as in specs);
+    # 2.0 is an integer to JSON Schema (and so to the published schema), so it stays one here.
+    max_tokens: Annotated[int | None, NUMBER] = Field(default=None, ge=1)
+    temperature: Annotated[float, NUMBER] = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: Annotated[float, NUMBER] = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     # json_schema_extra: what the validators below accept, so the OpenAPI schema says it too.
-    n: int = Field(default=1, json_schema_extra={"minimum": 1, "maximum": 1})
+    n: Annotated[int, NUMBER] = Field(default=1, json_schema_extra={"minimum": 1, "maximum": 1})
     stop: str | list[str] | None = Field(default=None, json_schema_extra=_STOP_SCHEMA)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    stream: bool = False
+    seed: Annotated[int | None, NUMBER] = Field(default=None, ge=0, le=MAX_SEED)
+    stream: bool = Field(default=False, strict=True)
     stream_options: dict[str, Any] | None = None
     presence_penalty: float = Field(default=0.0, json_schema_extra=_ZERO)
     frequency_penalty: float = Field(default=0.0, json_schema_extra=_ZERO)
     logprobs: Any = Field(default=None, json_schema_extra={"enum": [None, False, 0]})
     logit_bias: dict[str, float] | None = Field(default=None, json_schema_extra={"maxProperties": 0})
     user: str | None = None
-    ignore_eos: bool = False
+    ignore_eos: bool = Field(default=False, strict=True)
     """vLLM's extension: decode to max_tokens even past the end-of-sequence token (load tests)."""
 
     @field_validator("n")
@@ -163,7 +183,7 @@ class CompletionRequest(_Request):
             "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]
         },
     )
-    echo: bool = Field(default=False, json_schema_extra={"enum": [False]})
+    echo: bool = Field(default=False, strict=True, json_schema_extra={"enum": [False]})
     suffix: str | None = Field(
         default=None, json_schema_extra={"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}]}
     )
@@ -213,7 +233,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: Annotated[int | None, NUMBER] = Field(default=None, ge=1)
 
     @property
     def requested_max_tokens(self) -> int | None:

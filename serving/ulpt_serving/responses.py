@@ -16,6 +16,7 @@ from typing import Any, cast
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from ulpt.errors import first_line
 from ulpt.registry import AdapterRecord
 from ulpt_serving import openapi
 from ulpt_serving.protocol import ApiError
@@ -114,7 +115,9 @@ def model_list(entries: list[openapi.ModelEntry], next_cursor: str | None) -> di
 
 
 def error_body(error: ApiError) -> dict[str, Any]:
-    detail = openapi.ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
+    detail = openapi.ErrorDetail(
+        message=first_line(error.message), type=error.type, param=error.param, code=error.code
+    )
     return _dump(openapi.ErrorResponse(error=detail))
 
 

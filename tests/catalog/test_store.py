@@ -13,6 +13,7 @@ import pytest
 from tests.services import S3Server, free_port
 from ulpt.errors import BlobIntegrityError, BlobNotFoundError, StoreError
 from ulpt.store import BlobStore, LocalStore, blob_key, open_store
+from ulpt.store.base import BlobInfo
 
 
 def _corrupt(store: BlobStore, key: str, data: bytes, s3: S3Server | None) -> None:
@@ -183,3 +184,14 @@ def test_an_unreachable_endpoint_is_named_without_its_password(monkeypatch: pyte
         store.check()
     assert "hunter2" not in str(info.value) and "admin" not in str(info.value)
     assert "http://***@127.0.0.1:" in str(info.value)
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) + 7, 3 << 20])
+def test_put_file_stores_what_put_would(blob_store: BlobStore, tmp_path: Path, size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    path = tmp_path / "upload.jsonl"
+    path.write_bytes(data)
+    info = blob_store.put_file(path)  # read in chunks: an upload never sits whole in memory
+    assert info == BlobInfo.of(data)
+    assert blob_store.get(info.key) == data
+    assert blob_store.put_file(path) == info  # already there: nothing rewritten, same key

@@ -105,6 +105,9 @@ def test_a_job_on_an_uploaded_file_trains_streams_progress_and_registers(
     shown = job_plane.call("GET", f"/v1/jobs/{job_id}", params={"fits": True}).json()
     assert shown["status"] == "done" and len(shown["fits"]) == 3
     assert shown["spec"]["tenant"] == "acme"
+    # the spec as sent (its file id, not the service's temporary copy); no host or process id
+    assert shown["spec"]["dataset"]["path"] == [file_id] and "ulpt-upload-" not in json.dumps(shown)
+    assert "driver" not in shown["timings"] and {fit["worker"] for fit in shown["fits"]} == {None}
     found = job_plane.call("GET", "/v1/adapters", params={"job_id": job_id}).json()["items"]
     assert sorted(a["name"] for a in found) == ["user-0", "user-1", "user-2"]
     assert [j["id"] for j in job_plane.call("GET", "/v1/jobs").json()["items"]] == [job_id]

@@ -144,8 +144,9 @@ def get_by_id(session: Session, adapter_id: uuid.UUID) -> AdapterRow | None:
 def resolve(session: Session, tenant: str, ref: str | Ref, *, include_deleted: bool = False) -> AdapterRow:
     """The adapter `ref` names for `tenant`: NAME:VERSION exactly, else an alias, else NAME's latest version.
 
-    `OTHER/NAME...` reaches another tenant's adapter only if it is public; anything else reads as
-    "not found", so a reference never reveals that a private adapter exists.
+    `OTHER/NAME...` reaches another tenant's adapter only if it is public, and only by its name:
+    aliases are the owner's private names, never resolved for another tenant. Anything else reads
+    as "not found", so a reference never reveals that a private adapter or an alias exists.
     """
     parsed = ref if isinstance(ref, Ref) else parse_ref(ref)
     owner = parsed.tenant or tenant
@@ -172,11 +173,15 @@ def resolve(session: Session, tenant: str, ref: str | Ref, *, include_deleted: b
     named = AdapterRow.name == parsed.name
     if not include_deleted:
         named = and_(named, AdapterRow.deleted_at.is_(None))
-    if session.get_bind().dialect.name == "postgresql":
+    order: tuple[Any, ...]
+    if foreign:
+        candidates = base.where(named)
+        order = (AdapterRow.version.desc(),)
+    elif session.get_bind().dialect.name == "postgresql":
         # One round trip: the alias's target if NAME is an alias, else NAME's latest version. An alias
         # never shares a name with an adapter, so ordering by "name = NAME" puts the alias's target first.
         candidates = base.where(or_(AdapterRow.id == alias_target, named))
-        order: tuple[Any, ...] = (AdapterRow.name == parsed.name, AdapterRow.version.desc())
+        order = (AdapterRow.name == parsed.name, AdapterRow.version.desc())
     else:  # SQLite cannot use two indexes for an OR (it scans the tenant); two lookups cost microseconds
         target = session.scalar(select(alias_target))
         candidates = base.where(AdapterRow.id == target) if target is not None else base.where(named)

@@ -10,7 +10,7 @@ import re
 import secrets
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from ulpt.catalog.models import FileRow, utcnow
@@ -63,13 +63,32 @@ def get_file(session: Session, tenant: str, file_id: str) -> FileRow:
 
 
 def list_files(
-    session: Session, tenant: str, *, purpose: str | None = None, limit: int = 100
+    session: Session, tenant: str, *, purpose: str | None = None, limit: int = 100, after: str | None = None
 ) -> list[FileRow]:
-    """The tenant's live files, newest first."""
+    """The tenant's live files, newest first; `after`: those listed after that file of the tenant's
+    (the last id of the previous page), so every file can be reached, page by page."""
     query = select(FileRow).where(FileRow.tenant == tenant, FileRow.deleted_at.is_(None))
     if purpose is not None:
         query = query.where(FileRow.purpose == purpose)
+    if after is not None:
+        last = get_file(session, tenant, after)
+        query = query.where(
+            or_(
+                FileRow.created_at < last.created_at,
+                and_(FileRow.created_at == last.created_at, FileRow.id > last.id),
+            )
+        )
     return list(session.scalars(query.order_by(FileRow.created_at.desc(), FileRow.id).limit(limit)))
+
+
+def file_usage(session: Session, tenant: str) -> tuple[int, int]:
+    """(live files, their bytes) of the tenant: what its upload limits count."""
+    count, size = session.execute(
+        select(func.count(), func.coalesce(func.sum(FileRow.size), 0)).where(
+            FileRow.tenant == tenant, FileRow.deleted_at.is_(None)
+        )
+    ).one()
+    return int(count), int(size)
 
 
 def delete_file(session: Session, tenant: str, file_id: str) -> FileRow:

@@ -237,6 +237,8 @@ def _decode_cursor(query: AdapterQuery) -> tuple[Any, uuid.UUID]:
         if isinstance(value, dict):
             value = datetime.fromisoformat(value["t"])
         order, filters = payload["o"], payload["h"]
+        if not _fits_sort_column(value, query.order_by):
+            raise ValueError("the cursor's value is not of its sort column's type")
     except (ValueError, KeyError, TypeError):
         raise SpecError("invalid cursor: pass the next_cursor value of a previous page unchanged") from None
     if order != query.order_by or filters != query.filter_hash():
@@ -244,6 +246,19 @@ def _decode_cursor(query: AdapterQuery) -> tuple[Any, uuid.UUID]:
             "this cursor belongs to a different query (filters or order changed): start from the first page"
         )
     return value, last_id
+
+
+def _fits_sort_column(value: Any, order_by: str) -> bool:
+    """Whether a cursor's value can be compared with its sort column: a tampered one (a list, a naive
+    date, a string for a number) must be a 400, not a database error at the comparison."""
+    column, _, _ = _sort_key(order_by)
+    if column == "created_at":
+        return isinstance(value, datetime) and value.tzinfo is not None
+    if column == "name":
+        return isinstance(value, str)
+    if column == "version":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def query_from(tenant: str, **filters: Any) -> AdapterQuery:

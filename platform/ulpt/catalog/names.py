@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ulpt.errors import InvalidNameError, SpecError
+from ulpt.errors import InvalidNameError, SpecError, shown
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -31,7 +31,7 @@ MAX_VERSION = 2**31 - 1
 def check_name(name: object, what: str = "adapter name") -> str:
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         raise InvalidNameError(
-            f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_', '-', not starting with . _ -"
+            f"invalid {what} {shown(name)}: use 1-128 letters, digits, '.', '_', '-', not starting with . _ -"
         )
     return name
 
@@ -39,14 +39,15 @@ def check_name(name: object, what: str = "adapter name") -> str:
 def check_tenant(tenant: object) -> str:
     if not isinstance(tenant, str) or _TENANT.fullmatch(tenant) is None:
         raise InvalidNameError(
-            f"invalid tenant {tenant!r}: use 1-64 letters, digits, '.', '_', '-', not starting with . _ -"
+            f"invalid tenant {shown(tenant)}: "
+            "use 1-64 letters, digits, '.', '_', '-', not starting with . _ -"
         )
     return tenant
 
 
 def check_version(version: object) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
-        raise SpecError(f"version must be an integer in [1, {MAX_VERSION}], got {version!r}")
+        raise SpecError(f"version must be an integer in [1, {MAX_VERSION}], got {shown(version)}")
     return version
 
 
@@ -66,12 +67,12 @@ class Ref:
 def parse_ref(ref: object) -> Ref:
     if not isinstance(ref, str):
         raise InvalidNameError(
-            f"adapter reference must be a string like name, name:3 or an alias, got {ref!r}"
+            f"adapter reference must be a string like name, name:3 or an alias, got {shown(ref)}"
         )
     match = _REF.fullmatch(ref.strip())
     if match is None:
         raise InvalidNameError(
-            f"invalid adapter reference {ref!r}: expected NAME, NAME:VERSION or an alias (or TENANT/...)"
+            f"invalid adapter reference {shown(ref)}: expected NAME, NAME:VERSION or an alias (or TENANT/...)"
         )
     version = match.group("version")
     parsed = Ref(
@@ -87,24 +88,26 @@ def normalize_tags(tags: Mapping[str, Any] | Iterable[str] | None) -> dict[str, 
     if tags is None:
         return {}
     if isinstance(tags, str):
-        raise SpecError(f"tags must be a mapping or a list of strings, got the string {tags!r}")
+        raise SpecError(f"tags must be a mapping or a list of strings, got the string {shown(tags)}")
     if isinstance(tags, Mapping):
         items = [(k, v) for k, v in tags.items()]
     else:
         items = []
         for tag in tags:
             if not isinstance(tag, str):
-                raise SpecError(f"tags must be strings, got {tag!r}")
+                raise SpecError(f"tags must be strings, got {shown(tag)}")
             key, sep, value = tag.partition("=")
             items.append((key, value if sep else ""))
     out: dict[str, str] = {}
     for key, value in items:
         if not isinstance(key, str) or _TAG_KEY.fullmatch(key) is None:
-            raise SpecError(f"invalid tag key {key!r}: use 1-128 letters, digits, '.', '_', '/', ':' or '-'")
+            raise SpecError(
+                f"invalid tag key {shown(key)}: use 1-128 letters, digits, '.', '_', '/', ':' or '-'"
+            )
         if value is None:
             value = ""
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise SpecError(f"tag {key} must have a string value, got {value!r}")
+            raise SpecError(f"tag {key} must have a string value, got {shown(value)}")
         value = str(value)
         if len(value) > MAX_TAG_VALUE or any(c in value for c in "\r\n\0"):
             raise SpecError(f"tag {key} value must be one line of at most {MAX_TAG_VALUE} characters")
@@ -127,7 +130,7 @@ def check_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def check_metric_name(name: object) -> str:
     if not isinstance(name, str) or _METRIC.fullmatch(name) is None:
-        raise SpecError(f"invalid metric name {name!r}: use letters, digits, '_', '.', '/' or '-'")
+        raise SpecError(f"invalid metric name {shown(name)}: use letters, digits, '_', '.', '/' or '-'")
     return name
 
 

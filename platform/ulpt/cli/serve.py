@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
@@ -155,6 +156,9 @@ def control_plane(config: ServeConfig) -> Companion:
         catalog_url=config.catalog_url,
         store_url=config.store_url,
         base_models=(config.model, config.base_model_name),
+        # `ulpt serve` trains on the Ray it starts here: this machine is the cluster's one node type
+        max_cpus_per_worker=os.cpu_count() or 1,
+        gpu_workers=config.num_gpus > 0,
     )
     return Companion(build_application(control), control.app_name, control.route_prefix)
 

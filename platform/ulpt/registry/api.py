@@ -175,12 +175,17 @@ class Registry:
         return self.catalog.query(read)
 
     def lineage(self, ref: str, *, tenant: str) -> Lineage:
+        """The adapter's lineage as `tenant` may see it: of another tenant's public adapter, only what
+        is public too (no private parent, no aliases, no job: those are the owner's)."""
         with self.catalog.read() as session:
             row = queries.resolve(session, tenant, ref, include_deleted=True)
+            own = row.tenant == tenant
             parent = queries.get_by_id(session, row.parent_id) if row.parent_id else None
+            if parent is not None and parent.tenant != tenant and not parent.public:
+                parent = None
             children = queries.children_of(session, row.id)
             job = None
-            if row.job_id is not None:
+            if row.job_id is not None and own:
                 job_row = get_job(session, row.job_id)
                 job = {"id": str(job_row.id), "name": job_row.name, "status": job_row.status}
             return Lineage(
@@ -189,7 +194,7 @@ class Registry:
                 children=tuple(
                     record_from(child, self.store) for child in children if child.tenant == tenant
                 ),
-                aliases=tuple(queries.aliases_of(session, [row.id]).get(row.id, [])),
+                aliases=tuple(queries.aliases_of(session, [row.id]).get(row.id, [])) if own else (),
                 job=job,
             )
 

@@ -8,14 +8,16 @@ rows OpenAI's fine-tuning takes (`{"prompt", "completion"}` or chat `{"messages"
 from __future__ import annotations
 
 import builtins
-import json
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ulpt.catalog.files import add_file, delete_file, get_file, list_files
+from ulpt.catalog.files import add_file, delete_file, file_usage, get_file, list_files
 from ulpt.catalog.models import FileRow
+from ulpt.documents import load_json
 from ulpt.errors import DataError, SpecError
 
 if TYPE_CHECKING:
@@ -55,26 +57,31 @@ class FileRecord:
 
 def parse_jsonl(data: bytes, purpose: str) -> list[dict[str, Any]]:
     """The rows of a JSON-lines file; DataError naming the first bad line."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError("the file is not UTF-8 text (upload JSON lines: one JSON object per line)") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    rows = list(iter_rows(data.splitlines(), purpose))
+    if not rows:
+        raise DataError("the file has no rows")
+    return rows
+
+
+def iter_rows(lines: Iterable[bytes], purpose: str) -> Iterator[dict[str, Any]]:
+    """Each line's row, checked as it is read (an upload is checked from its file, one line held at
+    a time); DataError naming the first bad line."""
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"line {number} is not UTF-8 text (upload JSON lines)") from None
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except ValueError:
-            raise DataError(f"line {number}: not JSON (upload one JSON object per line)") from None
+            row = load_json(line, f"line {number}")
+        except SpecError as exc:
+            raise DataError(f"{exc} (upload one JSON object per line, finite numbers only)") from None
         if not isinstance(row, dict):
             raise DataError(f"line {number}: a JSON object is expected")
         if purpose == "fine-tune":
             check_fine_tune_row(row, number)
-        rows.append(row)
-    if not rows:
-        raise DataError("the file has no rows")
-    return rows
+        yield row
 
 
 def check_fine_tune_row(row: dict[str, Any], number: int) -> None:
@@ -105,21 +112,32 @@ class Files:
 
     def upload(self, data: bytes, *, filename: str, purpose: str = "data") -> FileRecord:
         """Check the rows, store the bytes (content-addressed) and record the file."""
+        with tempfile.NamedTemporaryFile(prefix="ulpt-upload-") as copy:
+            copy.write(data)
+            copy.flush()
+            return self.upload_file(Path(copy.name), filename=filename, purpose=purpose)
+
+    def upload_file(self, path: Path, *, filename: str, purpose: str = "data") -> FileRecord:
+        """`upload` from a file, in memory that does not grow with it: the rows are checked one line
+        at a time and the bytes stream to the store."""
         if purpose not in PURPOSES:
             raise SpecError(f"purpose: one of {', '.join(PURPOSES)}")
         name = Path(filename or "upload.jsonl").name[:MAX_FILENAME] or "upload.jsonl"
-        rows = parse_jsonl(data, purpose)
-        info = self._registry.store.put(data)
+        with open(path, "rb") as lines:
+            rows = sum(1 for _ in iter_rows(lines, purpose))
+        if not rows:
+            raise DataError("the file has no rows")
+        info = self._registry.store.put_file(path)
         with self._registry.catalog.session() as session:
             row = add_file(
                 session,
                 self.tenant,
                 filename=name,
                 purpose=purpose,
-                size=len(data),
+                size=info.size,
                 blob_key=info.key,
                 sha256=info.sha256,
-                rows=len(rows),
+                rows=rows,
             )
             return FileRecord.from_row(row)
 
@@ -127,11 +145,18 @@ class Files:
         with self._registry.catalog.read() as session:
             return FileRecord.from_row(get_file(session, self.tenant, file_id))
 
-    def list(self, *, purpose: str | None = None, limit: int = 100) -> list[FileRecord]:
+    def list(
+        self, *, purpose: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[FileRecord]:
+        """Newest first; `after` a file id: the page after it."""
         with self._registry.catalog.read() as session:
-            return [
-                FileRecord.from_row(r) for r in list_files(session, self.tenant, purpose=purpose, limit=limit)
-            ]
+            found = list_files(session, self.tenant, purpose=purpose, limit=limit, after=after)
+            return [FileRecord.from_row(r) for r in found]
+
+    def usage(self) -> tuple[int, int]:
+        """(files, bytes) the tenant keeps: what its upload limits count."""
+        with self._registry.catalog.read() as session:
+            return file_usage(session, self.tenant)
 
     def content(self, file_id: str) -> bytes:
         """The file's bytes, checked against their SHA-256."""

@@ -10,15 +10,19 @@ that reuses an old blob.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from ulpt.errors import BlobIntegrityError, StoreError
 
 BLOB_PREFIX = "blobs/sha256/"
+CHUNK_BYTES = 1 << 20
+"""How much of a file `put_file` holds at once."""
 _KEY = re.compile(r"^blobs/sha256/([0-9a-f]{2})/([0-9a-f]{62})$")
 
 
@@ -79,6 +83,22 @@ class BlobStore(ABC):
         info = BlobInfo.of(data)
         self._put(info.key, data)
         return info
+
+    def put_file(self, path: str | os.PathLike[str]) -> BlobInfo:
+        """Store the file at `path` as a blob, reading it in chunks: memory stays the same whatever its
+        size (uploads of tenants), where `put` holds the bytes."""
+        digest, size = hashlib.sha256(), 0
+        with open(path, "rb") as source:
+            while chunk := source.read(CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+        info = BlobInfo(key=blob_key(digest.hexdigest()), sha256=digest.hexdigest(), size=size)
+        self._put_file(info.key, Path(path))
+        return info
+
+    def _put_file(self, key: str, path: Path) -> None:
+        """Write the file at `path` at `key` (as `_put`); stores that can copy in chunks override this."""
+        self._put(key, path.read_bytes())
 
     def put_many(self, blobs: Sequence[bytes]) -> list[BlobInfo]:
         """Store several blobs; remote stores override this to upload in parallel."""

@@ -12,13 +12,14 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ulpt.errors import BlobNotFoundError, StoreError
-from ulpt.store.base import BLOB_PREFIX, BlobEntry, BlobInfo, BlobStore, sha256_of_key
+from ulpt.store.base import BLOB_PREFIX, CHUNK_BYTES, BlobEntry, BlobInfo, BlobStore, sha256_of_key
 
 _TMP = "tmp"
 
@@ -57,7 +58,13 @@ class LocalStore(BlobStore):
             _syncfs(self.root)
         return infos
 
-    def _write(self, final: str, data: bytes) -> str | None:
+    def _put_file(self, key: str, path: Path) -> None:
+        final = self._write(str(self._path(key)), path)
+        if final is not None and self.fsync:
+            _fsync_file(Path(final))
+            _fsync_dir(Path(final).parent)
+
+    def _write(self, final: str, data: bytes | Path) -> str | None:
         """Write a new blob (temporary file, then rename: whole or absent); None if it already existed.
 
         Plain `os` calls on strings: a bulk registration writes thousands of few-kB blobs, and pathlib's
@@ -75,9 +82,13 @@ class LocalStore(BlobStore):
                 self._dirs.add(folder)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                if isinstance(data, Path):  # a file: copied in chunks, never held whole
+                    with open(data, "rb") as source, os.fdopen(fd, "wb", closefd=False) as target:
+                        shutil.copyfileobj(source, target, CHUNK_BYTES)
+                else:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
             # Atomic. If a concurrent writer got there first it wrote these very bytes (the name is

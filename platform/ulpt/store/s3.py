@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ulpt.errors import BlobNotFoundError, StoreError, redact_url
@@ -115,6 +116,17 @@ class S3Store(BlobStore):
                 self._conditional_put = False  # a server without conditional writes: head, then put
                 self._put(key, data)
                 return
+            raise self._error(exc, f"write blob {key}") from None
+
+    def _put_file(self, key: str, path: Path) -> None:
+        """A file streams to S3 in parts (boto3's managed transfer); nothing is written if it is there."""
+        obj = self._object(key)
+        try:
+            if self._head(obj):
+                self._refresh(obj)
+                return
+            self._client.upload_file(str(path), self.bucket, obj, Config=self._transfer)
+        except Exception as exc:
             raise self._error(exc, f"write blob {key}") from None
 
     def put_many(self, blobs: Sequence[bytes]) -> list[BlobInfo]:
