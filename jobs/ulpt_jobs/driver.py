@@ -95,7 +95,7 @@ def claim(catalog: Catalog, job_id: str, *, resume: bool = True, force: bool = F
             return driver
         job = get_job(session, job_uuid)
         check_runnable(job.status, job.heartbeat_at, job.driver, job_id, force=force, resume=resume)
-        raise ConflictError(f"job {job_id} was claimed by another driver first ({job.driver})")
+        raise ConflictError(f"job {job_id} was claimed by another driver first")
 
 
 def run_job(
@@ -214,7 +214,7 @@ def check_runnable(
         age = (utcnow() - heartbeat_at).total_seconds()
         if age < STALE_AFTER_S:
             raise ConflictError(
-                f"job {job_id} is running (driver {driver}, heartbeat {age:.0f} s ago); "
+                f"job {job_id} is running (its driver's heartbeat was {age:.0f} s ago); "
                 "cancel it first, or use --force (force=True) if that driver is gone"
             )
 
