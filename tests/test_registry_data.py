@@ -153,6 +153,20 @@ def test_a_remote_fetch_never_echoes_the_index_credentials(
     assert "the package index: cannot fetch http://***@127.0.0.1" in str(err.value)
 
 
+def test_a_jobs_bigbench_path_never_reaches_the_network(
+    ulpt_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant's job spec may name `bigbench:TASK`; the worker reads local sources only."""
+    from ulpt.jobspec import DatasetSpec
+    from ulpt_jobs.sources import read_table
+
+    monkeypatch.delenv("ULPT_BIGBENCH", raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://user:SECRET@127.0.0.1:9/simple")
+    with pytest.raises(DataError) as err:
+        read_table(DatasetSpec(path=("bigbench:arith/add",)), ["bigbench:arith/add"], ulpt_home)
+    assert "remote sources: not asked for" in str(err.value) and "SECRET" not in str(err.value)
+
+
 def test_path_traversal_member_is_refused(
     ulpt_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
