@@ -56,7 +56,7 @@ class DemoFit:
 DEMO_FITS = (
     DemoFit("largest-ulpt-r2", "largest", AdapterSpec(method="ulpt", n_tokens=10, rank=2, seed=1), 0.3),
     DemoFit("sum-pt", "sum-of-pair", AdapterSpec(method="pt", n_tokens=10, seed=2, init="vocab"), 0.03),
-    DemoFit("compare-pt", "compare", AdapterSpec(method="pt", n_tokens=10, seed=4, init="vocab"), 0.03),
+    DemoFit("largest-pt", "largest", AdapterSpec(method="pt", n_tokens=10, seed=4, init="vocab"), 0.03),
 )
 SMOKE_FITS = DEMO_FITS[:2]
 DEFAULT_STEPS = 40
