@@ -116,6 +116,8 @@ class TenantRow(Base):
     __tablename__ = "tenants"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    """The tenant's share of a trainer pool against other tenants' (positive; migration 0006)."""
     created_at: Mapped[datetime] = _created()
 
 
@@ -161,6 +163,8 @@ class JobRow(Base):
     """Renewed by the running job's driver; None once the job ends. Stale: the driver is gone."""
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """How many times a driver claimed the job (1 for a job run once)."""
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Within its tenant, a pool claims the fits of higher-priority jobs first (migration 0006)."""
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -263,7 +267,11 @@ class FitRow(Base):
     """One adapter to train inside a job; its status survives worker deaths so a job can resume."""
 
     __tablename__ = "fits"
-    __table_args__ = (UniqueConstraint("job_id", "key"), Index(None, "job_id", "status"))
+    __table_args__ = (
+        UniqueConstraint("job_id", "key"),
+        Index(None, "job_id", "status"),
+        Index(None, "status", "lease_until"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -281,6 +289,9 @@ class FitRow(Base):
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     checkpoint: Mapped[str | None] = mapped_column(String(128))
     """Store key of the fit's last mid-fit checkpoint (one blob per worker's pack); None once it ends."""
+    lease_until: Mapped[datetime | None]
+    """Until when a pool member holds this running fit (renewed as it trains); past it, the fit goes back
+    to pending from its checkpoint. None outside pools and once the fit leaves running."""
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
