@@ -157,6 +157,12 @@ class JobTrainConfig(TrainConfig):
     job goes on without it."""
 
 
+def max_attempts_of(spec: Mapping[str, Any]) -> int:
+    """A recorded job spec's `train.max_attempts` (the default when absent): the cap both a job's
+    driver and a trainer pool apply to fits whose worker died."""
+    return int((spec.get("train") or {}).get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
+
+
 class JobSpec(SpecModel):
     """A bulk training job: many adapters of one base model, trained packed on Ray Train workers."""
 
