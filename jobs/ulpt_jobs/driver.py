@@ -40,6 +40,7 @@ from ulpt.store import BlobStore, open_store
 from ulpt_jobs import state
 from ulpt_jobs.fit_data import missing_fit_data, write_fit_data
 from ulpt_jobs.plan import Plan, make_plan
+from ulpt_jobs.pool import pool_key_of
 from ulpt_jobs.worker import WorkerConfig, train_loop
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def create_job(target: JobTarget, spec: JobSpec, tenant: str) -> tuple[str, Plan
     # blobs before rows: a crash in between leaves unreferenced blobs for `ulpt gc`, never a fit without rows
     write_fit_data(target.store(), [(f.train_rows, f.eval_rows) for f in plan.fits if f.error is None])
     with target.catalog.session() as session:
-        job = create_job_row(session, spec.tenant or tenant, spec.to_dict(), name=spec.job_name)
+        pool = pool_key_of(spec).name if spec.placement == "pool" else None  # a pool, not a driver, trains it
+        job = create_job_row(session, spec.tenant or tenant, spec.to_dict(), name=spec.job_name, driver=pool)
         add_fits(session, job.id, ((fit.key, fit.record()) for fit in plan.fits))  # records made lazily
         state.fail_fits(session, job.id, {fit.key: fit.error for fit in plan.fits if fit.error})
         job_id = str(job.id)
@@ -91,6 +93,8 @@ def claim(catalog: Catalog, job_id: str, *, resume: bool = True, force: bool = F
     only = lifecycle.RESUMABLE if resume else lifecycle.NEW_JOB
     with catalog.session() as session:
         job_uuid = as_uuid(job_id)
+        if (get_job(session, job_uuid).spec or {}).get("placement") == "pool":
+            raise ConflictError(f"job {job_id} is trained by a trainer pool: no driver starts or resumes it")
         if lifecycle.claim_job(session, job_uuid, driver, only=only, stale_before=stale_before):
             return driver
         job = get_job(session, job_uuid)
