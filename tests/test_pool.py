@@ -138,3 +138,35 @@ def test_a_killed_member_loses_at_most_k_steps_per_fit_and_another_finishes_its_
     lost = {slot: held[slot] - resumed[slot] for slot in held}
     assert all(0 <= steps <= K for steps in lost.values()), (held, resumed)
     assert all(step > 0 for step in resumed.values())
+
+
+def test_a_cancelled_pooled_job_is_retired_from_checkpoints_and_never_claimed_again(
+    ray_session: None, tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    import ray
+
+    data = write_reviews(tmp_path / "reviews.jsonl", users=2)
+    spec = pooled_spec(tiny_model_dirs["llama"], data, steps=300)
+    with Client(home=tmp_path / "home", tenant="acme") as client:
+        target = JobsAPI(client).target()
+        job_id, _ = create_job(target, spec, "acme")
+        pool_member = member(target, spec, capacity=8, checkpoint_every=1000, idle_s=2.0)
+        try:
+            finished = pool_member.run.remote()
+            deadline = time.monotonic() + 180
+            while not ray.get(pool_member.stats.remote())["progress"]:
+                assert time.monotonic() < deadline, "the member did not train"
+                time.sleep(0.05)
+            client.jobs.cancel(job_id)
+            assert ray.get(finished, timeout=120) == "idle"
+            progress = ray.get(pool_member.stats.remote())["progress"]
+        finally:
+            ray.kill(pool_member)
+        with target.catalog.read() as s:
+            fits = list_fits(s, job_id)
+            job = s.get(JobRow, uuid.UUID(job_id))
+            assert job is not None and job.status == "cancelled"
+    assert progress == {}  # the member holds nothing
+    assert {(f.status, f.attempts, f.worker) for f in fits} == {("pending", 0, None)}  # given back
+    assert all(f.checkpoint for f in fits)  # saved at retirement, whatever checkpoint_every says
+    assert registered(target, [job_id]) == {}
