@@ -15,6 +15,7 @@ from sqlalchemy import select
 from tests.test_jobs_spec import job_dict, write_reviews
 from ulpt.catalog.jobs import list_fits
 from ulpt.catalog.models import AdapterRow, JobRow
+from ulpt.catalog.pools import pool_overview
 from ulpt.errors import ConflictError
 from ulpt.jobs_api import JobsAPI
 from ulpt.jobspec import JobSpec
@@ -91,11 +92,13 @@ def test_fits_of_two_jobs_of_two_tenants_share_one_forward_pass(
             ray.kill(pool_member)
         with target.catalog.read() as s:
             ends = {tenant: s.get(JobRow, uuid.UUID(job)).status for tenant, job in jobs.items()}
+            overview = pool_overview(s)  # the member left its pool when it stopped
             fits = {tenant: list_fits(s, job) for tenant, job in jobs.items()}
         adapters = registered(target, list(jobs.values()))
     shared = [st for st in steps if st["forwards"] == 1 and st["tenants"] == ["acme", "globex"]]
     assert shared and all(sorted(st["jobs"]) == sorted(jobs.values()) and st["fits"] == 4 for st in shared)
     assert ends == {"acme": "done", "globex": "done"}
+    assert [(p.members, p.queue_depth) for p in overview] == []
     assert {f.status for fs in fits.values() for f in fs} == {"done"}
     expected = {(jobs[tenant], f.key): [tenant] for tenant, fs in fits.items() for f in fs}
     assert adapters == expected  # every fit registered once, in its own tenant

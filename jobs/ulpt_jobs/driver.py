@@ -32,6 +32,7 @@ from ulpt.catalog.jobs import add_fits, as_uuid, fit_counts, get_job, list_fits
 from ulpt.catalog.jobs import create_job as create_job_row
 from ulpt.catalog.lifecycle import JobState
 from ulpt.catalog.models import JobRow, utcnow
+from ulpt.catalog.pools import POOL_PREFIX
 from ulpt.config import ensure_ray
 from ulpt.errors import ConflictError, UlptError, first_line
 from ulpt.jobspec import JobSpec
@@ -93,8 +94,8 @@ def claim(catalog: Catalog, job_id: str, *, resume: bool = True, force: bool = F
     only = lifecycle.RESUMABLE if resume else lifecycle.NEW_JOB
     with catalog.session() as session:
         job_uuid = as_uuid(job_id)
-        if (get_job(session, job_uuid).spec or {}).get("placement") == "pool":
-            raise ConflictError(f"job {job_id} is trained by a trainer pool: no driver starts or resumes it")
+        if (pooled := get_job(session, job_uuid).driver or "").startswith(POOL_PREFIX):
+            check_runnable(JobState.PENDING, None, pooled, job_id)  # refused before it claims the job
         if lifecycle.claim_job(session, job_uuid, driver, only=only, stale_before=stale_before):
             return driver
         job = get_job(session, job_uuid)
@@ -205,8 +206,11 @@ def check_runnable(
     force: bool = False,
     resume: bool = True,
 ) -> None:
-    """Refuse, in one line, what `claim` would refuse: a done job; a new job's driver for a job that is
-    no longer pending (cancelled before it started); a running job whose driver beats (unless `force`)."""
+    """Refuse, in one line, what `claim` would refuse: a job a trainer pool trains; a done job; a new
+    job's driver for a job that is no longer pending (cancelled before it started); a running job whose
+    driver beats (unless `force`)."""
+    if driver is not None and driver.startswith(POOL_PREFIX):
+        raise ConflictError(f"job {job_id} is trained by a trainer pool: no driver starts or resumes it")
     if status == JobState.DONE:
         raise ConflictError(f"job {job_id} is already done; nothing to resume")
     if not resume and status != JobState.PENDING:

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,16 @@ from sqlalchemy import select
 from ulpt.catalog.db import open_catalog
 from ulpt.catalog.lifecycle import JOB_TERMINAL
 from ulpt.catalog.models import FitRow, JobRow
-from ulpt.catalog.pools import PoolKey, claim_fits_fairly, renew_leases, requeue_expired_leases, settle_jobs
+from ulpt.catalog.pools import (
+    MemberReport,
+    PoolKey,
+    beat_member,
+    claim_fits_fairly,
+    leave_pool,
+    renew_leases,
+    requeue_expired_leases,
+    settle_jobs,
+)
 from ulpt.jobspec import JobSpec
 from ulpt.models import BaseModel, load_base_model
 from ulpt.models.precision import resolve_dtype
@@ -47,6 +57,8 @@ STOP_CHECK_S = 0.5
 is obeyed within this plus one pack step and its checkpoint."""
 IDLE_POLL_S = 0.2
 """How long an idle member waits between claims."""
+STEPS_KEPT = 1000
+"""The latest steps' packing records a member keeps for `stats` (older ones are dropped)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,8 @@ class PoolRunner(PackRunner):
         self.pool = pool
         self.settings = settings
         self.tenants: dict[uuid.UUID, str] = {}  # job id -> tenant, for the fits this member holds
-        self.steps: list[PackRecord] = []
+        self.steps: deque[PackRecord] = deque(maxlen=STEPS_KEPT)
+        self.stepped = 0
         self.stopping = threading.Event()
         self.hold_at_boundary = threading.Event()
         self.held = threading.Event()
@@ -119,7 +132,14 @@ class PoolRunner(PackRunner):
         return self.tenants[row.job_id]
 
     def run(self) -> str:
-        """Train until told to stop ("stopped") or idle past the bound ("idle")."""
+        """Train until told to stop ("stopped") or idle past the bound ("idle"); then leave the pool."""
+        try:
+            return self._loop()
+        finally:
+            with self.catalog.session() as session:
+                leave_pool(session, self.worker)
+
+    def _loop(self) -> str:
         self.cpu_started = time.process_time()
         active: list[FitState] = []
         idle_since, last_check = time.monotonic(), -math.inf
@@ -143,6 +163,17 @@ class PoolRunner(PackRunner):
         self.release(active, "its pool member stopped")
         self.forget(list(self.rows))
         return "stopped"
+
+    def report(self) -> MemberReport:
+        """Its fits and its last step's packing, for its heartbeat row (`ulpt pools list`)."""
+        last = self.steps[-1] if self.steps else None
+        forwards = last.forwards if last and last.forwards else 0
+        return MemberReport(
+            fits=len(self.rows),
+            steps=self.stepped,
+            fits_per_forward=round(last.fits / forwards, 3) if last and forwards else 0.0,
+            rows_per_forward=round(last.rows / forwards, 3) if last and forwards else 0.0,
+        )
 
     def progress(self) -> dict[str, int]:
         """{slot: the step its fit reached} for every fit this member holds."""
@@ -169,6 +200,7 @@ class PoolRunner(PackRunner):
         """Renew leases (dropping fits requeued meanwhile), retire the fits of ended jobs, requeue others'."""
         with self.catalog.session() as session:
             held = renew_leases(session, self.worker, self.settings.lease_s)
+            beat_member(session, self.pool, self.worker, self.report())
             jobs = {row.job_id for row in self.rows.values()}
             ended = set(
                 session.scalars(
@@ -200,6 +232,7 @@ class PoolRunner(PackRunner):
         active = self.step(active)
         record.forwards, record.rows = self.trainer.forwards - forwards, self.trainer.rows_forwarded - rows
         self.steps.append(record)
+        self.stepped += 1
         return active
 
     def _record(self, ended: Sequence[FitState]) -> None:
@@ -259,7 +292,7 @@ class PoolMember:
         runner = self.runner
         return {
             "member": runner.worker,
-            "steps": [record.__dict__ for record in runner.steps],
+            "steps": [record.__dict__ for record in runner.steps],  # the latest STEPS_KEPT
             "progress": runner.progress(),
         }
 

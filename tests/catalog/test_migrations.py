@@ -157,5 +157,6 @@ def test_upgrade_to_pools_gives_existing_rows_the_defaults_and_downgrades(empty_
     command.downgrade(alembic_config(engine), "0005")
     with engine.connect() as conn:
         columns = {c["name"] for c in inspect(conn).get_columns("fits")}
+        tables = set(inspect(conn).get_table_names())
     engine.dispose()
-    assert "lease_until" not in columns
+    assert "lease_until" not in columns and "pool_members" not in tables

@@ -13,11 +13,22 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text
 
+from tests.catalog.conftest import Cli
 from ulpt.catalog.db import Catalog, open_catalog
 from ulpt.catalog.jobs import FitOutcome, add_fits, create_job, list_fits, mark_fits_done, record_checkpoint
 from ulpt.catalog.lifecycle import FitRowState, JobState, move_job
 from ulpt.catalog.models import FitRow, JobRow, utcnow
-from ulpt.catalog.pools import PoolKey, claim_fits_fairly, renew_leases, requeue_expired_leases
+from ulpt.catalog.pools import (
+    MEMBER_STALE_S,
+    MemberReport,
+    PoolKey,
+    beat_member,
+    claim_fits_fairly,
+    leave_pool,
+    pool_overview,
+    renew_leases,
+    requeue_expired_leases,
+)
 from ulpt.catalog.tenants import set_tenant_weight
 from ulpt.errors import SpecError
 
@@ -222,3 +233,49 @@ def test_a_pool_name_fits_the_driver_column_whatever_the_base_models_path() -> N
     assert len(long.name) <= 128 and long.name.endswith("/bfloat16/cuda")
     assert long.name != PoolKey(long.base_model + "-other", "bfloat16", "cuda").name
     assert POOL.name == "pool:tiny-llama/float32/cpu"
+
+
+def test_the_overview_shows_live_members_queue_depth_and_running_fits_per_tenant(catalog: Catalog) -> None:
+    other = PoolKey("tiny-llama", "bfloat16", "cpu")
+    pooled_job(catalog, "tenant-a", 5)
+    pooled_job(catalog, "tenant-b", 2)
+    pooled_job(catalog, "tenant-c", 3, pool=None)  # dedicated: in no pool
+    claim(catalog, 3, member="member-1")  # tenant-a 2, tenant-b 1
+    with catalog.session() as s:
+        beat_member(
+            s, POOL, "member-1", MemberReport(fits=3, steps=40, fits_per_forward=3, rows_per_forward=12)
+        )
+        beat_member(
+            s, POOL, "member-2", MemberReport(fits=0, steps=0, fits_per_forward=0, rows_per_forward=0)
+        )
+        beat_member(
+            s, other, "member-3", MemberReport(fits=0, steps=7, fits_per_forward=0, rows_per_forward=0)
+        )
+        leave_pool(s, "member-2")  # stopped cleanly
+    with catalog.read() as s:
+        overview = {p.pool: p for p in pool_overview(s)}
+        later = pool_overview(s, now=utcnow() + timedelta(seconds=MEMBER_STALE_S + 1))
+    mine = overview[POOL.name]
+    assert (mine.queue_depth, mine.running_per_tenant) == (4, {"tenant-a": 2, "tenant-b": 1})
+    assert [(m["id"], m["fits"], m["fits_per_forward"], m["rows_per_forward"]) for m in mine.members] == [
+        ("member-1", 3, 3.0, 12.0)
+    ]
+    assert [m["id"] for m in overview[other.name].members] == ["member-3"]
+    assert (overview[other.name].queue_depth, overview[other.name].running_per_tenant) == (0, {})
+    assert set(overview) == {POOL.name, other.name}
+    assert [(p.pool, p.members) for p in later] == [(POOL.name, [])]  # dead members drop out; the queue stays
+
+
+def test_pools_list_prints_each_pool_and_member(catalog: Catalog, cli: Cli) -> None:
+    pooled_job(catalog, "tenant-a", 3)
+    claim(catalog, 1, member="host:7:pool-ab12")
+    with catalog.session() as s:
+        report = MemberReport(fits=1, steps=9, fits_per_forward=1, rows_per_forward=4)
+        beat_member(s, POOL, "host:7:pool-ab12", report)
+    listed = cli.json("pools", "list")
+    assert isinstance(listed, list) and len(listed) == 1
+    assert listed[0]["pool"] == POOL.name and listed[0]["queue_depth"] == 2
+    assert listed[0]["running_per_tenant"] == {"tenant-a": 1}
+    assert [m["id"] for m in listed[0]["members"]] == ["host:7:pool-ab12"]
+    table = cli("pools", "list")
+    assert POOL.name in table and "host:7:pool-ab12" in table and "tenant-a 1" in table

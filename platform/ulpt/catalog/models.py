@@ -297,6 +297,29 @@ class FitRow(Base):
     finished_at: Mapped[datetime | None]
 
 
+class PoolMemberRow(Base):
+    """A trainer pool member as it last reported itself (every half second while it runs; migration
+    0006). A member that stops deletes its row; one whose heartbeat is old died (its fits' leases say
+    the same and are requeued)."""
+
+    __tablename__ = "pool_members"
+    __table_args__ = (Index(None, "pool", "heartbeat_at"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The member's name, as it claims fits (the `worker` of its running fits)."""
+    pool: Mapped[str] = mapped_column(String(128))
+    """The pool's name (`PoolKey.name`)."""
+    started_at: Mapped[datetime] = _created()
+    heartbeat_at: Mapped[datetime]
+    fits: Mapped[int] = mapped_column(Integer)
+    """Fits it holds now."""
+    steps: Mapped[int] = mapped_column(BigInteger)
+    """Packed steps taken since it started."""
+    fits_per_forward: Mapped[float] = mapped_column(Float)
+    """Of its last step: fits trained / training forward passes (how well it packs)."""
+    rows_per_forward: Mapped[float] = mapped_column(Float)
+
+
 class ApiKeyRow(Base):
     """A tenant's API key, stored only as the SHA-256 of the full key; `id` is the key's public prefix."""
 

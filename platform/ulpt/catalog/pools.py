@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from ulpt.catalog.jobs import fail_exhausted, fit_counts, requeue_running
@@ -28,12 +29,15 @@ from ulpt.catalog.lifecycle import (
     job_move,
     job_outcome,
 )
-from ulpt.catalog.models import FitRow, JobRow, TenantRow, utcnow
+from ulpt.catalog.models import FitRow, JobRow, PoolMemberRow, TenantRow, utcnow
+from ulpt.catalog.tenants import dialect_insert
 from ulpt.errors import SpecError
 from ulpt.jobspec import max_attempts_of
 
 POOL_JOB_STATES = (JobState.PENDING.value, JobState.RUNNING.value)
 """A pooled job's fits are claimable while it is in these (never once cancelled, failed or done)."""
+POOL_PREFIX = "pool:"
+"""How a pooled job's driver starts: no dedicated driver's name does (host:pid:token)."""
 _DRIVER_CHARS = 128
 """The width of `jobs.driver`, which names a pooled job's pool."""
 
@@ -51,11 +55,11 @@ class PoolKey:
     @property
     def name(self) -> str:
         """`pool:BASE/DTYPE/DEVICE`, the `driver` of the jobs it trains (a long base path is hashed)."""
-        name = f"pool:{self.base_model}/{self.dtype}/{self.device}"
+        name = f"{POOL_PREFIX}{self.base_model}/{self.dtype}/{self.device}"
         if len(name) <= _DRIVER_CHARS:
             return name
         digest = hashlib.sha256(self.base_model.encode()).hexdigest()[:32]
-        return f"pool:sha256-{digest}/{self.dtype}/{self.device}"[:_DRIVER_CHARS]
+        return f"{POOL_PREFIX}sha256-{digest}/{self.dtype}/{self.device}"[:_DRIVER_CHARS]
 
 
 def claim_fits_fairly(
@@ -219,3 +223,89 @@ def settle_jobs(session: Session, job_ids: Iterable[uuid.UUID]) -> int:
         )
         ended += int(moved.rowcount)  # type: ignore[attr-defined]
     return ended
+
+
+# ---- members and what `ulpt pools list` shows ----------------------------------------------------
+
+MEMBER_STALE_S = 30.0
+"""A member whose heartbeat is older than this is taken for dead and not listed."""
+
+
+@dataclass(frozen=True)
+class MemberReport:
+    """What a member reports with each heartbeat: its fits and its last step's packing."""
+
+    fits: int
+    steps: int
+    fits_per_forward: float
+    rows_per_forward: float
+
+
+def beat_member(session: Session, pool: PoolKey, member: str, report: MemberReport) -> None:
+    """Record that `member` of `pool` is alive, with its report (one upsert)."""
+    values = {"pool": pool.name, "heartbeat_at": utcnow(), **report.__dict__}
+    insert = dialect_insert(session, PoolMemberRow).values(id=member, **values)
+    session.execute(insert.on_conflict_do_update(index_elements=["id"], set_=values))
+
+
+def leave_pool(session: Session, member: str) -> None:
+    """A member that stops cleanly takes its row with it."""
+    session.execute(delete(PoolMemberRow).where(PoolMemberRow.id == member))
+
+
+@dataclass(frozen=True)
+class PoolOverview:
+    """One pool as `ulpt pools list` shows it."""
+
+    pool: str
+    members: list[dict[str, Any]]
+    """Live members: id, fits, steps, fits_per_forward, rows_per_forward, heartbeat_at."""
+    queue_depth: int
+    """Pending fits of its open jobs: what its members can claim now."""
+    running_per_tenant: dict[str, int]
+
+
+def pool_overview(session: Session, *, now: datetime | None = None) -> list[PoolOverview]:
+    """Every pool with a live member or an open pooled job, by name."""
+    now = now or utcnow()
+    alive = session.scalars(
+        select(PoolMemberRow)
+        .where(PoolMemberRow.heartbeat_at >= now - timedelta(seconds=MEMBER_STALE_S))
+        .order_by(PoolMemberRow.pool, PoolMemberRow.id)
+    ).all()
+    pooled = JobRow.driver.startswith(POOL_PREFIX, autoescape=True)
+    fits = session.execute(
+        select(JobRow.driver, JobRow.tenant, FitRow.status, func.count())
+        .join(FitRow, FitRow.job_id == JobRow.id)
+        .where(pooled, JobRow.status.in_(POOL_JOB_STATES), FitRow.status.in_(_OPEN_FITS))
+        .group_by(JobRow.driver, JobRow.tenant, FitRow.status)
+    ).all()
+    names = sorted({m.pool for m in alive} | {str(driver) for driver, *_ in fits})
+    out = []
+    for name in names:
+        running: dict[str, int] = {}
+        queued = 0
+        for driver, tenant, status, count in fits:
+            if driver != name:
+                continue
+            if status == FitRowState.PENDING.value:
+                queued += count
+            else:
+                running[tenant] = running.get(tenant, 0) + count
+        members = [
+            {
+                "id": m.id,
+                "fits": m.fits,
+                "steps": m.steps,
+                "fits_per_forward": m.fits_per_forward,
+                "rows_per_forward": m.rows_per_forward,
+                "heartbeat_at": m.heartbeat_at,
+            }
+            for m in alive
+            if m.pool == name
+        ]
+        out.append(PoolOverview(name, members, queued, dict(sorted(running.items()))))
+    return out
+
+
+_OPEN_FITS = (FitRowState.PENDING.value, FitRowState.RUNNING.value)
