@@ -33,6 +33,7 @@ from ulpt.catalog.jobs import create_job as create_job_row
 from ulpt.catalog.lifecycle import JobState
 from ulpt.catalog.models import JobRow, utcnow
 from ulpt.catalog.pools import POOL_PREFIX
+from ulpt.catalog.quotas import check_submission
 from ulpt.config import ensure_ray
 from ulpt.errors import ConflictError, UlptError, first_line
 from ulpt.jobspec import JobSpec
@@ -70,11 +71,15 @@ def create_job(target: JobTarget, spec: JobSpec, tenant: str) -> tuple[str, Plan
     """Validate `spec` against its data and model, then record the job and its fits (pending) in `tenant`."""
     spec = spec.owned_by(tenant).with_absolute_paths()  # refused before anything is read or recorded
     plan = make_plan(spec, target.home)
+    owner = spec.tenant or tenant
+    with target.catalog.read() as session:  # refused before any blob is written
+        check_submission(session, owner, fits=plan.trainable(), row_steps=plan.row_steps())
     # blobs before rows: a crash in between leaves unreferenced blobs for `ulpt gc`, never a fit without rows
     write_fit_data(target.store(), [(f.train_rows, f.eval_rows) for f in plan.fits if f.error is None])
     with target.catalog.session() as session:
+        check_submission(session, owner, fits=plan.trainable(), row_steps=plan.row_steps())  # as of now
         pool = pool_key_of(spec).name if spec.placement == "pool" else None  # a pool, not a driver, trains it
-        job = create_job_row(session, spec.tenant or tenant, spec.to_dict(), name=spec.job_name, driver=pool)
+        job = create_job_row(session, owner, spec.to_dict(), name=spec.job_name, driver=pool)
         add_fits(session, job.id, ((fit.key, fit.record()) for fit in plan.fits))  # records made lazily
         state.fail_fits(session, job.id, {fit.key: fit.error for fit in plan.fits if fit.error})
         job_id = str(job.id)

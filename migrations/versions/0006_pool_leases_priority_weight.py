@@ -5,6 +5,7 @@ A pool member claims fits for a lease (`fits.lease_until`, renewed while it trai
 lease ran out goes back to pending, so "which fits lost their member" is one indexed query on
 (status, lease_until). Claims order tenants by their running fits over their `weight`, then jobs by
 `priority`. Every column has a default, so existing rows need no copying: no lease, priority 0, weight 1.
+A tenant's quotas (`max_pending_fits`, `max_job_row_steps`) are checked at submission; NULL: no limit.
 `pool_members` holds one row per live member (its heartbeat and packing), read by `ulpt pools list`.
 
 Revision ID: 0006
@@ -33,6 +34,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("priority", sa.Integer(), server_default="0", nullable=False))
     with op.batch_alter_table("tenants") as batch:
         batch.add_column(sa.Column("weight", sa.Float(), server_default="1", nullable=False))
+        batch.add_column(sa.Column("max_pending_fits", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("max_job_row_steps", sa.BigInteger(), nullable=True))
     op.create_table(
         "pool_members",
         sa.Column("id", sa.String(128), nullable=False),
@@ -54,6 +57,8 @@ def downgrade() -> None:
     # recreate="never": SQLite (3.35+) drops a column in place; a batch copy of `tenants` or `jobs`
     # would DROP the old table, which the foreign keys pointing at it refuse.
     with op.batch_alter_table("tenants", recreate="never") as batch:
+        batch.drop_column("max_job_row_steps")
+        batch.drop_column("max_pending_fits")
         batch.drop_column("weight")
     with op.batch_alter_table("jobs", recreate="never") as batch:
         batch.drop_column("priority")

@@ -118,6 +118,10 @@ class TenantRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
     """The tenant's share of a trainer pool against other tenants' (positive; migration 0006)."""
+    max_pending_fits: Mapped[int | None] = mapped_column(Integer)
+    """Quota: fits of its open jobs waiting to train, the new job's included (None: no limit)."""
+    max_job_row_steps: Mapped[int | None] = mapped_column(BigInteger)
+    """Quota: one job's training work, rows x steps summed over its fits (None: no limit)."""
     created_at: Mapped[datetime] = _created()
 
 
