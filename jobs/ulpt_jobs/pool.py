@@ -176,8 +176,9 @@ class PoolRunner(PackRunner):
         )
 
     def progress(self) -> dict[str, int]:
-        """{slot: the step its fit reached} for every fit this member holds."""
-        return {slot: max(f.step for f in fits) for slot, fits in self.candidates.items()}
+        """{slot: the step its fit reached} for every fit this member holds (safe from another thread:
+        the copy is one C-level call, which the loop's thread cannot interleave with)."""
+        return {slot: max(f.step for f in fits) for slot, fits in list(self.candidates.items())}
 
     # ---- between steps -----------------------------------------------------------------------------
 
@@ -216,6 +217,8 @@ class PoolRunner(PackRunner):
         if retired:  # cancelled (or failed): checkpointed and given back, so a resume goes on from there
             self.release(retired, "its job stopped before it finished")
             self.forget(list(dict.fromkeys(f.group for f in retired)))
+        held_jobs = {row.job_id for row in self.rows.values()}
+        self.tenants = {job: tenant for job, tenant in self.tenants.items() if job in held_jobs}
         return [f for f in active if f.group in self.rows]
 
     def _step_recorded(self, active: list[FitState]) -> list[FitState]:
@@ -292,7 +295,7 @@ class PoolMember:
         runner = self.runner
         return {
             "member": runner.worker,
-            "steps": [record.__dict__ for record in runner.steps],  # the latest STEPS_KEPT
+            "steps": [record.__dict__ for record in list(runner.steps)],  # the latest STEPS_KEPT
             "progress": runner.progress(),
         }
 
