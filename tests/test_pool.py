@@ -74,6 +74,14 @@ def test_a_pooled_job_is_only_recorded_and_has_no_driver_to_resume(
     )
 
 
+def test_a_gpu_job_names_the_pool_its_gpu_members_serve_from_a_machine_without_one(tmp_path: Path) -> None:
+    data = write_reviews(tmp_path / "reviews.jsonl", users=1)
+    gpu = JobSpec.from_dict(job_dict(Path("/models/m"), data, placement="pool", use_gpu=True))
+    assert pool_key_of(gpu).name == "pool:/models/m/bfloat16/cuda"  # auto is bf16 on every GPU member
+    cpu = JobSpec.from_dict(job_dict(Path("/models/m"), data, placement="pool", dtype="bfloat16"))
+    assert pool_key_of(cpu).name == "pool:/models/m/bfloat16/cpu"
+
+
 def test_fits_of_two_jobs_of_two_tenants_share_one_forward_pass(
     ray_session: None, tiny_model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:

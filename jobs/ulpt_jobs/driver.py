@@ -37,6 +37,7 @@ from ulpt.catalog.quotas import check_submission
 from ulpt.config import ensure_ray
 from ulpt.errors import ConflictError, UlptError, first_line
 from ulpt.jobspec import JobSpec
+from ulpt.models.precision import planned_dtype
 from ulpt.models.shared import put_base_model
 from ulpt.store import BlobStore, open_store
 from ulpt_jobs import state
@@ -271,8 +272,7 @@ def share_weights(spec: JobSpec) -> Any | None:
     """
     if spec.num_workers < 2:
         return None
-    dtype = spec.dtype if spec.dtype != "auto" else ("bfloat16" if spec.use_gpu else "float32")
-    return put_base_model(spec.base_model, dtype)
+    return put_base_model(spec.base_model, planned_dtype(spec.dtype, spec.use_gpu))
 
 
 def _trainer(

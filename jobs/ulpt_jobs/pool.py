@@ -46,7 +46,7 @@ from ulpt.catalog.pools import (
 )
 from ulpt.jobspec import JobSpec
 from ulpt.models import BaseModel, load_base_model
-from ulpt.models.precision import resolve_dtype
+from ulpt.models.precision import planned_dtype
 from ulpt.registry import Registry
 from ulpt.store import open_store
 from ulpt.training import FitState
@@ -78,10 +78,10 @@ class PoolSettings:
 
 
 def pool_key_of(spec: JobSpec) -> PoolKey:
-    """The pool a job placed in a pool belongs to: its base model, resolved dtype and device kind."""
+    """The pool a job placed in a pool belongs to: its base model, dtype and device kind, named the same
+    on a submitting machine without a GPU as on the GPU members that train it."""
     device = "cuda" if spec.use_gpu else "cpu"
-    dtype = resolve_dtype(spec.dtype, torch.device(device))
-    return PoolKey(spec.base_model, str(dtype).removeprefix("torch."), device)
+    return PoolKey(spec.base_model, planned_dtype(spec.dtype, spec.use_gpu), device)
 
 
 @dataclass
