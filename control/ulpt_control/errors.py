@@ -14,7 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ulpt.errors import CatalogError, ConflictError, NotFoundError, StoreError, UlptError, first_line
+from ulpt.errors import (
+    CatalogError,
+    ConflictError,
+    NotFoundError,
+    QuotaError,
+    StoreError,
+    UlptError,
+    first_line,
+)
 from ulpt_control.views import scrub_text
 
 log = logging.getLogger("ulpt.control")
@@ -49,6 +57,8 @@ def from_ulpt(exc: UlptError) -> ApiError:
         return ApiError(404, first_line(exc), type="not_found_error")
     if isinstance(exc, ConflictError):
         return ApiError(409, first_line(exc), type="conflict_error")
+    if isinstance(exc, QuotaError):  # 429: retry once the queue drains; 413: this job never fits
+        return ApiError(429 if exc.rate else 413, first_line(exc), type="quota_error")
     if isinstance(exc, (CatalogError, StoreError)):
         log.warning("control plane storage failure: %s", type(exc).__name__)
         return ApiError(503, "the catalog or the store is unavailable; retry later", type="server_error")

@@ -63,11 +63,11 @@ class PackCheckpoints:
         """
         blobs: dict[str, dict[str, list[codec.SavedFit]] | None] = {}
         for row, fits in claimed:
-            if not row.checkpoint:
+            if not row.checkpoint or not fits:
                 continue
             if row.checkpoint not in blobs:
                 blobs[row.checkpoint] = self._read(row.checkpoint)
-            saved = (blobs[row.checkpoint] or {}).get(row.key)
+            saved = (blobs[row.checkpoint] or {}).get(fits[0].group)  # saved under the runner's slot
             if saved is None:
                 log.warning("fit %s: checkpoint %s lacks it; training from step 0", row.key, row.checkpoint)
                 continue

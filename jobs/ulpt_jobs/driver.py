@@ -32,14 +32,18 @@ from ulpt.catalog.jobs import add_fits, as_uuid, fit_counts, get_job, list_fits
 from ulpt.catalog.jobs import create_job as create_job_row
 from ulpt.catalog.lifecycle import JobState
 from ulpt.catalog.models import JobRow, utcnow
+from ulpt.catalog.pools import POOL_PREFIX
+from ulpt.catalog.quotas import check_submission
 from ulpt.config import ensure_ray
 from ulpt.errors import ConflictError, UlptError, first_line
 from ulpt.jobspec import JobSpec
+from ulpt.models.precision import planned_dtype
 from ulpt.models.shared import put_base_model
 from ulpt.store import BlobStore, open_store
 from ulpt_jobs import state
 from ulpt_jobs.fit_data import missing_fit_data, write_fit_data
 from ulpt_jobs.plan import Plan, make_plan
+from ulpt_jobs.pool import pool_key_of
 from ulpt_jobs.worker import WorkerConfig, train_loop
 
 log = logging.getLogger(__name__)
@@ -68,10 +72,15 @@ def create_job(target: JobTarget, spec: JobSpec, tenant: str) -> tuple[str, Plan
     """Validate `spec` against its data and model, then record the job and its fits (pending) in `tenant`."""
     spec = spec.owned_by(tenant).with_absolute_paths()  # refused before anything is read or recorded
     plan = make_plan(spec, target.home)
+    owner = spec.tenant or tenant
+    with target.catalog.read() as session:  # refused before any blob is written
+        check_submission(session, owner, fits=plan.trainable(), row_steps=plan.row_steps())
     # blobs before rows: a crash in between leaves unreferenced blobs for `ulpt gc`, never a fit without rows
     write_fit_data(target.store(), [(f.train_rows, f.eval_rows) for f in plan.fits if f.error is None])
     with target.catalog.session() as session:
-        job = create_job_row(session, spec.tenant or tenant, spec.to_dict(), name=spec.job_name)
+        check_submission(session, owner, fits=plan.trainable(), row_steps=plan.row_steps())  # as of now
+        pool = pool_key_of(spec).name if spec.placement == "pool" else None  # a pool, not a driver, trains it
+        job = create_job_row(session, owner, spec.to_dict(), name=spec.job_name, driver=pool)
         add_fits(session, job.id, ((fit.key, fit.record()) for fit in plan.fits))  # records made lazily
         state.fail_fits(session, job.id, {fit.key: fit.error for fit in plan.fits if fit.error})
         job_id = str(job.id)
@@ -91,6 +100,8 @@ def claim(catalog: Catalog, job_id: str, *, resume: bool = True, force: bool = F
     only = lifecycle.RESUMABLE if resume else lifecycle.NEW_JOB
     with catalog.session() as session:
         job_uuid = as_uuid(job_id)
+        if (pooled := get_job(session, job_uuid).driver or "").startswith(POOL_PREFIX):
+            check_runnable(JobState.PENDING, None, pooled, job_id)  # refused before it claims the job
         if lifecycle.claim_job(session, job_uuid, driver, only=only, stale_before=stale_before):
             return driver
         job = get_job(session, job_uuid)
@@ -201,8 +212,11 @@ def check_runnable(
     force: bool = False,
     resume: bool = True,
 ) -> None:
-    """Refuse, in one line, what `claim` would refuse: a done job; a new job's driver for a job that is
-    no longer pending (cancelled before it started); a running job whose driver beats (unless `force`)."""
+    """Refuse, in one line, what `claim` would refuse: a job a trainer pool trains; a done job; a new
+    job's driver for a job that is no longer pending (cancelled before it started); a running job whose
+    driver beats (unless `force`)."""
+    if driver is not None and driver.startswith(POOL_PREFIX):
+        raise ConflictError(f"job {job_id} is trained by a trainer pool: no driver starts or resumes it")
     if status == JobState.DONE:
         raise ConflictError(f"job {job_id} is already done; nothing to resume")
     if not resume and status != JobState.PENDING:
@@ -259,7 +273,7 @@ def share_weights(spec: JobSpec) -> Any | None:
     """
     if spec.num_workers < 2 or spec.use_gpu:
         return None
-    return put_base_model(spec.base_model, "float32" if spec.dtype == "auto" else spec.dtype)
+    return put_base_model(spec.base_model, planned_dtype(spec.dtype, spec.use_gpu))
 
 
 def _trainer(

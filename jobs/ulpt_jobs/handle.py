@@ -209,14 +209,15 @@ class JobsAPI:
         """Validate `spec` against its data and model, record the job, and start it on Ray.
 
         Every problem with the spec raises SpecError (naming the field) before anything is written.
-        `start=False` only records the job (run it later with `resume`).
+        `start=False` only records the job (run it later with `resume`). A job with `placement: pool`
+        is only recorded: a running pool member for its base model trains it (`ulpt_jobs.pool`).
         """
         if not isinstance(spec, JobSpec):
             raise UlptError(f"train needs a ulpt.JobSpec, got {type(spec).__name__}")
         target = self.target(ray_address)
         job_id, _ = create_job(target, spec, self.tenant)
         handle = JobHandle(self, job_id)
-        if start:
+        if start and spec.placement == "dedicated":  # a pooled job is claimed by its pool's members
             self._start(handle, target, detach=detach, resume=False, force=False)
         return handle
 

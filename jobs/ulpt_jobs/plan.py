@@ -20,7 +20,7 @@ from ulpt.catalog.names import check_name, normalize_tags
 from ulpt.data import split_rows
 from ulpt.errors import DataError, SpecError, UlptError
 from ulpt.jobspec import FitSpec, JobSpec, render
-from ulpt.training import TrainConfig
+from ulpt.training import FitRequest, TrainConfig, sweep
 from ulpt_jobs.fit_data import dataset_fingerprint
 from ulpt_jobs.sources import expand_paths, file_key, read_per_file, read_table
 
@@ -65,6 +65,21 @@ class Plan:
 
     def by_key(self) -> dict[str, PlannedFit]:
         return {fit.key: fit for fit in self.fits}
+
+    def row_steps(self) -> int:
+        """The job's training work, as its tenant's quota counts it: rows x steps summed over the fits
+        that will train (each candidate of a sweep trains its own)."""
+        return sum(
+            len(sweep.expand(FitRequest(f.key, f.adapter, f.train_rows, (), f.train)))
+            * f.train.steps
+            * f.train.batch_size
+            for f in self.fits
+            if f.error is None
+        )
+
+    def trainable(self) -> int:
+        """Fits that will wait to train (the others are recorded failed at once)."""
+        return sum(1 for f in self.fits if f.error is None)
 
 
 def make_plan(spec: JobSpec, home: Path) -> Plan:

@@ -29,7 +29,7 @@ from ulpt.catalog.jobs import (
 from ulpt.catalog.lifecycle import FIT_TERMINAL, JOB_TERMINAL, FitRowState, JobState, fit_state, move_fits
 from ulpt.catalog.models import AdapterRow, FitRow, JobRow
 from ulpt.catalog.names import check_json
-from ulpt.jobspec import DEFAULT_MAX_ATTEMPTS
+from ulpt.jobspec import max_attempts_of
 
 FIT_KEY = "fit_key"
 """The entry of an adapter's `training_config` that names the fit it came from."""
@@ -168,7 +168,7 @@ def reconcile(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:
     """
     job = as_uuid(job_id)
     spec = get_job(session, job).spec or {}
-    max_attempts = int((spec.get("train") or {}).get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
+    max_attempts = max_attempts_of(spec)
     open_fits = {
         key: fit_id
         for key, fit_id in session.execute(

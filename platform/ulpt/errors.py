@@ -37,6 +37,15 @@ class SpecError(UlptError, ValueError):
     """An invalid specification (adapter, fit, job); the message names the field."""
 
 
+class QuotaError(UlptError):
+    """A tenant's quota refuses a submission. `rate`: it would pass once the tenant's queue drains
+    (HTTP 429); otherwise the job itself is too big for the quota (HTTP 413)."""
+
+    def __init__(self, message: str, *, rate: bool) -> None:
+        super().__init__(message)
+        self.rate = rate
+
+
 class AdapterFormatError(UlptError):
     """An adapter file or blob that is malformed or does not match its own config."""
 

@@ -163,6 +163,12 @@ class JobTrainConfig(TrainConfig):
     job goes on without it."""
 
 
+def max_attempts_of(spec: Mapping[str, Any]) -> int:
+    """A recorded job spec's `train.max_attempts` (the default when absent): the cap both a job's
+    driver and a trainer pool apply to fits whose worker died."""
+    return int((spec.get("train") or {}).get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
+
+
 class JobSpec(SpecModel):
     """A bulk training job: many adapters of one base model, trained packed on Ray Train workers."""
 
@@ -205,6 +211,12 @@ class JobSpec(SpecModel):
     """Rows per forward/backward pass through the base model (bounds activation memory)."""
     max_failures: int = Field(default=3, ge=0, le=1000)
     """Worker-group restarts (a dead worker or node) before the job fails; unfinished fits are retried."""
+    placement: Literal["dedicated", "pool"] = "dedicated"
+    """dedicated: the job's own Ray Train run (num_workers, fits_per_worker, ...), started by its driver.
+    pool: the standing trainer pool of its base model, dtype and device kind trains it, packed with the
+    fits of every other pooled job of any tenant (`ulpt_jobs.pool`; docs/pools.md). Nothing starts a
+    pool member for it yet, so a pooled job waits until one runs; dedicated stays the default until
+    the rest of issue 31 (embedded pools for `ulpt serve`, `ulpt train` and the SDK) lands."""
 
     @field_validator("adapter", "train", mode="before")
     @classmethod

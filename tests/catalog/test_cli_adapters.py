@@ -97,8 +97,8 @@ def test_db_upgrade_and_current(cli: Cli, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("ULPT_CATALOG_URL", url)
     assert cli.json("db", "current")["revision"] is None  # type: ignore[index]
     assert "run `ulpt db upgrade`" in cli("adapters", "list", code=1)
-    assert "upgraded: empty -> 0005" in cli("db", "upgrade")
-    assert "already at 0005" in cli("db", "upgrade")
+    assert "upgraded: empty -> 0006" in cli("db", "upgrade")
+    assert "already at 0006" in cli("db", "upgrade")
     assert cli.json("db", "current")["up_to_date"] is True  # type: ignore[index]
     assert cli.json("adapters", "list") == {"items": [], "next_cursor": None}
 

@@ -7,13 +7,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from tests.services import PostgresServer, free_port
 from ulpt.catalog.db import SCHEMA_REVISION, create_catalog_engine, open_catalog, sqlite_url
-from ulpt.catalog.migrate import head_revision, migrations_dir, upgrade
+from ulpt.catalog.migrate import alembic_config, head_revision, migrations_dir, upgrade
 from ulpt.catalog.models import Base, JobRow
 from ulpt.errors import CatalogError, MigrationRequiredError
 from ulpt.sdk import Client
@@ -124,3 +125,38 @@ def test_upgrade_moves_a_jobs_driver_heartbeat_and_attempt_out_of_its_timings(em
         None,
         None,
     )
+
+
+def test_upgrade_to_pools_gives_existing_rows_the_defaults_and_downgrades(empty_url: str) -> None:
+    """Migration 0006: existing tenants weigh 1, jobs have priority 0, fits no lease; and it reverses."""
+    engine = create_catalog_engine(empty_url)
+    upgrade(engine, "0005")
+    job_id = "01a25272-849b-732d-9be9-e497a764d0f6"
+    fit_id = "01a25272-849b-732d-9be9-e497a764d0f7"
+    as_key = (lambda value: value) if engine.dialect.name == "postgresql" else (lambda v: v.replace("-", ""))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (name) VALUES ('acme')"))
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant, status, spec, n_fits) VALUES (:id, 'acme', 'pending', '{}', 1)"
+            ),
+            {"id": as_key(job_id)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO fits (id, job_id, key, status, attempts) VALUES (:id, :job, 'k', 'pending', 0)"
+            ),
+            {"id": as_key(fit_id), "job": as_key(job_id)},
+        )
+    upgrade(engine)
+    with engine.connect() as conn:
+        weight = conn.execute(text("SELECT weight FROM tenants")).scalar_one()
+        priority = conn.execute(text("SELECT priority FROM jobs")).scalar_one()
+        lease = conn.execute(text("SELECT lease_until FROM fits")).scalar_one()
+    assert (weight, priority, lease) == (1.0, 0, None)
+    command.downgrade(alembic_config(engine), "0005")
+    with engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("fits")}
+        tables = set(inspect(conn).get_table_names())
+    engine.dispose()
+    assert "lease_until" not in columns and "pool_members" not in tables

@@ -162,3 +162,39 @@ def test_of_concurrent_resumes_one_drives_the_job_and_the_others_get_409(
     assert (shown["status"], shown["counts"]["done"], shown["attempt"]) == ("done", 3, 2)
     found = job_plane.call("GET", "/v1/adapters", params={"job_id": job_id}).json()["items"]
     assert sorted(a["name"] for a in found) == ["user-0", "user-1", "user-2"]  # each trained once
+
+
+def test_quotas_refuse_a_job_with_429_while_fits_wait_and_413_when_it_is_too_big(
+    job_plane: Plane, tiny_model_dirs: dict[str, Path]
+) -> None:
+    """Pooled jobs are only recorded at submission (no Ray): 3 fits of 2 steps of 2 rows each."""
+    from ulpt.catalog.quotas import set_tenant_quotas
+
+    acme = job_plane.clients["acme"]
+    body = json.dumps(
+        spec_for(tiny_model_dirs["llama"], upload_reviews(job_plane, users=3), placement="pool")
+    )
+    with acme.catalog.session() as session:
+        set_tenant_quotas(session, "acme", max_pending_fits=4)
+    first = job_plane.call("POST", "/v1/jobs", content=body)
+    assert first.status_code == 201, first.text
+    refused = job_plane.call("POST", "/v1/jobs", content=body)
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "quota_error" and "3 fits are already waiting" in error["message"]
+    assert "max_pending_fits" in error["message"] and "\n" not in error["message"]
+    theirs = json.dumps(
+        spec_for(tiny_model_dirs["llama"], upload_reviews(job_plane, tenant="globex"), placement="pool")
+    )
+    assert job_plane.call("POST", "/v1/jobs", tenant="globex", content=theirs).status_code == 201
+    acme.jobs.cancel(first.json()["id"])  # its fits no longer wait
+    assert job_plane.call("POST", "/v1/jobs", content=body).status_code == 201
+    with acme.catalog.session() as session:
+        set_tenant_quotas(session, "acme", max_pending_fits=None, max_job_row_steps=11)
+    too_big = job_plane.call("POST", "/v1/jobs", content=body)
+    assert too_big.status_code == 413, too_big.text
+    assert "12 rows x steps" in too_big.json()["error"]["message"]
+    assert [j["status"] for j in job_plane.call("GET", "/v1/jobs").json()["items"]] == [
+        "pending",
+        "cancelled",
+    ]

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, cast, column, exists, func, insert, select, update, values
+from sqlalchemy import ColumnElement, bindparam, cast, column, exists, func, insert, select, update, values
 from sqlalchemy.orm import Session
 
 from ulpt.catalog.lifecycle import (
@@ -30,7 +30,7 @@ from ulpt.catalog.lifecycle import (
     move_job,
 )
 from ulpt.catalog.models import FitRow, JobRow, new_id, utcnow
-from ulpt.catalog.names import check_json
+from ulpt.catalog.names import check_json, check_priority
 from ulpt.catalog.tenants import ensure_tenant
 from ulpt.errors import ConflictError, NotFoundError, SpecError
 
@@ -44,13 +44,26 @@ def as_uuid(value: uuid.UUID | str, what: str = "job id") -> uuid.UUID:
         raise SpecError(f"invalid {what} {value!r}: expected a UUID") from None
 
 
-def create_job(session: Session, tenant: str, spec: Mapping[str, Any], *, name: str | None = None) -> JobRow:
+def create_job(
+    session: Session,
+    tenant: str,
+    spec: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    priority: int = 0,
+    driver: str | None = None,
+) -> JobRow:
+    """A pending job; a job trained by a pool names it as its `driver` from the start (`PoolKey.name`)."""
     ensure_tenant(session, tenant)
     spec = check_json(dict(spec), "job spec")
-    job = JobRow(tenant=tenant, name=name, spec=spec, status=JobState.PENDING.value)
+    priority = check_priority(priority)
+    job = JobRow(tenant=tenant, name=name, spec=spec, status=_PENDING_JOB, priority=priority, driver=driver)
     session.add(job)
     session.flush()
     return job
+
+
+_PENDING_JOB = JobState.PENDING.value
 
 
 def get_job(session: Session, job_id: uuid.UUID | str, tenant: str | None = None) -> JobRow:
@@ -258,16 +271,20 @@ def record_checkpoint(session: Session, fit_ids: Sequence[uuid.UUID], key: str) 
         )
 
 
-def fail_exhausted(session: Session, job_id: uuid.UUID | str, max_attempts: int) -> int:
+def fail_exhausted(
+    session: Session, job_id: uuid.UUID | str, max_attempts: int, *where: ColumnElement[bool]
+) -> int:
     """Fail the running fits of a job whose worker died that have been claimed `max_attempts` times.
 
-    Call it where `requeue_running` is called, before it: a fit that took its worker down on every
-    attempt (out of memory on one huge row, say) ends failed with the reason, and the job goes on.
+    Call it where `requeue_running` is called, before it (with the same `where`: e.g. only the fits
+    whose pool lease ran out): a fit that took its worker down on every attempt (out of memory on one
+    huge row, say) ends failed with the reason, and the job goes on.
     """
     return move_fits(
         session,
         FitRowState.FAILED,
         FitRow.job_id == as_uuid(job_id),
+        *where,
         FitRow.attempts >= max_attempts,
         only=[FitRowState.RUNNING],
         worker=None,
@@ -276,10 +293,13 @@ def fail_exhausted(session: Session, job_id: uuid.UUID | str, max_attempts: int)
     )
 
 
-def requeue_running(session: Session, job_id: uuid.UUID | str, *, worker: str | None = None) -> int:
-    """Put fits stuck in running (their worker died) back to pending; returns how many."""
-    where = [FitRow.job_id == as_uuid(job_id)] + ([] if worker is None else [FitRow.worker == worker])
-    return move_fits(session, FitRowState.PENDING, *where, only=[FitRowState.RUNNING])
+def requeue_running(
+    session: Session, job_id: uuid.UUID | str, *where: ColumnElement[bool], worker: str | None = None
+) -> int:
+    """Put fits stuck in running (their worker died) back to pending, keeping their checkpoints;
+    returns how many (`where` narrows them, e.g. to fits whose pool lease ran out)."""
+    job, mine = FitRow.job_id == as_uuid(job_id), () if worker is None else (FitRow.worker == worker,)
+    return move_fits(session, FitRowState.PENDING, job, *where, *mine, only=[FitRowState.RUNNING])
 
 
 def fit_counts(session: Session, job_id: uuid.UUID | str) -> dict[str, int]:

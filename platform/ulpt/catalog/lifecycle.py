@@ -247,14 +247,15 @@ def beat(session: Session, job_id: uuid.UUID, driver: str) -> bool:
 def fit_move(to: FitRowState, *, only: Iterable[FitRowState] | None = None) -> Update:
     """`UPDATE fits SET status = to` for rows whose status may move there; the caller adds the rest.
 
-    Leaving for pending drops the worker; an end state stamps finished_at and drops the checkpoint
-    (a finished fit's checkpoints are garbage, `ulpt gc` collects them once no fit names them).
+    Leaving for pending drops the worker and its pool lease; an end state stamps finished_at and drops
+    the lease and the checkpoint (a finished fit's checkpoints are garbage, `ulpt gc` collects them once
+    no fit names them).
     """
     stamps: dict[str, Any] = {"status": to.value}
     if to is FitRowState.PENDING:
-        stamps |= {"worker": None, "finished_at": None}
+        stamps |= {"worker": None, "finished_at": None, "lease_until": None}
     elif to in FIT_TERMINAL:
-        stamps |= {"finished_at": utcnow(), "checkpoint": None}
+        stamps |= {"finished_at": utcnow(), "checkpoint": None, "lease_until": None}
     return (
         update(FitRow)
         .where(FitRow.status.in_(_chosen(FIT_TRANSITIONS, to, only)))

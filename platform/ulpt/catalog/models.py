@@ -116,6 +116,12 @@ class TenantRow(Base):
     __tablename__ = "tenants"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    """The tenant's share of a trainer pool against other tenants' (positive; migration 0006)."""
+    max_pending_fits: Mapped[int | None] = mapped_column(Integer)
+    """Quota: fits of its open jobs waiting to train, the new job's included (None: no limit)."""
+    max_job_row_steps: Mapped[int | None] = mapped_column(BigInteger)
+    """Quota: one job's training work, rows x steps summed over its fits (None: no limit)."""
     created_at: Mapped[datetime] = _created()
 
 
@@ -161,6 +167,8 @@ class JobRow(Base):
     """Renewed by the running job's driver; None once the job ends. Stale: the driver is gone."""
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """How many times a driver claimed the job (1 for a job run once)."""
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Within its tenant, a pool claims the fits of higher-priority jobs first (migration 0006)."""
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -263,7 +271,11 @@ class FitRow(Base):
     """One adapter to train inside a job; its status survives worker deaths so a job can resume."""
 
     __tablename__ = "fits"
-    __table_args__ = (UniqueConstraint("job_id", "key"), Index(None, "job_id", "status"))
+    __table_args__ = (
+        UniqueConstraint("job_id", "key"),
+        Index(None, "job_id", "status"),
+        Index(None, "status", "lease_until"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -281,9 +293,35 @@ class FitRow(Base):
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     checkpoint: Mapped[str | None] = mapped_column(String(128))
     """Store key of the fit's last mid-fit checkpoint (one blob per worker's pack); None once it ends."""
+    lease_until: Mapped[datetime | None]
+    """Until when a pool member holds this running fit (renewed as it trains); past it, the fit goes back
+    to pending from its checkpoint. None outside pools and once the fit leaves running."""
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class PoolMemberRow(Base):
+    """A trainer pool member as it last reported itself (every half second while it runs; migration
+    0006). A member that stops deletes its row; one whose heartbeat is old died (its fits' leases say
+    the same and are requeued)."""
+
+    __tablename__ = "pool_members"
+    __table_args__ = (Index(None, "pool", "heartbeat_at"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The member's name, as it claims fits (the `worker` of its running fits)."""
+    pool: Mapped[str] = mapped_column(String(128))
+    """The pool's name (`PoolKey.name`)."""
+    started_at: Mapped[datetime] = _created()
+    heartbeat_at: Mapped[datetime]
+    fits: Mapped[int] = mapped_column(Integer)
+    """Fits it holds now."""
+    steps: Mapped[int] = mapped_column(BigInteger)
+    """Packed steps taken since it started."""
+    fits_per_forward: Mapped[float] = mapped_column(Float)
+    """Of its last step: fits trained / training forward passes (how well it packs)."""
+    rows_per_forward: Mapped[float] = mapped_column(Float)
 
 
 class ApiKeyRow(Base):

@@ -161,3 +161,15 @@ def _json_value(value: Any, what: str) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_value(v, what) for v in value]
     raise SpecError(f"{what} must be JSON (numbers, strings, lists, mappings), got {type(value).__name__}")
+
+
+MAX_PRIORITY = 1_000_000
+
+
+def check_priority(priority: object) -> int:
+    """A job's priority within its tenant (higher is claimed first by a pool); one line otherwise."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+        raise SpecError(
+            f"job priority must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}, got {priority!r}"
+        )
+    return priority

@@ -32,12 +32,14 @@ def _register_commands() -> None:
     from ulpt.cli.gc import gc
     from ulpt.cli.jobs import jobs_app
     from ulpt.cli.keys import keys_app
+    from ulpt.cli.pools import pools_app
     from ulpt.cli.serve import serve
     from ulpt.cli.train import train
 
     app.command("demo", help=demo.__doc__)(demo)
     app.command("train", help=train.__doc__)(train)
     app.add_typer(jobs_app, name="jobs")
+    app.add_typer(pools_app, name="pools")
     app.add_typer(adapters_app, name="adapters")
     app.command("serve", help=serve.__doc__)(serve)
     app.add_typer(keys_app, name="keys")

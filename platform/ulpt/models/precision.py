@@ -131,3 +131,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if bf16_native(device):
         return torch.bfloat16
     return torch.float32
+
+
+def planned_dtype(dtype: str, use_gpu: bool) -> str:
+    """The dtype a job's workers run, decided where no GPU may be (the submitting machine, the driver):
+    auto is bfloat16 on GPUs and float32 on CPUs, as `resolve_dtype` gives on a GPU that has bf16."""
+    check_dtype_name("dtype", dtype)
+    return dtype if dtype != "auto" else ("bfloat16" if use_gpu else "float32")

@@ -177,6 +177,10 @@ class PackedTrainer:
         self.max_rows = max_rows_per_forward
         self.max_tokens = max_tokens_per_forward or self.TOKENS_PER_ROW * max_rows_per_forward
         self.stacks = FitStacks()
+        self.forwards = 0
+        """Training forward passes through the base so far (a step takes one per chunk of rows)."""
+        self.rows_forwarded = 0
+        """Training rows in those passes: rows per forward, what a pool reports as its packing."""
 
     def train_step(self, fits: Sequence[FitState]) -> dict[str, float]:
         """One optimizer step for every running fit; returns each fit's training loss.
@@ -208,6 +212,7 @@ class PackedTrainer:
             # rows of one stack side by side: each stack builds its prompts in one batched op
             indices.sort(key=lambda r: id(rows[r][1].slot[0]))  # type: ignore[index]
             chunk = [rows[r] for r in indices]
+            self.forwards, self.rows_forwarded = self.forwards + 1, self.rows_forwarded + len(chunk)
             forcing = self.model.stage_targets(
                 [f.adapter.spec.n_tokens for _, f, _ in chunk],
                 [ex.input_ids for _, _, ex in chunk],
