@@ -48,6 +48,7 @@ class ControlContext:
             store_url=self.locations.store_url,
             home=Path(self.locations.home).absolute(),
             ray_address=self.config.ray_address,
+            max_pending_fits=self.config.limits.max_pending_fits,
         )
 
     def jobs(self, tenant: str) -> JobsAPI:

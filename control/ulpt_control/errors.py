@@ -58,7 +58,8 @@ def from_ulpt(exc: UlptError) -> ApiError:
     if isinstance(exc, ConflictError):
         return ApiError(409, first_line(exc), type="conflict_error")
     if isinstance(exc, QuotaError):  # 429: retry once the queue drains; 413: this job never fits
-        return ApiError(429 if exc.rate else 413, first_line(exc), type="quota_error")
+        headers = {"Retry-After": "60"} if exc.rate else None  # pending fits drain as pools train them
+        return ApiError(429 if exc.rate else 413, first_line(exc), type="quota_error", headers=headers)
     if isinstance(exc, (CatalogError, StoreError)):
         log.warning("control plane storage failure: %s", type(exc).__name__)
         return ApiError(503, "the catalog or the store is unavailable; retry later", type="server_error")

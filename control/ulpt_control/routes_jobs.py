@@ -12,7 +12,7 @@ from ulpt.catalog.lifecycle import FitRowState, JobState
 from ulpt_control.auth import READ, TRAIN, Caller, context
 from ulpt_control.errors import ApiError
 from ulpt_control.events import job_events
-from ulpt_control.submission import check_active_fits, check_spec, parse_spec, with_uploads
+from ulpt_control.submission import check_spec, parse_spec, with_uploads
 from ulpt_control.views import fit_view, job_view
 from ulpt_serving.bodies import read_body
 
@@ -45,7 +45,6 @@ async def submit_job(request: Request, caller: Caller = TRAIN) -> dict[str, Any]
 
     def submit() -> dict[str, Any]:
         jobs = ctx.jobs(caller.tenant)
-        check_active_fits(jobs, ctx.config.limits)
         with with_uploads(spec.owned_by(caller.tenant), ctx.registry.files(caller.tenant)) as local:
             handle = jobs.submit(local)
         return job_view(handle.to_dict(fits=False))

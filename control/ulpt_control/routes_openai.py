@@ -22,7 +22,7 @@ from ulpt_control.finetune import (
     training_rows,
     write_rows,
 )
-from ulpt_control.submission import check_active_fits, check_base_model
+from ulpt_control.submission import check_base_model
 from ulpt_jobs.handle import JobHandle
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai fine-tuning"])
@@ -49,7 +49,6 @@ def create(request: Request, body: FineTuneRequest, caller: Caller = TRAIN) -> d
         raise SpecError("training_file: upload it with purpose fine-tune")
     rows = training_rows(files.rows(body.training_file))
     jobs = ctx.jobs(caller.tenant)
-    check_active_fits(jobs, ctx.config.limits)
     with tempfile.TemporaryDirectory(prefix="ulpt-ft-") as folder:
         spec = job_spec(body, write_rows(rows, Path(folder))).owned_by(caller.tenant)
         handle = jobs.submit(spec)

@@ -23,9 +23,6 @@ from ulpt.jobspec import JobSpec
 from ulpt.models.registry import KNOWN_MODELS
 from ulpt.registry.files import Files
 from ulpt_control.config import ControlConfig
-from ulpt_control.errors import ApiError
-from ulpt_jobs.handle import JobsAPI
-from ulpt_serving.limits import TenantLimits
 
 BIGBENCH_PREFIX = "bigbench:"
 
@@ -98,25 +95,3 @@ def with_uploads(spec: JobSpec, files: Files) -> Iterator[JobSpec]:
         dataset = spec.dataset.model_copy(update={"path": tuple(local(p) for p in spec.dataset.path)})
         fits = tuple(f.model_copy(update={"path": tuple(local(p) for p in f.path)}) for f in spec.fits)
         yield spec.model_copy(update={"dataset": dataset, "fits": fits})
-
-
-OPEN_JOBS_READ = 1000
-"""Open jobs of each status read to count a tenant's unfinished fits (the newest; enough for a quota)."""
-
-
-def check_active_fits(jobs: JobsAPI, limits: TenantLimits) -> None:
-    """Refuse a submission while the tenant already has `limits.max_active_fits` fits pending or
-    running (429: they finish, so retrying later succeeds); counted from the catalog, so the limit
-    holds across replicas."""
-    active = sum(
-        job.counts.get("pending", 0) + job.counts.get("running", 0)
-        for status in ("pending", "running")
-        for job in jobs.list(status=status, limit=OPEN_JOBS_READ)
-    )
-    if active >= limits.max_active_fits:
-        raise ApiError(
-            429,
-            f"this tenant has {active} fits pending or running, its limit; wait for some to finish",
-            type="rate_limit_error",
-            headers={"Retry-After": str(max(limits.retry_after_s, 60))},
-        )

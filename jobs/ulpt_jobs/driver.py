@@ -63,6 +63,8 @@ class JobTarget:
     home: Path
     store_options: Mapping[str, Any] = field(default_factory=dict)
     ray_address: str | None = None
+    max_pending_fits: int | None = None
+    """The operator's default quota of pending fits per tenant (a tenant's own quota overrides it)."""
 
     def store(self) -> BlobStore:
         return open_store(self.store_url, **self.store_options)
@@ -73,12 +75,13 @@ def create_job(target: JobTarget, spec: JobSpec, tenant: str) -> tuple[str, Plan
     spec = spec.owned_by(tenant).with_absolute_paths()  # refused before anything is read or recorded
     plan = make_plan(spec, target.home)
     owner = spec.tenant or tenant
+    fits, row_steps, default = plan.trainable(), plan.row_steps(), target.max_pending_fits
     with target.catalog.read() as session:  # refused before any blob is written
-        check_submission(session, owner, fits=plan.trainable(), row_steps=plan.row_steps())
+        check_submission(session, owner, fits=fits, row_steps=row_steps, default_max_pending=default)
     # blobs before rows: a crash in between leaves unreferenced blobs for `ulpt gc`, never a fit without rows
     write_fit_data(target.store(), [(f.train_rows, f.eval_rows) for f in plan.fits if f.error is None])
     with target.catalog.session() as session:
-        check_submission(session, owner, fits=plan.trainable(), row_steps=plan.row_steps())  # as of now
+        check_submission(session, owner, fits=fits, row_steps=row_steps, default_max_pending=default)
         pool = pool_key_of(spec).name if spec.placement == "pool" else None  # a pool, not a driver, trains it
         job = create_job_row(session, owner, spec.to_dict(), name=spec.job_name, driver=pool)
         add_fits(session, job.id, ((fit.key, fit.record()) for fit in plan.fits))  # records made lazily

@@ -50,8 +50,9 @@ class TenantLimits(SpecModel):
     """Uploaded files a tenant may keep (control plane; delete some to upload more)."""
     max_file_bytes: int = Field(default=4 << 30, ge=1)
     """Bytes of uploaded files a tenant may keep, all files together (control plane)."""
-    max_active_fits: int = Field(default=100_000, ge=1)
-    """Pending and running fits a tenant may have when it submits a job (control plane)."""
+    max_pending_fits: int = Field(default=100_000, ge=1)
+    """Fits a tenant may have waiting (pending) when it submits a job: the default of every tenant's
+    quota (`ulpt.catalog.quotas`; a tenant's own `max_pending_fits` overrides it); beyond: 429."""
 
 
 class TooMany(Exception):

@@ -50,6 +50,20 @@ def test_pending_fits_of_open_jobs_count_against_the_limit(catalog: Catalog) -> 
     check(catalog, "globex", 100)  # another tenant, no quota
 
 
+def test_the_operators_policy_is_the_default_and_a_tenants_own_quota_overrides_it(catalog: Catalog) -> None:
+    """One mechanism: the control plane's `limits.max_pending_fits` reaches this check as the default."""
+    waiting_job(catalog, "acme", 3)
+    with catalog.read() as s:
+        check_submission(s, "acme", fits=1, row_steps=0, default_max_pending=4)
+        with pytest.raises(QuotaError, match="3 fits are already waiting and this job adds 2") as info:
+            check_submission(s, "acme", fits=2, row_steps=0, default_max_pending=4)
+        assert info.value.rate
+    with catalog.session() as s:
+        set_tenant_quotas(s, "acme", max_pending_fits=10)  # its own quota wins over the default
+    with catalog.read() as s:
+        check_submission(s, "acme", fits=2, row_steps=0, default_max_pending=4)
+
+
 def test_a_job_over_the_row_steps_limit_is_refused_and_a_lifted_quota_passes(catalog: Catalog) -> None:
     with catalog.session() as s:
         set_tenant_quotas(s, "acme", max_job_row_steps=1000)

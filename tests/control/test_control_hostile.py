@@ -14,14 +14,12 @@ import pytest
 
 from tests.control.conftest import Plane, make_adapter
 from tests.test_documents import alias_bomb
-from ulpt.catalog import jobs as job_queries
 from ulpt.documents import MAX_DEPTH
 from ulpt.errors import MAX_MESSAGE_CHARS, SpecError
 from ulpt.jobspec import MAX_FITS_PER_WORKER, MAX_ROWS_PER_FORWARD, JobSpec
 from ulpt.training.config import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_EVAL_ROWS, MAX_STEPS
 from ulpt_control.finetune import FineTuneRequest, job_spec
 from ulpt_control.views import job_view
-from ulpt_serving.limits import TenantLimits
 
 
 @pytest.mark.parametrize("levels", [3, 7, 8, 9])
@@ -214,26 +212,6 @@ def test_a_job_no_node_could_run_is_refused_at_submission(
     refused = cluster_plane.call("POST", "/v1/jobs", json=spec)
     assert refused.status_code == 400 and refused.json()["error"]["message"].startswith(message), refused.text
     assert cluster_plane.call("GET", "/v1/jobs").json()["items"] == []
-
-
-@pytest.mark.parametrize(("open_fits", "most"), [(3, 3), (3, 4), (10, 5)])
-def test_a_tenant_with_too_many_unfinished_fits_cannot_submit_more(
-    make_plane: Callable[..., Plane], open_fits: int, most: int
-) -> None:
-    plane = make_plane(limits=TenantLimits(max_active_fits=most))
-    with plane.clients["acme"].catalog.session() as session:  # a job still waiting for workers
-        job = job_queries.create_job(session, "acme", {"base_model": "smollm2-135m"})
-        job_queries.add_fits(session, job.id, [str(i) for i in range(open_fits)])
-    spec = {"base_model": "smollm2-135m", "dataset": {"path": "file-" + "0" * 24}}
-    answer = plane.call("POST", "/v1/jobs", json=spec)
-    if open_fits >= most:
-        assert answer.status_code == 429, answer.text
-        assert answer.json()["error"]["message"].startswith(f"this tenant has {open_fits} fits pending")
-        assert int(answer.headers["retry-after"]) >= 1
-    else:
-        assert answer.status_code == 404, answer.text  # admitted; then the (missing) file is looked up
-    other = plane.call("POST", "/v1/jobs", tenant="globex", json=spec)
-    assert other.status_code == 404, other.text  # globex has no open fits: its own quota
 
 
 @pytest.mark.parametrize("aliases", [1, 3])

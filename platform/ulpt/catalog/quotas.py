@@ -40,14 +40,20 @@ def set_tenant_quotas(
         session.execute(update(TenantRow).where(TenantRow.name == tenant).values(**values))
 
 
-def check_submission(session: Session, tenant: str, *, fits: int, row_steps: int) -> None:
-    """Refuse a job of `fits` fits and `row_steps` rows x steps in all if a quota of `tenant` forbids it."""
+def check_submission(
+    session: Session, tenant: str, *, fits: int, row_steps: int, default_max_pending: int | None = None
+) -> None:
+    """Refuse a job of `fits` fits and `row_steps` rows x steps in all if a quota of `tenant` forbids it.
+
+    `default_max_pending` is the operator's policy (the control plane's `limits.max_pending_fits`),
+    for tenants whose row sets no limit of their own: one mechanism, whoever submits.
+    """
     limits = session.execute(
         select(TenantRow.max_pending_fits, TenantRow.max_job_row_steps).where(TenantRow.name == tenant)
     ).first()
-    if limits is None:
-        return
-    max_pending, max_row_steps = limits
+    max_pending, max_row_steps = limits if limits is not None else (None, None)
+    if max_pending is None:
+        max_pending = default_max_pending
     if max_row_steps is not None and row_steps > max_row_steps:
         raise QuotaError(
             f"tenant {tenant!r}: this job trains {row_steps:,} rows x steps, over its quota of "
