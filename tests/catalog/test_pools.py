@@ -139,15 +139,17 @@ def test_a_claim_leases_the_fit_counts_an_attempt_and_starts_the_job(catalog: Ca
     assert claim(catalog, 5) == []
 
 
-def test_members_claiming_at_once_skip_each_others_locked_fits(catalog: Catalog, catalog_url: str) -> None:
-    if not catalog_url.startswith("postgresql"):
-        pytest.skip("row locks are PostgreSQL's; SQLite has one writer")
+@pytest.mark.service
+def test_members_claiming_at_once_skip_each_others_locked_fits(fresh_postgres_url: str) -> None:
+    """Row locks are PostgreSQL's (SQLite has one writer): on PostgreSQL alone."""
+    catalog = open_catalog(fresh_postgres_url)
     pooled_job(catalog, "tenant-a", 4)
     with catalog.session() as first:
         mine = claim_fits_fairly(first, POOL, "member-1", 2, LEASE_S)  # locks held until commit
         with catalog.session() as second:
             second.execute(text("SET LOCAL lock_timeout = '5s'"))  # waiting would fail, not hang
             theirs = claim_fits_fairly(second, POOL, "member-2", 2, LEASE_S)
+    catalog.close()
     assert len(mine) == len(theirs) == 2
     assert not {f.id for f in mine} & {f.id for f in theirs}
 
