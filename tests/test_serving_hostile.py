@@ -37,12 +37,17 @@ LOOSE: list[tuple[str, Any]] = (
 )
 
 
-@pytest.mark.parametrize(("field", "value"), LOOSE)
-@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize(
+    ("field", "value", "chat"),
+    [
+        (field, value, chat)
+        for field, value in LOOSE
+        for chat in (False, True)
+        if not (field == "max_completion_tokens" and not chat or field == "echo" and chat)  # not its route's
+    ],
+)
 def test_loose_numbers_and_booleans_are_refused_naming_the_field(field: str, value: Any, chat: bool) -> None:
     model = ChatCompletionRequest if chat else CompletionRequest
-    if field == "max_completion_tokens" and not chat or field == "echo" and chat:
-        pytest.skip("not a field of this route")
     body = {"model": "m", **({"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "hi"})}
     with pytest.raises(ApiError) as refused:
         parse_body(json.dumps({**body, field: value}).encode(), model)
