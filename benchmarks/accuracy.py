@@ -878,7 +878,8 @@ def report(out: Path, doc: Path) -> int:
         run.unfinished = [t for t in run.tasks if t not in run.results]
         run.tasks = finished
         run.headline = headline(run)
-    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in run.settings.items()}
+    fields = Settings.__dataclass_fields__  # run.settings also records where the tasks came from
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in run.settings.items() if k in fields}
     s = Settings(**settings)
     configs = [Config(**c) for c in run.configs]
     plots = plot(run, configs, out)

@@ -64,7 +64,9 @@ def test_of_concurrent_resumes_exactly_one_claims_the_job(client: Client) -> Non
     cancel_job(client.catalog, str(job_id))
     winners, losers = race(RACERS, lambda: claim(client.catalog, str(job_id), resume=True))
     assert len(winners) == 1 and len(losers) == RACERS - 1
-    assert all(isinstance(e, ConflictError) and "is running (driver" in str(e) for e in losers), losers
+    assert all(
+        isinstance(e, ConflictError) and "is running (its driver's heartbeat" in str(e) for e in losers
+    ), losers
     with client.catalog.read() as s:
         status = job_status(s, job_id)
     assert (status.status, status.driver, status.attempt) == ("running", winners[0], 1)

@@ -154,7 +154,10 @@ def test_of_concurrent_resumes_one_drives_the_job_and_the_others_get_409(
         thread.join()
     assert sorted(answer.status_code for answer in answers) == [200] + [409] * (RESUMERS - 1)
     refusals = [answer.json()["error"] for answer in answers if answer.status_code == 409]
-    assert all(e["type"] == "conflict_error" and "is running (driver" in e["message"] for e in refusals)
+    assert all(
+        e["type"] == "conflict_error" and "is running (its driver's heartbeat" in e["message"]
+        for e in refusals
+    )
     deadline, shown = time.monotonic() + 300, {}
     while time.monotonic() < deadline and shown.get("status") != "done":
         time.sleep(0.2)

@@ -27,10 +27,17 @@ APP = "storm"
 
 @pytest.fixture(scope="module")
 def storm_app(serve_stack: ServeStack) -> Iterator[str]:
-    """The tiny llama over `serve_stack`'s catalog, in an application of its own (its own counters)."""
+    """The tiny llama over `serve_stack`'s catalog, in an application of its own (its own counters).
+
+    The storm is one tenant's streams, more than the default per-tenant share admits (429 beyond it,
+    tested in test_serving_hostile): this application lets them all in, so that what is measured is
+    what disconnects do to decoding, not admission."""
     from ray import serve
 
-    prefix = deploy_app(APP, tiny_llama_config(serve_stack, log_requests=True))
+    from ulpt_serving.limits import TenantLimits
+
+    limits = TenantLimits(max_requests=64, max_streams=64)
+    prefix = deploy_app(APP, tiny_llama_config(serve_stack, log_requests=True, limits=limits))
     try:
         yield f"{serve_stack.url}{prefix}"
     finally:
