@@ -37,8 +37,7 @@ TASKS_DIR = "bigbench/benchmark_tasks/"
 TASK_FILE = "task.json"
 ENV_SOURCE = "ULPT_BIGBENCH"
 HOW_TO_PROVIDE = (
-    f"set {ENV_SOURCE} to the bigbench-1.0.0 sdist, a tarball or a checkout of the BIG-bench "
-    "repository, or run `ulpt data bigbench TASK` to fetch it"
+    f"set {ENV_SOURCE} to the bigbench-1.0.0 sdist, a tarball or a checkout of the BIG-bench repository"
 )
 
 
@@ -228,6 +227,7 @@ def fetch_task_files(
                     raise DataError(
                         f"BIG-bench task {still[0]!r} was found nowhere (tried: {'; '.join(sources.tried)}); "
                         + HOW_TO_PROVIDE
+                        + ("" if remote else ", or run `ulpt data bigbench TASK` to fetch it")
                     )
     return paths
 
