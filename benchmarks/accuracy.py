@@ -777,7 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--fetch-bigbench",
         action="store_true",
-        help="fetch missing BIG-bench tasks from the package index or the repository archive (without it: "
+        help="fetch missing BIG-bench tasks from the repository archive (without it: "
         "the cache and $ULPT_BIGBENCH only; with neither, the tasks ulpt generates)",
     )
     parser.add_argument("--steps", type=int, help=f"optimizer steps per fit (default {Settings.steps})")

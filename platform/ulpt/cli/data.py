@@ -51,7 +51,7 @@ def bigbench(
         list[str], typer.Argument(help="BIG-bench task names, e.g. arithmetic/2_digit_addition.")
     ],
 ) -> None:
-    """Fetch BIG-bench tasks into the cache, from $ULPT_BIGBENCH, the package index or the repository's
+    """Fetch BIG-bench tasks into the cache, from $ULPT_BIGBENCH or the repository's
     archive, each file checked against ulpt's SHA-256 list. Jobs then read them as `bigbench:TASK`;
     servers never fetch on a tenant's request, they read the cache only."""
     from ulpt.data.bigbench import prefetch_tasks

@@ -5,9 +5,8 @@ the sdist `bigbench==1.0.0` that used to carry its ~1,000 JSON tasks is no longe
 package index. A task's `task.json` is looked for, in order, in
 1. the cache, `<ULPT_HOME>/cache/bigbench/tasks/<task>/task.json` (files that passed the checks below);
 2. `$ULPT_BIGBENCH`: the sdist, a tarball of the repository, or a checkout of it;
-3. the package index (the sdist, pinned by its SHA-256), and
-4. the repository's archive at the commit pinned in the hash list,
-the last two only when `remote=True`: a person asked for it (`ulpt data bigbench`, a benchmark's
+3. the repository's archive at the commit pinned in the hash list,
+the last only when `remote=True`: a person asked for it (`ulpt data bigbench`, a benchmark's
 `--fetch-bigbench`); a server never fetches on a tenant's request. When none works, one line says
 what was tried and how to provide the data.
 
@@ -21,14 +20,15 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from ulpt.config import atomic_write_bytes, file_lock, ulpt_home
-from ulpt.errors import DataError
+from ulpt.config import atomic_write_bytes, atomic_writer, file_lock, ulpt_home
+from ulpt.errors import DataError, redact_url
 
-SDIST_PROJECT = "bigbench"
 SDIST_FILE = "bigbench-1.0.0.tar.gz"
 SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 ARCHIVE_URL = "https://github.com/google/BIG-bench/archive/{commit}.tar.gz"
@@ -37,7 +37,8 @@ TASKS_DIR = "bigbench/benchmark_tasks/"
 TASK_FILE = "task.json"
 ENV_SOURCE = "ULPT_BIGBENCH"
 HOW_TO_PROVIDE = (
-    f"set {ENV_SOURCE} to the bigbench-1.0.0 sdist, a tarball or a checkout of the BIG-bench repository"
+    f"set {ENV_SOURCE} to the bigbench-1.0.0 sdist, a tarball or a checkout of the BIG-bench repository "
+    "(nothing is fetched from a package index: the sdist is no longer listed there)"
 )
 
 
@@ -170,25 +171,12 @@ class _Sources:
         if not self.remote:
             self.tried.append("remote sources: not asked for")
             return
-        sdist = cache_dir(self.home) / SDIST_FILE
-        try:
-            if not sdist.is_file():
-                from ulpt.data.pypi import download
-
-                with file_lock(sdist.parent / ".sdist.lock"):
-                    if not sdist.is_file():
-                        download(SDIST_PROJECT, SDIST_FILE, SDIST_SHA256, sdist)
-            yield f"the package index's {SDIST_FILE}", _archive_files(sdist, set(tasks)), True
-        except DataError as exc:
-            self.tried.append(f"the package index: {exc}")
         if self.hashes.commit is None:
             self.tried.append(f"the repository archive: no commit pinned in {HASH_LIST.name}")
             return
         archive = cache_dir(self.home) / f"BIG-bench-{self.hashes.commit}.tar.gz"
         try:
             if not archive.is_file():
-                from ulpt.data.pypi import fetch_url
-
                 fetch_url(ARCHIVE_URL.format(commit=self.hashes.commit), archive)
             yield (
                 f"the repository archive at {self.hashes.commit[:12]}",
@@ -197,6 +185,21 @@ class _Sources:
             )
         except DataError as exc:
             self.tried.append(f"the repository archive: {exc}")
+
+
+def fetch_url(url: str, dest: Path) -> Path:
+    """Download `url` to `dest` atomically (the caller checks each file it reads against the hash list).
+
+    Only where a person asked for BIG-bench; a message never shows a URL's credentials."""
+    if urlsplit(url).scheme != "https":
+        raise DataError(f"refusing to fetch {redact_url(url)!r}: not an https URL")
+    try:
+        with atomic_writer(dest) as out, urllib.request.urlopen(url, timeout=180) as answer:  # noqa: S310
+            while chunk := answer.read(1 << 20):
+                out.write(chunk)
+    except OSError as exc:
+        raise DataError(f"cannot fetch {redact_url(url)}: {exc}") from None
+    return dest
 
 
 def fetch_task_files(
