@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 from ulpt.config import atomic_write_bytes, atomic_writer, file_lock, ulpt_home
 from ulpt.errors import DataError, redact_url
 
-SDIST_FILE = "bigbench-1.0.0.tar.gz"
 SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 ARCHIVE_URL = "https://github.com/google/BIG-bench/archive/{commit}.tar.gz"
 HASH_LIST = Path(__file__).with_name("bigbench_tasks.sha256")
